@@ -1,0 +1,46 @@
+# The two commands of the README are `make demo` and `make test`; both install what they need.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PACKAGES := net2net growth_policy workers service
+
+export RAY_USAGE_STATS_ENABLED := 0
+export MLFLOW_DISABLE_TELEMETRY := true
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: install test test-fast lint format demo bench clean
+
+install: $(STAMP)
+
+# torch goes first and alone, so that pip takes the CPU wheel on local disk instead of a CUDA build.
+$(STAMP): pyproject.toml requirements/lock.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
+	$(PY) -m pip install -q --disable-pip-version-check -c requirements/lock.txt -e '.[dev]'
+	@touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) deploy/with_redis.py -- $(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(PY) deploy/with_redis.py -- $(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+demo: $(STAMP)
+	$(VENV)/bin/lifelong info
+
+bench: $(STAMP)
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,138 @@
+"""Child processes that Lifelong starts itself: an MLflow tracking server, a Redis server.
+
+Each is started with its own working files, waited on until it answers, and stopped by its PID (never
+by a name-wide kill), so that tests and the embedded stack never touch processes they did not start.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Self
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_for_http(url: str, *, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+    """Poll ``url`` until it answers 200; raise if ``proc`` exits or ``timeout`` seconds pass."""
+    deadline = time.monotonic() + timeout
+    last_error = "no answer"
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(
+                f"process {proc.pid} exited with {proc.returncode} before {url} answered"
+            )
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+                last_error = f"HTTP {response.status}"
+        except (urllib.error.URLError, OSError) as exc:
+            last_error = str(exc)
+        time.sleep(0.25)
+    raise TimeoutError(f"{url} did not answer within {timeout:.0f}s ({last_error})")
+
+
+def stop_process(proc: subprocess.Popen[bytes], *, timeout: float = 20.0) -> None:
+    """SIGTERM the process group of ``proc`` (the process and its children), SIGKILL if it lingers."""
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=timeout)
+
+
+@dataclass
+class MlflowServer:
+    """An ``mlflow server`` child process on a free port.
+
+    ``backend_store_uri`` defaults to a SQLite file in ``workdir``; artifacts are served from
+    ``workdir/artifacts``. Job execution is off and there is one worker, which brings the start-up to
+    about 15 s and the footprint to about 0.5 GB (see STACK.md).
+    """
+
+    workdir: Path
+    backend_store_uri: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 0
+    allowed_hosts: str | None = None
+    start_timeout: float = 120.0
+    proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
+    _log: IO[bytes] | None = field(default=None, init=False, repr=False)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "mlflow-server.log"
+
+    def start(self) -> Self:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        if not self.port:
+            self.port = free_port(self.host)
+        backend = self.backend_store_uri or f"sqlite:///{self.workdir / 'mlflow.db'}"
+        mlflow_bin = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
+        cmd = [
+            mlflow_bin, "server",
+            "--backend-store-uri", backend,
+            "--artifacts-destination", str(self.workdir / "artifacts"),
+            "--serve-artifacts",
+            "--host", self.host,
+            "--port", str(self.port),
+            "--workers", "1",
+        ]  # fmt: skip
+        if self.allowed_hosts:
+            cmd += ["--allowed-hosts", self.allowed_hosts]
+        env = dict(os.environ)
+        env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
+        env["MLFLOW_DISABLE_TELEMETRY"] = "true"
+        self._log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+        try:
+            wait_for_http(f"{self.url}/health", timeout=self.start_timeout, proc=self.proc)
+        except Exception:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:  # fmt: skip
+        self.stop()
