@@ -1,0 +1,1 @@
+"""Benchmarks. Each prints a table and writes it, with its command and machine, to docs/benchmarks.md."""

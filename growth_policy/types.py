@@ -1,0 +1,106 @@
+"""The values that cross between the workers and the growth controller.
+
+Workers produce an :class:`Observation` every few steps; the controller answers with a
+:class:`Decision`, which may carry a :class:`GrowthOp` for the workers to apply with ``net2net``. All
+three are JSON-serialisable pydantic models, because they travel between processes (Ray, Redis) and
+are shown to users in the event stream and in MLflow.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+GrowthKind = Literal["widen", "deepen", "shrink_perturb"]
+
+
+class Observation(BaseModel):
+    """What rank 0 reports about training, every ``observe_every`` steps."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    step: int = Field(
+        ge=0, description="Optimizer steps since the job started, across generations."
+    )
+    generation: int = Field(ge=0, description="0 for the base model, +1 per growth.")
+    generation_step: int = Field(ge=0, description="Optimizer steps since this generation began.")
+    samples_seen: int = Field(ge=0, description="Training samples consumed since the job started.")
+    passes: float = Field(
+        ge=0, description="Passes over the training set seen so far (fractional)."
+    )
+    dataset_size: int = Field(ge=0, description="Training samples in the manifest snapshot.")
+    val_size: int = Field(ge=0, default=0, description="Validation samples in the snapshot.")
+    dataset_version: int = Field(ge=0, default=0)
+    train_loss: float = Field(description="Smoothed (EMA) training loss.")
+    val_loss: float | None = None
+    val_metric: float | None = None
+    metric_name: str = Field(default="accuracy", description="'accuracy' or 'mse'.")
+    param_count: int = Field(ge=0)
+    throughput: float = Field(ge=0, default=0.0, description="Training samples per second.")
+    wall_time: float = Field(default=0.0, description="Unix time of the observation.")
+    summary: dict[str, Any] | None = Field(
+        default=None,
+        description="net2net.summarize() of the current model: width groups, parameter dims, "
+        "deepen candidates. Lets the controller predict parameter counts without the model.",
+    )
+    group_signals: dict[str, dict[str, float]] = Field(
+        default_factory=dict,
+        description="Per width group, named saturation signals (see growth_policy.signals).",
+    )
+
+
+class GrowthOp(BaseModel):
+    """One growth transform, in the vocabulary of ``net2net`` (plus shrink-and-perturb)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    op: GrowthKind
+    factor: float | None = Field(default=None, gt=1.0, description="widen: every group ×factor.")
+    widths: dict[str, int] | None = Field(default=None, description="widen: group name → width.")
+    init: str = Field(default="net2net", description="widen: how new units start (net2net init=).")
+    noise: float = Field(default=0.0, ge=0.0)
+    split: Literal["equal", "random"] = "equal"
+    after: str | None = Field(default=None, description="deepen: module to insert after.")
+    style: Literal["identity", "residual"] = "identity"
+    shrink: float = Field(default=1.0, gt=0.0, le=1.0, description="shrink_perturb: θ ← λθ + σε.")
+    perturb: float = Field(default=0.0, ge=0.0)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _arguments_fit_the_op(self) -> Self:
+        errors = []
+        if self.op == "widen" and (self.factor is None) == (self.widths is None):
+            errors.append("widen needs exactly one of 'factor' or 'widths'")
+        if self.op == "widen" and self.widths is not None and not self.widths:
+            errors.append("widen 'widths' must name at least one group")
+        if self.op == "deepen" and not self.after:
+            errors.append("deepen needs 'after', the name of the module to insert after")
+        if self.op == "shrink_perturb" and self.shrink == 1.0 and self.perturb == 0.0:
+            errors.append("shrink_perturb with shrink=1 and perturb=0 does nothing")
+        if errors:
+            raise ValueError("; ".join(errors))
+        return self
+
+
+class Decision(BaseModel):
+    """The controller's answer to an observation: grow (with ``op``) or not, and why."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    step: int = Field(ge=0)
+    op: GrowthOp | None = Field(default=None, description="None: no growth now.")
+    policy: str = Field(description="What decided: a policy name, a guard, or 'manual'.")
+    reason: str = Field(description="Human-readable, with the numbers that led to it.")
+    numbers: dict[str, float | int | str] = Field(
+        default_factory=dict, description="The same numbers, machine-readable."
+    )
+    notable: bool = Field(
+        default=True,
+        description="Worth an event: a growth, a refusal, or a change of state. Routine "
+        "'nothing to do' answers are not notable.",
+    )
+
+    @property
+    def grows(self) -> bool:
+        return self.op is not None
