@@ -1,0 +1,243 @@
+"""The growth-policy section of a job spec: which policies decide, how much to grow, and the guards.
+
+Every field has a default that works for the demo (a small classifier fed in about six stages over a
+few thousand steps). The defaults and their reasons are in ``docs/growth_policy.md``; they are meant to
+be re-tuned by measurement on the stream benchmark, so each one lives in exactly one place here.
+
+Unknown keys are rejected everywhere (``extra="forbid"``) and every cross-field problem is collected
+into one error message, so that a bad job spec fails before anything starts and says what to change.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Strategy = Literal["widen", "deepen", "alternate", "auto"]
+WidenMode = Literal["factor", "target", "saturated"]
+DeepenWhere = Literal["last", "first"]
+DeepenStyle = Literal["identity", "residual", "auto"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PlateauConfig(_Section):
+    """Underfitting detector: the training loss has stopped improving and the gap is small."""
+
+    window_steps: int = Field(
+        default=300,
+        ge=1,
+        description="Compare the smoothed train loss now with the one this many steps ago "
+        "(within the current generation).",
+    )
+    min_improvement: float = Field(
+        default=0.01,
+        ge=0.0,
+        lt=1.0,
+        description="A plateau is a relative improvement of the train loss below this over the window.",
+    )
+    max_gap: float = Field(
+        default=0.10,
+        ge=0.0,
+        description="Largest relative generalisation gap (val_loss - train_loss) / train_loss that "
+        "still counts as underfitting; above it the model is overfitting and waits for data.",
+    )
+    max_data_growth: float = Field(
+        default=0.10,
+        ge=0.0,
+        description="The window restarts when the dataset grew by more than this fraction inside "
+        "it: new data moves the loss for reasons that are not capacity.",
+    )
+
+
+class DataScalingConfig(_Section):
+    """Capacity follows data: target parameters = coefficient × dataset_size ** exponent."""
+
+    coefficient: float = Field(
+        default=2.5, gt=0.0, description="Target parameters for one sample (at exponent 1)."
+    )
+    exponent: float = Field(
+        default=1.0, gt=0.0, le=2.0, description="How fast the target grows with the data."
+    )
+    trigger_ratio: float = Field(
+        default=1.5,
+        gt=1.0,
+        description="Grow when the target is at least this many times the current parameters.",
+    )
+
+
+class ScheduleConfig(_Section):
+    """Grow at given dataset sizes or steps: by the k-th threshold, at least k growths."""
+
+    at_dataset_sizes: list[int] = Field(default_factory=list)
+    at_steps: list[int] = Field(default_factory=list)
+
+
+class WidenConfig(_Section):
+    """How much to widen, which groups, and how the new units start (passed to ``net2net.widen``)."""
+
+    mode: WidenMode = Field(
+        default="target",
+        description="'factor': every group ×factor; 'target': the factor that approaches the "
+        "data-scaling target (×factor when there is none); 'saturated': only the groups whose "
+        "saturation signal crosses the threshold, ×factor.",
+    )
+    factor: float = Field(default=2.0, gt=1.0)
+    min_factor: float = Field(
+        default=1.25, gt=1.0, description="A smaller growth is not worth a generation."
+    )
+    max_factor: float = Field(
+        default=4.0, gt=1.0, description="Largest factor one growth may apply to a group."
+    )
+    max_width: int | None = Field(
+        default=None, ge=1, description="No group grows beyond this width (None: no limit)."
+    )
+    init: str = Field(default="net2net", min_length=1, description="net2net.widen(init=...).")
+    noise: float = Field(default=0.1, ge=0.0, description="net2net.widen(noise=...).")
+    split: Literal["equal", "random"] = "equal"
+
+
+class DeepenConfig(_Section):
+    """Where to insert a layer, among ``summary['deepen_candidates']``."""
+
+    where: DeepenWhere = Field(
+        default="last",
+        description="'last': after the deepest candidate (next to the head); 'first': after the "
+        "shallowest.",
+    )
+    style: DeepenStyle = Field(
+        default="auto",
+        description="'identity' (Net2DeeperNet), 'residual' (zero-initialised branch), or 'auto': "
+        "identity where the candidate says it is exact, residual elsewhere.",
+    )
+
+
+class SaturationConfig(_Section):
+    """Which per-group signal (from ``growth_policy.signals``) marks a group as saturated."""
+
+    signal: str = Field(default="active_fraction", min_length=1)
+    threshold: float = Field(
+        default=0.9, ge=0.0, description="A group is saturated when its signal is at least this."
+    )
+
+
+class GuardsConfig(_Section):
+    """Limits that every automatic growth must pass. Manual growth passes only the hard ones."""
+
+    warmup_passes: float = Field(
+        default=1.0,
+        ge=0.0,
+        description="No automatic growth before this many passes over the first dataset seen.",
+    )
+    cooldown_steps: int = Field(default=300, ge=0, description="Steps after a growth.")
+    min_generation_steps: int = Field(
+        default=100, ge=0, description="Steps a generation trains before it may grow."
+    )
+    max_params: int = Field(default=10_000_000, ge=1, description="Hard limit, manual included.")
+    max_generations: int = Field(default=10, ge=0, description="Hard limit, manual included.")
+    apply_timeout_steps: int = Field(
+        default=500,
+        ge=1,
+        description="A decided growth that has not shown up as a new generation after this many "
+        "steps counts as failed; the cooldown then starts anyway, so a failing growth is not "
+        "retried at every observation.",
+    )
+    max_gap: float | None = Field(
+        default=None,
+        ge=0.0,
+        description="If set, no automatic growth while (val_loss - train_loss) / train_loss "
+        "exceeds it. Off by default: measured, wider is better at every dataset size, so "
+        "data-driven growth need not wait for the gap to close (plateau has its own gap test).",
+    )
+    max_params_over_target: float | None = Field(
+        default=2.0,
+        gt=0.0,
+        description="With data_scaling on, automatic growth stops at this multiple of the "
+        "data-scaling target: growth only as far as the data pays for. None: no cap.",
+    )
+
+
+class MemoryConfig(_Section):
+    """Estimate of training memory after a growth, checked against a budget (hard limit)."""
+
+    budget_gb: float | None = Field(
+        default=None, gt=0.0, description="Memory per worker in GiB; None: not checked."
+    )
+    batch_size: int = Field(default=128, ge=1, description="Per-worker batch size.")
+    bytes_per_value: int = Field(default=4, ge=1, description="4 for float32.")
+    optimizer_slots: int = Field(
+        default=2, ge=0, description="Values of optimizer state per parameter (Adam: 2)."
+    )
+    activation_factor: float = Field(
+        default=4.0,
+        gt=0.0,
+        description="Stored activation values per unit per sample (pre/post activation, norm, "
+        "gradient).",
+    )
+
+
+class GrowthPolicyConfig(BaseModel):
+    """The ``growth`` section of a job spec."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    policies: list[str] = Field(
+        default_factory=lambda: ["data_scaling", "plateau"],
+        description="Policies combined any-of, in this order. Manual requests are always "
+        "accepted; ['manual'] alone means no automatic growth.",
+    )
+    strategy: Strategy = Field(
+        default="auto",
+        description="'widen', 'deepen', 'alternate' (widen first), or 'auto': widen, and deepen "
+        "only where widening cannot go on (width limits, constraints, max params).",
+    )
+    plateau: PlateauConfig = Field(default_factory=PlateauConfig)
+    data_scaling: DataScalingConfig = Field(default_factory=DataScalingConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    widen: WidenConfig = Field(default_factory=WidenConfig)
+    deepen: DeepenConfig = Field(default_factory=DeepenConfig)
+    saturation: SaturationConfig = Field(default_factory=SaturationConfig)
+    guards: GuardsConfig = Field(default_factory=GuardsConfig)
+    memory: MemoryConfig = Field(default_factory=MemoryConfig)
+    history_size: int = Field(
+        default=256, ge=2, description="Observations kept (and checkpointed) by the controller."
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        from growth_policy.policies import registered_policies
+
+        errors: list[str] = []
+        known = registered_policies()
+        unknown = [name for name in self.policies if name not in known]
+        if unknown:
+            errors.append(
+                f"policies: unknown {', '.join(map(repr, unknown))}; known: {', '.join(known)}"
+            )
+        if not self.policies:
+            errors.append("policies: name at least one (['manual'] for manual growth only)")
+        if len(set(self.policies)) != len(self.policies):
+            errors.append("policies: each policy may appear once")
+        w = self.widen
+        if not w.min_factor <= w.factor <= w.max_factor:
+            errors.append(
+                f"widen: need min_factor <= factor <= max_factor, got "
+                f"{w.min_factor} <= {w.factor} <= {w.max_factor}"
+            )
+        s = self.schedule
+        for name, values in (("at_dataset_sizes", s.at_dataset_sizes), ("at_steps", s.at_steps)):
+            if any(v < 0 for v in values):
+                errors.append(f"schedule.{name}: values must be >= 0")
+            if values != sorted(set(values)):
+                errors.append(f"schedule.{name}: values must be increasing, without repeats")
+        if "schedule" in self.policies and not (s.at_dataset_sizes or s.at_steps):
+            errors.append(
+                "schedule: the 'schedule' policy needs at_dataset_sizes or at_steps; "
+                "add thresholds or remove it from policies"
+            )
+        if errors:
+            raise ValueError("invalid growth policy: " + "; ".join(errors))
+        return self

@@ -1,0 +1,300 @@
+"""When to grow: each policy is a small pure function of the observation history.
+
+A policy gets a :class:`PolicyContext` (the newest observation, the bounded history that ends with it,
+and the configuration) and returns a :class:`Verdict`: grow or not, a short stable ``state`` key (used
+to tell a change of state from a repeat), a human-readable reason with its numbers, and the same
+numbers machine-readable. Policies know nothing of guards, of what to grow, or of each other; the
+:class:`~growth_policy.controller.Controller` combines them any-of and applies the guards.
+
+Write your own with the same signature and register it under a name, then name it in
+``GrowthPolicyConfig.policies``::
+
+    def loss_spike(ctx: PolicyContext) -> Verdict:
+        ...
+
+    register_policy("loss_spike", loss_spike)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from growth_policy._format import count, num, pct
+from growth_policy.types import Observation
+
+if TYPE_CHECKING:
+    from growth_policy.config import GrowthPolicyConfig
+
+Numbers = dict[str, float | int | str]
+
+
+@dataclass(frozen=True)
+class PolicyContext:
+    """What a policy may look at. ``history`` is oldest first and ends with ``obs``."""
+
+    obs: Observation
+    history: Sequence[Observation]
+    config: GrowthPolicyConfig
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A policy's answer.
+
+    ``state`` is a short key such as ``"plateau"`` or ``"overfitting"``; the controller reports a
+    refusal again only when the combined state changes. ``notable`` marks states worth an event even
+    without growth (overfitting is; "still improving" is not). ``target_params`` is the size the
+    policy asks for, when it has one; without it the controller widens by the configured factor.
+    """
+
+    policy: str
+    grow: bool
+    state: str
+    reason: str
+    numbers: Numbers = field(default_factory=dict)
+    notable: bool = False
+    target_params: int | None = None
+
+
+Policy = Callable[[PolicyContext], Verdict]
+
+
+def relative_gap(train_loss: float, val_loss: float) -> float:
+    """(val - train) / train; +inf when the train loss is 0 and the validation loss is not."""
+    if train_loss > 0:
+        return (val_loss - train_loss) / train_loss
+    return math.inf if val_loss > train_loss else 0.0
+
+
+def manual(ctx: PolicyContext) -> Verdict:
+    """Never grows by itself: growth comes only from ``Controller.request``."""
+    return Verdict("manual", False, "manual", "manual policy: grows only on request")
+
+
+def plateau(ctx: PolicyContext) -> Verdict:
+    """Underfitting detector.
+
+    Grows when the smoothed training loss improved by less than ``min_improvement`` (relative) over
+    the last ``window_steps`` steps of this generation, and the relative generalisation gap
+    ``(val_loss - train_loss) / train_loss`` is at most ``max_gap``: the model cannot fit the data
+    it has, so capacity is the bottleneck. A larger gap means overfitting: it does not grow, it waits
+    for data, and says so (a notable state). The window restarts when the dataset grew by more than
+    ``max_data_growth`` inside it, since new samples move the loss for reasons other than capacity.
+    """
+    cfg = ctx.config.plateau
+    obs = ctx.obs
+    if obs.val_loss is None:
+        return Verdict(
+            "plateau",
+            False,
+            "no_validation",
+            "plateau: no validation loss, so underfitting cannot be told from overfitting",
+        )
+    gap = relative_gap(obs.train_loss, obs.val_loss)
+    gap_numbers: Numbers = {
+        "train_loss": obs.train_loss,
+        "val_loss": obs.val_loss,
+        "gap": gap,
+        "max_gap": cfg.max_gap,
+    }
+    if gap > cfg.max_gap:
+        return Verdict(
+            "plateau",
+            False,
+            "overfitting",
+            f"overfitting: validation loss {obs.val_loss:.4g} is {pct(gap)} above train loss "
+            f"{obs.train_loss:.4g} (> {pct(cfg.max_gap)}): not growing, waiting for data",
+            gap_numbers,
+            notable=True,
+        )
+    # The window: this generation, since the data last grew by more than max_data_growth.
+    usable = [
+        o
+        for o in ctx.history
+        if o.generation == obs.generation
+        and o.step <= obs.step
+        and o.dataset_size * (1.0 + cfg.max_data_growth) >= obs.dataset_size
+    ]
+    earlier = [o for o in usable if o.step <= obs.step - cfg.window_steps]
+    if not earlier:
+        span = obs.step - min((o.step for o in usable), default=obs.step)
+        return Verdict(
+            "plateau",
+            False,
+            "measuring",
+            f"plateau: {span} of {cfg.window_steps} steps observed in this generation on this data",
+            {**gap_numbers, "window_observed": span, "window_steps": cfg.window_steps},
+        )
+    ref = earlier[-1]
+    span = obs.step - ref.step
+    improvement = (ref.train_loss - obs.train_loss) / ref.train_loss if ref.train_loss > 0 else 0.0
+    numbers: Numbers = {
+        **gap_numbers,
+        "improvement": improvement,
+        "min_improvement": cfg.min_improvement,
+        "window_steps": span,
+        "loss_then": ref.train_loss,
+    }
+    if improvement >= cfg.min_improvement:
+        return Verdict(
+            "plateau",
+            False,
+            "improving",
+            f"plateau: train loss improved {pct(improvement)} over {span} steps "
+            f"(>= {pct(cfg.min_improvement)})",
+            numbers,
+        )
+    return Verdict(
+        "plateau",
+        True,
+        "plateau",
+        f"train loss improved {pct(improvement)} over {span} steps "
+        f"(< {pct(cfg.min_improvement)}), gap {pct(gap)} (<= {pct(cfg.max_gap)})",
+        numbers,
+        notable=True,
+    )
+
+
+def data_target(config: GrowthPolicyConfig, dataset_size: int) -> int:
+    """Target parameter count for a dataset size: ``coefficient × dataset_size ** exponent``."""
+    ds = config.data_scaling
+    return round(ds.coefficient * math.pow(float(dataset_size), ds.exponent))
+
+
+def data_scaling(ctx: PolicyContext) -> Verdict:
+    """Capacity follows data: grow when the model is ``trigger_ratio`` times below the target.
+
+    The target is ``coefficient × dataset_size ** exponent`` parameters (defaults and their reasons
+    in ``docs/growth_policy.md``). The verdict carries the target, so that a widen in ``target``
+    mode grows to it rather than by a fixed factor.
+    """
+    cfg = ctx.config.data_scaling
+    obs = ctx.obs
+    if obs.dataset_size == 0:
+        return Verdict("data_scaling", False, "no_data", "data_scaling: no training data yet")
+    target = data_target(ctx.config, obs.dataset_size)
+    ratio = target / obs.param_count if obs.param_count > 0 else math.inf
+    numbers: Numbers = {
+        "dataset_size": obs.dataset_size,
+        "target_params": target,
+        "param_count": obs.param_count,
+        "target_ratio": ratio,
+        "trigger_ratio": cfg.trigger_ratio,
+    }
+    law = f"{num(cfg.coefficient)} × {obs.dataset_size:,}^{num(cfg.exponent)}"
+    if ratio >= cfg.trigger_ratio:
+        return Verdict(
+            "data_scaling",
+            True,
+            "below_target",
+            f"{obs.dataset_size:,} samples call for {count(target)} parameters ({law}), "
+            f"the model has {count(obs.param_count)} (target ×{num(ratio)} >= ×{num(cfg.trigger_ratio)})",
+            numbers,
+            notable=True,
+            target_params=target,
+        )
+    return Verdict(
+        "data_scaling",
+        False,
+        "at_target",
+        f"data_scaling: {count(obs.param_count)} parameters for a target of {count(target)} "
+        f"({law}; ×{num(ratio)} < ×{num(cfg.trigger_ratio)})",
+        numbers,
+        target_params=target,
+    )
+
+
+def schedule(ctx: PolicyContext) -> Verdict:
+    """Grow at given dataset sizes or steps.
+
+    By the time the k-th threshold (dataset sizes and steps counted together) has been reached, the
+    model should be in generation k or later; the policy grows while it is behind. Counting against
+    the generation rather than remembering which thresholds fired keeps the policy pure: a growth
+    refused by a guard (a cooldown) happens later, and a restarted job needs no extra state. Any
+    growth counts, manual ones included.
+    """
+    cfg = ctx.config.schedule
+    obs = ctx.obs
+    sizes = [t for t in cfg.at_dataset_sizes if t <= obs.dataset_size]
+    steps = [t for t in cfg.at_steps if t <= obs.step]
+    due = len(sizes) + len(steps)
+    numbers: Numbers = {
+        "growths_due": due,
+        "generation": obs.generation,
+        "dataset_size": obs.dataset_size,
+        "step": obs.step,
+    }
+    if due > obs.generation:
+        reached = []
+        if sizes:
+            reached.append(f"dataset size {obs.dataset_size:,} >= {sizes[-1]:,}")
+        if steps:
+            reached.append(f"step {obs.step:,} >= {steps[-1]:,}")
+        return Verdict(
+            "schedule",
+            True,
+            "due",
+            f"schedule: {' and '.join(reached)}: {due} growths due, generation {obs.generation}",
+            numbers,
+            notable=True,
+        )
+    upcoming = [t for t in cfg.at_dataset_sizes if t > obs.dataset_size][:1]
+    upcoming_steps = [t for t in cfg.at_steps if t > obs.step][:1]
+    nxt = ", ".join(
+        [f"dataset size {t:,}" for t in upcoming] + [f"step {t:,}" for t in upcoming_steps]
+    )
+    return Verdict(
+        "schedule",
+        False,
+        "on_schedule",
+        f"schedule: {due} growths due, generation {obs.generation}"
+        + (f"; next at {nxt}" if nxt else "; no thresholds left"),
+        numbers,
+    )
+
+
+BUILTIN_POLICIES = ("manual", "plateau", "data_scaling", "schedule")
+
+_REGISTRY: dict[str, Policy] = {
+    "manual": manual,
+    "plateau": plateau,
+    "data_scaling": data_scaling,
+    "schedule": schedule,
+}
+
+
+def register_policy(name: str, policy: Policy, *, replace: bool = False) -> None:
+    """Make ``policy`` available under ``name`` in ``GrowthPolicyConfig.policies``.
+
+    Register before validating configs that use the name (for example at import time of an
+    operator's plugin module). Built-in names can be replaced only with ``replace=True``.
+    """
+    if not name or not name.replace("_", "").isalnum():
+        raise ValueError(f"policy name {name!r}: use letters, digits and '_'")
+    if name in _REGISTRY and not replace:
+        raise ValueError(f"policy {name!r} is already registered; pass replace=True to replace it")
+    _REGISTRY[name] = policy
+
+
+def unregister_policy(name: str) -> None:
+    """Remove a policy registered with :func:`register_policy` (built-ins stay)."""
+    if name in BUILTIN_POLICIES:
+        raise ValueError(f"policy {name!r} is built in and cannot be removed")
+    _REGISTRY.pop(name, None)
+
+
+def registered_policies() -> tuple[str, ...]:
+    """Names that ``GrowthPolicyConfig.policies`` accepts, built-ins first."""
+    return tuple(_REGISTRY)
+
+
+def get_policy(name: str) -> Policy:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise KeyError(
+            f"unknown policy {name!r}; known: {', '.join(registered_policies())}"
+        ) from None

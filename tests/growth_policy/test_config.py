@@ -1,0 +1,57 @@
+"""GrowthPolicyConfig: defaults, unknown keys, and every cross-field error in one message."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from growth_policy import GrowthPolicyConfig
+
+
+def test_defaults_are_valid_and_round_trip_through_json() -> None:
+    cfg = GrowthPolicyConfig()
+    assert cfg.policies == ["data_scaling", "plateau"]
+    assert cfg.strategy == "auto"
+    assert cfg.guards.warmup_passes == 1.0
+    again = GrowthPolicyConfig.model_validate_json(cfg.model_dump_json())
+    assert again == cfg
+
+
+def test_unknown_keys_are_rejected_at_every_level() -> None:
+    with pytest.raises(ValidationError) as info:
+        GrowthPolicyConfig.model_validate({"bogus": 1, "widen": {"factr": 2}})
+    text = str(info.value)
+    assert "bogus" in text
+    assert "widen.factr" in text
+
+
+def test_cross_field_errors_are_collected_into_one_message() -> None:
+    with pytest.raises(ValidationError) as info:
+        GrowthPolicyConfig.model_validate(
+            {
+                "policies": ["nope", "plateau", "plateau", "schedule"],
+                "widen": {"factor": 8.0},
+                "schedule": {"at_steps": [500, 100]},
+            }
+        )
+    errors = info.value.errors()
+    assert len(errors) == 1
+    text = str(info.value)
+    assert "unknown 'nope'" in text
+    assert "each policy may appear once" in text
+    assert "1.25 <= 8.0 <= 4.0" in text
+    assert "schedule.at_steps: values must be increasing" in text
+
+
+def test_schedule_policy_needs_thresholds() -> None:
+    with pytest.raises(ValidationError, match="needs at_dataset_sizes or at_steps"):
+        GrowthPolicyConfig(policies=["schedule"])
+    cfg = GrowthPolicyConfig.model_validate(
+        {"policies": ["schedule"], "schedule": {"at_dataset_sizes": [2000, 4000]}}
+    )
+    assert cfg.schedule.at_dataset_sizes == [2000, 4000]
+
+
+def test_empty_policies_is_an_error() -> None:
+    with pytest.raises(ValidationError, match="name at least one"):
+        GrowthPolicyConfig(policies=[])
