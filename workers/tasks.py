@@ -1,0 +1,77 @@
+"""What a task means for training: the loss, the metric, and how a model is evaluated.
+
+Classification trains with cross-entropy and reports accuracy; regression trains with the mean
+squared error and reports it as its metric too (lower is better).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from torch.nn import functional
+
+from workers.spec import TaskSpec
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def targets(labels: torch.Tensor, task: TaskSpec) -> torch.Tensor:
+    """Labels as the loss wants them: int64 class indices (N,) or float32 targets (N, outputs)."""
+    if task.kind == "classification":
+        return labels.long().reshape(-1)
+    return labels.float().reshape(labels.shape[0], -1)
+
+
+def loss_fn(task: TaskSpec) -> LossFn:
+    """The training loss of ``task`` (mean over the batch)."""
+    if task.kind == "classification":
+        return functional.cross_entropy
+    return functional.mse_loss
+
+
+def higher_is_better(task: TaskSpec) -> bool:
+    return task.kind == "classification"
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    task: TaskSpec,
+    *,
+    batch_size: int = 1024,
+    device: torch.device | None = None,
+) -> tuple[float, float]:
+    """``(mean loss, metric)`` of ``model`` on a dataset, in eval mode (restored afterwards).
+
+    Losses are summed per sample in float64, so the result does not depend on ``batch_size`` beyond
+    float32 rounding inside the model.
+    """
+    n = features.shape[0]
+    if n == 0:
+        raise ValueError("cannot evaluate on an empty dataset")
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    total_loss = 0.0
+    total_metric = 0.0
+    try:
+        for start in range(0, n, batch_size):
+            x = features[start : start + batch_size].to(device, non_blocking=True)
+            y = targets(labels[start : start + batch_size], task).to(device, non_blocking=True)
+            out = model(x)
+            if task.kind == "classification":
+                total_loss += functional.cross_entropy(out, y, reduction="sum").double().item()
+                total_metric += (out.argmax(dim=1) == y).sum().item()
+            else:
+                # Per-sample mean over outputs, summed over samples: the batch mean in the end.
+                per_sample = functional.mse_loss(out, y, reduction="none").reshape(out.shape[0], -1)
+                total_loss += per_sample.mean(dim=1).double().sum().item()
+        loss = total_loss / n
+        metric = total_metric / n if task.kind == "classification" else loss
+    finally:
+        model.train(was_training)
+    return loss, metric
