@@ -1,4 +1,10 @@
-"""When, where and how much to grow: policies, guards, and the controller that explains itself."""
+"""When, where and how much to grow: policies, guards, and the controller that explains itself.
+
+``growth_policy.signals`` (``group_signals``, ``SignalGroup``) needs torch and is imported on first
+use, so that the service can validate job specs without loading torch.
+"""
+
+from typing import TYPE_CHECKING, Any
 
 from growth_policy.config import (
     DataScalingConfig,
@@ -11,12 +17,15 @@ from growth_policy.config import (
     ScheduleConfig,
     WidenConfig,
 )
+from growth_policy.controller import Controller, derive_seed
+from growth_policy.planning import Limits, Plan, check_op, plan_deepen, plan_widen
 from growth_policy.policies import (
     Policy,
     PolicyContext,
     Verdict,
     data_scaling,
     data_target,
+    get_policy,
     manual,
     plateau,
     register_policy,
@@ -24,9 +33,20 @@ from growth_policy.policies import (
     schedule,
     unregister_policy,
 )
+from growth_policy.shape import (
+    ModelShape,
+    SummaryError,
+    estimate_memory_bytes,
+    parse_summary,
+    predict_param_count,
+)
 from growth_policy.types import Decision, GrowthKind, GrowthOp, Observation
 
+if TYPE_CHECKING:
+    from growth_policy.signals import SignalGroup, group_signals
+
 __all__ = [
+    "Controller",
     "DataScalingConfig",
     "Decision",
     "DeepenConfig",
@@ -34,21 +54,43 @@ __all__ = [
     "GrowthOp",
     "GrowthPolicyConfig",
     "GuardsConfig",
+    "Limits",
     "MemoryConfig",
+    "ModelShape",
     "Observation",
+    "Plan",
     "PlateauConfig",
     "Policy",
     "PolicyContext",
     "SaturationConfig",
     "ScheduleConfig",
+    "SignalGroup",
+    "SummaryError",
     "Verdict",
     "WidenConfig",
+    "check_op",
     "data_scaling",
     "data_target",
+    "derive_seed",
+    "estimate_memory_bytes",
+    "get_policy",
+    "group_signals",
     "manual",
+    "parse_summary",
+    "plan_deepen",
+    "plan_widen",
     "plateau",
+    "predict_param_count",
     "register_policy",
     "registered_policies",
     "schedule",
     "unregister_policy",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("group_signals", "SignalGroup"):
+        from growth_policy import signals
+
+        return getattr(signals, name)
+    raise AttributeError(f"module 'growth_policy' has no attribute {name!r}")

@@ -1,0 +1,460 @@
+"""The controller: combines the policies any-of, applies the guards, plans the op, explains itself.
+
+One controller per job. The worker (rank 0) or the supervisor calls :meth:`Controller.observe` with
+every observation and applies the op of a growing :class:`~growth_policy.types.Decision`. The
+controller learns that a growth was applied from the next observation's ``generation`` (or from
+:meth:`Controller.notify_grown`), so cooldowns start at the growth actually applied. Its state is
+JSON (:meth:`Controller.state_dict`) and goes into the job's checkpoint.
+
+Order of an observation:
+
+1. bookkeeping: a new generation ends the pending growth and starts the cooldown;
+2. a growth still pending: wait (until ``apply_timeout_steps``, then count it as failed);
+3. a manual request: the hard limits only (max generations, max params, memory);
+4. the policies, any-of in the configured order; none fires: an idle decision;
+5. the guards: max generations, warm-up (the first pass over the first data), minimum steps per
+   generation, cooldown, optional gap;
+6. the plan (what and where, by strategy), within max params, memory and the data cap.
+
+A refusal is ``notable`` only when its state differs from the previous decision's, so the event
+stream shows changes, not every observation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from growth_policy._format import pct
+from growth_policy.config import GrowthPolicyConfig
+from growth_policy.planning import Limits, Plan, check_op, plan_deepen, plan_widen
+from growth_policy.policies import (
+    PolicyContext,
+    Verdict,
+    data_target,
+    get_policy,
+    relative_gap,
+)
+from growth_policy.shape import ModelShape, SummaryError, parse_summary
+from growth_policy.types import Decision, GrowthOp, Observation
+
+Numbers = dict[str, float | int | str]
+
+STATE_VERSION = 1
+
+# Plan refusals after which the 'auto' strategy tries a deeper model instead of a wider one.
+_WIDEN_BLOCKED = frozenset(
+    {"max_width", "no_groups", "no_change", "max_params", "memory", "data_cap"}
+)
+
+
+def derive_seed(seed: int, generation: int) -> int:
+    """The seed of the growth that creates ``generation``: stable across runs and platforms."""
+    digest = hashlib.blake2b(f"{seed}:{generation}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % 2**31
+
+
+class Controller:
+    """Decides when, where and how much to grow, and says why.
+
+    ``Controller(config, seed=0)``; then ``observe(obs) -> Decision`` every few hundred samples,
+    ``request(op, reason)`` for manual growth, ``state_dict()`` / ``load_state_dict()`` for
+    checkpoints. Given the same observations and seed, the decisions are the same.
+    """
+
+    def __init__(self, config: GrowthPolicyConfig | None = None, *, seed: int = 0) -> None:
+        self.config = config if config is not None else GrowthPolicyConfig()
+        for name in self.config.policies:
+            get_policy(name)  # a policy unregistered since the config was validated fails here
+        self.seed = seed
+        self._history: list[Observation] = []
+        self._summary: dict[str, Any] | None = None
+        self._summary_generation: int | None = None
+        self._shape_cache: tuple[int, ModelShape | None, str | None] | None = None
+        self._generation: int | None = None
+        self._last_growth_step: int | None = None
+        self._last_kind: str | None = None
+        self._pending: dict[str, Any] | None = None
+        self._requests: list[dict[str, Any]] = []
+        self._first_dataset_size: int | None = None
+        self._last_key: str | None = None
+        self._growths = 0
+
+    # ------------------------------------------------------------------ public API
+
+    @property
+    def history(self) -> tuple[Observation, ...]:
+        """The observations kept (oldest first, without their summaries)."""
+        return tuple(self._history)
+
+    @property
+    def pending(self) -> GrowthOp | None:
+        """The growth decided and not yet seen applied."""
+        return None if self._pending is None else GrowthOp.model_validate(self._pending["op"])
+
+    def request(self, op: GrowthOp | None = None, reason: str = "requested") -> None:
+        """Queue a manual growth, applied at the next :meth:`observe`.
+
+        ``op=None`` lets the controller choose what and where by its strategy. Manual growth skips
+        the policies, the warm-up, the minimum steps and the cooldown, and is refused only by the
+        hard limits: max generations, max params, memory. Its seed is derived like any other.
+        """
+        self._requests.append(
+            {"op": None if op is None else op.model_dump(mode="json"), "reason": reason}
+        )
+
+    def notify_grown(self, *, step: int, generation: int, op: GrowthOp | None = None) -> None:
+        """The workers applied a growth at ``step``, creating ``generation``.
+
+        Optional: the next observation's generation says the same, but this pins the cooldown to
+        the exact step.
+        """
+        kind = op.op if op is not None else self._pending_kind()
+        self._pending = None
+        self._generation = generation
+        self._last_growth_step = step
+        self._last_kind = kind
+        self._growths += 1
+
+    def notify_failed(self, *, step: int, error: str) -> None:
+        """The workers could not apply the pending growth. The cooldown starts at ``step``."""
+        self._pending = None
+        self._last_growth_step = step
+        self._last_key = None
+
+    def observe(self, obs: Observation) -> Decision:
+        """Take one observation; answer with a decision (growth, refusal, or nothing to do)."""
+        timeout = self._track(obs)
+        if timeout is not None:
+            return timeout
+        if self._pending is not None:
+            return self._decide(
+                obs,
+                None,
+                "controller",
+                f"waiting for the growth decided at step {self._pending['step']} to be applied",
+                {"pending_step": self._pending["step"]},
+                key="pending",
+                notable=False,
+            )
+        shape, shape_error = self._shape(obs)
+        if self._requests:
+            return self._manual(obs, shape, self._requests.pop(0))
+
+        ctx = PolicyContext(obs, (*self._history[:-1], obs), self.config)
+        verdicts = [self._run_policy(name, ctx) for name in self.config.policies]
+        firing = next((v for v in verdicts if v.grow), None)
+        if firing is None:
+            return self._idle(obs, verdicts)
+
+        guard = self._time_guard(obs)
+        if guard is not None:
+            state, text, numbers = guard
+            return self._decide(
+                obs,
+                None,
+                state,
+                f"{text}; {firing.policy} would grow: {firing.reason}",
+                {**firing.numbers, **numbers},
+                key=f"refused:{state}",
+                notable=True,
+            )
+
+        plan = self._plan(
+            obs, shape, self._limits(obs), target=firing.target_params, signals=obs.group_signals
+        )
+        if plan.op is None:
+            return self._decide(
+                obs,
+                None,
+                plan.state,
+                f"{plan.description}; {firing.policy} would grow: {firing.reason}",
+                {**firing.numbers, **plan.numbers},
+                key=f"refused:{plan.state}",
+                notable=True,
+            )
+        note = f" (model summary unreadable: {shape_error})" if shape_error else ""
+        return self._grow(
+            obs, plan, firing.policy, f"{firing.reason}: {plan.description}{note}", firing.numbers
+        )
+
+    # ------------------------------------------------------------------ checkpointing
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-serialisable state: cooldown, pending growth, requests, bounded history."""
+        return {
+            "version": STATE_VERSION,
+            "seed": self.seed,
+            "generation": self._generation,
+            "last_growth_step": self._last_growth_step,
+            "last_kind": self._last_kind,
+            "pending": self._pending,
+            "requests": list(self._requests),
+            "first_dataset_size": self._first_dataset_size,
+            "last_key": self._last_key,
+            "growths": self._growths,
+            "summary": self._summary,
+            "summary_generation": self._summary_generation,
+            "history": [o.model_dump(mode="json") for o in self._history],
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict` output (the config comes from the job spec, not from here)."""
+        version = state.get("version")
+        if version != STATE_VERSION:
+            raise ValueError(
+                f"controller state version {version!r}; this code reads {STATE_VERSION}"
+            )
+        pending = state.get("pending")
+        if pending is not None:
+            GrowthOp.model_validate(pending["op"])
+        for r in state.get("requests", []):
+            if r.get("op") is not None:
+                GrowthOp.model_validate(r["op"])
+        history = [Observation.model_validate(o) for o in state.get("history", [])]
+        self.seed = int(state["seed"])
+        self._generation = state.get("generation")
+        self._last_growth_step = state.get("last_growth_step")
+        self._last_kind = state.get("last_kind")
+        self._pending = None if pending is None else dict(pending)
+        self._requests = [dict(r) for r in state.get("requests", [])]
+        self._first_dataset_size = state.get("first_dataset_size")
+        self._last_key = state.get("last_key")
+        self._growths = int(state.get("growths", 0))
+        self._summary = state.get("summary")
+        self._summary_generation = state.get("summary_generation")
+        self._shape_cache = None
+        self._history = history[-self.config.history_size :]
+
+    # ------------------------------------------------------------------ internals
+
+    def _pending_kind(self) -> str | None:
+        return None if self._pending is None else str(self._pending["op"]["op"])
+
+    def _track(self, obs: Observation) -> Decision | None:
+        """Bookkeeping; returns a decision only when a pending growth timed out."""
+        if self._generation is None:
+            self._generation = obs.generation
+        elif obs.generation > self._generation:
+            grown_at = obs.step - obs.generation_step
+            if self._last_growth_step is None or grown_at > self._last_growth_step:
+                self._last_growth_step = grown_at
+            self._last_kind = self._pending_kind() or self._last_kind
+            self._growths += obs.generation - self._generation
+            self._pending = None
+            self._generation = obs.generation
+        elif obs.generation < self._generation:  # resumed from an older checkpoint
+            self._generation = obs.generation
+            self._pending = None
+        if self._first_dataset_size is None and obs.dataset_size > 0:
+            self._first_dataset_size = obs.dataset_size
+        if obs.summary is not None:
+            self._summary = obs.summary
+            self._summary_generation = obs.generation
+            self._shape_cache = None
+        # Steps can go back when the job resumes from a checkpoint: forget what came after.
+        self._history = [o for o in self._history if o.step < obs.step]
+        self._history.append(obs.model_copy(update={"summary": None, "group_signals": {}}))
+        del self._history[: -self.config.history_size]
+
+        if (
+            self._pending is not None
+            and obs.step - self._pending["step"] >= self.config.guards.apply_timeout_steps
+        ):
+            decided = self._pending["step"]
+            self._pending = None
+            self._last_growth_step = obs.step
+            return self._decide(
+                obs,
+                None,
+                "controller",
+                f"the growth decided at step {decided} was not applied within "
+                f"{self.config.guards.apply_timeout_steps} steps (generation still {obs.generation}): "
+                f"counted as failed, cooling down for {self.config.guards.cooldown_steps} steps",
+                {"pending_step": decided},
+                key="apply_timeout",
+                notable=True,
+            )
+        return None
+
+    def _shape(self, obs: Observation) -> tuple[ModelShape | None, str | None]:
+        """The current generation's shape from its summary (cached); None when unknown."""
+        if self._summary is None or self._summary_generation != obs.generation:
+            return None, None
+        if self._shape_cache is None or self._shape_cache[0] != obs.generation:
+            try:
+                self._shape_cache = (obs.generation, parse_summary(self._summary), None)
+            except SummaryError as e:
+                self._shape_cache = (obs.generation, None, str(e))
+        return self._shape_cache[1], self._shape_cache[2]
+
+    def _run_policy(self, name: str, ctx: PolicyContext) -> Verdict:
+        try:
+            return get_policy(name)(ctx)
+        except Exception as e:  # a user policy's bug must not stop training; it is reported
+            return Verdict(
+                name, False, "error", f"policy {name} failed: {type(e).__name__}: {e}", notable=True
+            )
+
+    def _limits(self, obs: Observation) -> Limits:
+        cap = None
+        over = self.config.guards.max_params_over_target
+        if over is not None and "data_scaling" in self.config.policies and obs.dataset_size > 0:
+            cap = int(over * data_target(self.config, obs.dataset_size))
+        return Limits.from_config(self.config, cap_params=cap)
+
+    def _time_guard(self, obs: Observation) -> tuple[str, str, Numbers] | None:
+        g = self.config.guards
+        if obs.generation >= g.max_generations:
+            return (
+                "max_generations",
+                f"max generations {g.max_generations} reached",
+                {"max_generations": g.max_generations},
+            )
+        first = self._first_dataset_size or obs.dataset_size
+        need = int(g.warmup_passes * first)
+        if obs.samples_seen < need:
+            return (
+                "warmup",
+                f"warm-up: {obs.samples_seen:,} of {need:,} samples seen ({g.warmup_passes:g} "
+                f"pass over the first {first:,} samples)",
+                {"samples_seen": obs.samples_seen, "warmup_samples": need},
+            )
+        if obs.generation_step < g.min_generation_steps:
+            return (
+                "min_generation_steps",
+                f"generation {obs.generation} has trained {obs.generation_step} of "
+                f"{g.min_generation_steps} steps",
+                {
+                    "generation_step": obs.generation_step,
+                    "min_generation_steps": g.min_generation_steps,
+                },
+            )
+        last = self._last_growth_step
+        if last is None and obs.generation > 0:
+            last = obs.step - obs.generation_step
+        if last is not None and obs.step - last < g.cooldown_steps:
+            return (
+                "cooldown",
+                f"cooldown: {obs.step - last} of {g.cooldown_steps} steps since the growth at step {last}",
+                {"steps_since_growth": obs.step - last, "cooldown_steps": g.cooldown_steps},
+            )
+        if g.max_gap is not None and obs.val_loss is not None:
+            gap = relative_gap(obs.train_loss, obs.val_loss)
+            if gap > g.max_gap:
+                return (
+                    "overfitting",
+                    f"overfitting: gap {pct(gap)} > {pct(g.max_gap)}: waiting for data",
+                    {"gap": gap, "max_gap": g.max_gap},
+                )
+        return None
+
+    def _plan(
+        self,
+        obs: Observation,
+        shape: ModelShape | None,
+        limits: Limits,
+        *,
+        target: int | None,
+        signals: Mapping[str, Mapping[str, float]],
+    ) -> Plan:
+        strategy = self.config.strategy
+        if strategy == "alternate":
+            strategy = "deepen" if self._last_kind == "widen" else "widen"
+        if strategy == "deepen":
+            return plan_deepen(obs, shape, self.config, limits)
+        widen = plan_widen(obs, shape, self.config, limits, target_params=target, signals=signals)
+        if strategy == "auto" and widen.op is None and widen.state in _WIDEN_BLOCKED:
+            deepen = plan_deepen(obs, shape, self.config, limits)
+            if deepen.op is not None:
+                return Plan(
+                    deepen.op,
+                    deepen.state,
+                    f"{deepen.description} (cannot widen: {widen.description})",
+                    deepen.params_before,
+                    deepen.params_after,
+                    {**deepen.numbers, "widen_refused": widen.state},
+                )
+        return widen
+
+    def _manual(
+        self, obs: Observation, shape: ModelShape | None, req: Mapping[str, Any]
+    ) -> Decision:
+        why = req["reason"]
+        g = self.config.guards
+        if obs.generation >= g.max_generations:
+            text = f"max generations {g.max_generations} reached"
+            return self._decide(
+                obs,
+                None,
+                "manual",
+                f"manual request ({why}) refused: {text}",
+                {"max_generations": g.max_generations},
+                key="manual_refused",
+                notable=True,
+            )
+        hard = Limits.from_config(self.config)
+        if req["op"] is None:
+            plan = self._plan(obs, shape, hard, target=None, signals=obs.group_signals)
+        else:
+            plan = check_op(obs, shape, GrowthOp.model_validate(req["op"]), self.config, hard)
+        if plan.op is None:
+            return self._decide(
+                obs,
+                None,
+                "manual",
+                f"manual request ({why}) refused: {plan.description}",
+                plan.numbers,
+                key="manual_refused",
+                notable=True,
+            )
+        return self._grow(obs, plan, "manual", f"manual request ({why}): {plan.description}", {})
+
+    def _grow(
+        self, obs: Observation, plan: Plan, policy: str, reason: str, numbers: Numbers
+    ) -> Decision:
+        assert plan.op is not None
+        op = plan.op.model_copy(update={"seed": derive_seed(self.seed, obs.generation + 1)})
+        self._pending = {
+            "op": op.model_dump(mode="json"),
+            "step": obs.step,
+            "generation": obs.generation,
+            "policy": policy,
+        }
+        return self._decide(
+            obs, op, policy, reason, {**numbers, **plan.numbers}, key="grow", notable=True
+        )
+
+    def _idle(self, obs: Observation, verdicts: Sequence[Verdict]) -> Decision:
+        numbers: Numbers = {}
+        for v in verdicts:
+            numbers.update({f"{v.policy}.{k}": x for k, x in v.numbers.items()})
+        notable = [v for v in verdicts if v.notable]
+        policy = notable[0].policy if notable else "+".join(v.policy for v in verdicts)
+        key = "idle:" + ",".join(f"{v.policy}={v.state}" for v in verdicts)
+        reason = "; ".join(v.reason for v in verdicts)
+        return self._decide(obs, None, policy, reason, numbers, key=key, notable=bool(notable))
+
+    def _decide(
+        self,
+        obs: Observation,
+        op: GrowthOp | None,
+        policy: str,
+        reason: str,
+        numbers: Numbers,
+        *,
+        key: str,
+        notable: bool,
+    ) -> Decision:
+        changed = key != self._last_key
+        self._last_key = key
+        numbers = {**numbers, "state": key, "param_count": obs.param_count}
+        return Decision(
+            step=obs.step,
+            op=op,
+            policy=policy,
+            reason=reason,
+            numbers=numbers,
+            notable=op is not None or (notable and changed),
+        )

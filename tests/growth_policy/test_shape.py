@@ -1,0 +1,114 @@
+"""Reading net2net summaries and predicting exact parameter counts without the model."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from growth_policy import SummaryError, estimate_memory_bytes, parse_summary, predict_param_count
+from growth_policy.shape import activation_units, deepen_param_count
+
+from ._traces import mlp_params, mlp_summary
+
+
+def test_mlp_count_and_widen_predictions_are_exact() -> None:
+    s = mlp_summary(40, [16, 16], 10)
+    shape = parse_summary(s)
+    assert shape.count() == mlp_params(40, [16, 16], 10) == 1098
+    assert predict_param_count(s, factor=2.0) == mlp_params(40, [32, 32], 10)
+    assert predict_param_count(shape, factor=1.5) == mlp_params(40, [24, 24], 10)
+    assert predict_param_count(shape, factor=1.3) == mlp_params(40, [21, 21], 10)  # 20.8 → 21
+    assert predict_param_count(shape, widths={"fc1": 40}) == mlp_params(40, [16, 40], 10)
+
+
+def conv_concat_summary() -> dict[str, Any]:
+    """Two conv branches a (8 ch) and b (4 ch) concatenated, 4×4 map flattened into fc(·, 10)."""
+    return {
+        "groups": [
+            {"name": "a", "width": 8, "modules": ["a", "fc"], "elements_per_unit": 16},
+            {"name": "b", "width": 4, "modules": ["b", "fc"], "elements_per_unit": 16},
+        ],
+        "params": {
+            "a.weight": ["a", 3, 3, 3],
+            "a.bias": ["a"],
+            "b.weight": {"dims": ["b", 3, 1, 1]},
+            "fc.weight": [10, {"sum": [{"group": "a", "scale": 16}, {"group": "b", "scale": 16}]}],
+            "fc.bias": [10],
+        },
+    }
+
+
+def test_concatenation_and_flatten_dims() -> None:
+    shape = parse_summary(conv_concat_summary())
+    assert shape.count() == 8 * 27 + 8 + 4 * 3 + 10 * (8 + 4) * 16 + 10
+    after = 16 * 27 + 16 + 8 * 3 + 10 * (16 + 8) * 16 + 10
+    assert predict_param_count(shape, factor=2.0) == after
+    assert predict_param_count(shape, widths={"b": 5}) == 8 * 27 + 8 + 5 * 3 + 10 * 13 * 16 + 10
+    assert activation_units(shape) == (8 + 4) * 16
+
+
+def test_integer_factor_groups_round_the_factor_up() -> None:
+    s: dict[str, Any] = {
+        "groups": [
+            {"name": "h", "width": 10, "constraints": ["LayerNorm 'ln' needs integer factors"]},
+            {"name": "g", "width": 10},
+        ],
+        "params": [{"name": "w", "dims": ["h", "g"]}],
+    }
+    shape = parse_summary(s)
+    assert shape.group("h").integer_factors
+    assert shape.widths_for_factor(1.5) == {"h": 20, "g": 15}
+
+
+def test_deepen_prediction() -> None:
+    s = mlp_summary(40, [16, 32], 10)
+    assert predict_param_count(s, deepen_after="act1") == mlp_params(40, [16, 32, 32], 10)
+    shape = parse_summary(s)
+    assert predict_param_count(shape, deepen_after="act1") == shape.count() + 32 * 32 + 32
+    given = {**s, "deepen_candidates": [{"after": "x", "kind": "conv", "width": 8, "params": 584}]}
+    cand = parse_summary(given).deepen_candidates[0]
+    assert deepen_param_count(cand) == 584
+    with pytest.raises(KeyError, match="'nope' is not a deepen candidate"):
+        predict_param_count(shape, deepen_after="nope")
+
+
+def test_deepen_candidate_exactness_forms() -> None:
+    base = mlp_summary(4, [3], 2)
+    forms = [
+        ({"exact": True}, True),
+        ({"exactness": {"identity": False, "residual": True}}, False),
+        ({"exactness": "exact"}, True),
+        ({}, None),
+    ]
+    for extra, expected in forms:
+        s = {**base, "deepen_candidates": [{"after": "act0", "width": 3, **extra}]}
+        assert parse_summary(s).deepen_candidates[0].exact_identity is expected
+
+
+@pytest.mark.parametrize(
+    ("summary", "message"),
+    [
+        ({"params": []}, "'groups' must be a list"),
+        ({"groups": [{"width": 3}], "params": []}, r"groups\[0\]: needs a 'name'"),
+        ({"groups": [], "params": [{"name": "w", "dims": ["h"]}]}, "unknown group 'h'"),
+        ({"groups": [], "params": [{"name": "w", "dims": [2.5]}]}, "expected an integer"),
+        ({"groups": []}, "'params' must list"),
+    ],
+)
+def test_summary_errors_say_what_is_wrong(summary: dict[str, Any], message: str) -> None:
+    with pytest.raises(SummaryError, match=message):
+        parse_summary(summary)
+
+
+def test_predict_needs_exactly_one_change() -> None:
+    with pytest.raises(ValueError, match="exactly one"):
+        predict_param_count(mlp_summary(4, [3], 2), factor=2.0, widths={"fc0": 4})
+    with pytest.raises(KeyError, match="unknown width groups"):
+        predict_param_count(mlp_summary(4, [3], 2), widths={"zz": 4})
+
+
+def test_memory_estimate_formula() -> None:
+    # 1M params × (weights + grads + 2 Adam slots) × 4 B + 128 × 1,000 units × 4 values × 4 B.
+    got = estimate_memory_bytes(1_000_000, 1_000, batch_size=128)
+    assert got == 16_000_000 + 2_048_000
