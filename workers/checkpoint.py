@@ -1,0 +1,299 @@
+"""Checkpoints: how to rebuild the model (base spec + growth records), its weights, and the training state.
+
+A checkpoint is a folder, readable without unpickling anything::
+
+    meta.json               CheckpointMeta: format, task, base model spec, optimizer spec, growth
+                            records, lineage per generation, step counters, manifest version,
+                            decision-source state, loop state
+    model.safetensors       the model's state_dict (parameters and buffers)
+    optimizer.safetensors   the optimizer's per-parameter tensors, keyed "<param index>/<name>"
+    optimizer.json          the optimizer's param_groups and any non-tensor per-parameter state
+
+Rebuilding = build the base spec, replay the growth records with ``net2net.replay``, load the
+weights (:func:`load_checkpoint`). ``meta.json`` is written last, and a folder without it is not a
+checkpoint, so a reader never sees a half-written one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from workers.models import build_model, count_parameters
+from workers.shards import write_file_atomic
+from workers.spec import ModelSpec, OptimizerSpec, TaskSpec
+
+FORMAT = "lifelong-checkpoint"
+FORMAT_VERSION = 1
+META_FILE = "meta.json"
+WEIGHTS_FILE = "model.safetensors"
+OPTIMIZER_TENSORS_FILE = "optimizer.safetensors"
+OPTIMIZER_JSON_FILE = "optimizer.json"
+
+CheckpointKind = Literal["start", "periodic", "growth", "close", "final"]
+
+
+class GenerationInfo(BaseModel):
+    """One generation of the model: how it was opened and what it had then."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    generation: int = Field(ge=0)
+    opened_at_step: int = Field(ge=0)
+    op: dict[str, Any] | None = Field(default=None, description="The GrowthOp that opened it.")
+    reason: str = ""
+    policy: str = ""
+    param_count: int = Field(ge=0)
+    max_abs_error: float | None = None
+    records: int = Field(ge=0, description="How many growth records its architecture replays.")
+
+
+class CheckpointMeta(BaseModel):
+    """Everything in a checkpoint except the tensors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format: Literal["lifelong-checkpoint"] = "lifelong-checkpoint"
+    format_version: int = FORMAT_VERSION
+    job_id: str
+    kind: CheckpointKind = "periodic"
+    task: TaskSpec
+    model: ModelSpec = Field(description="The base spec; growth records are replayed on it.")
+    optimizer: OptimizerSpec
+    records: list[dict[str, Any]] = Field(default_factory=list)
+    lineage: list[GenerationInfo] = Field(default_factory=list)
+    step: int = Field(ge=0, description="Optimizer steps since the job started.")
+    generation: int = Field(ge=0)
+    generation_step: int = Field(ge=0)
+    samples_seen: int = Field(ge=0)
+    passes: int = Field(ge=0, description="Passes begun so far; a resume starts the next one.")
+    manifest_version: int = Field(ge=0)
+    dataset_size: int = Field(ge=0)
+    param_count: int = Field(ge=0)
+    world_size: int = Field(ge=1)
+    source_state: dict[str, Any] = Field(default_factory=dict)
+    loop_state: dict[str, Any] = Field(default_factory=dict)
+    saved_at: float = Field(default_factory=time.time)
+
+
+@dataclass
+class LoadedCheckpoint:
+    """A checkpoint read back: the rebuilt model (CPU, eval mode) and everything about it."""
+
+    path: Path
+    model: nn.Module
+    meta: CheckpointMeta
+    optimizer_state: dict[str, Any] | None
+
+    @property
+    def records(self) -> list[dict[str, Any]]:
+        return self.meta.records
+
+    def optimizer(
+        self, params: Iterable[torch.nn.Parameter] | None = None
+    ) -> torch.optim.Optimizer:
+        """A new optimizer for the model (or ``params``) with the saved state loaded."""
+        opt = build_optimizer(
+            self.meta.optimizer, self.model.parameters() if params is None else params
+        )
+        if self.optimizer_state is not None:
+            opt.load_state_dict(self.optimizer_state)
+        return opt
+
+
+def build_optimizer(
+    spec: OptimizerSpec, params: Iterable[torch.nn.Parameter]
+) -> torch.optim.Optimizer:
+    """The optimizer a spec names, over ``params``."""
+    if spec.name == "adam":
+        return torch.optim.Adam(
+            params, lr=spec.lr, betas=spec.betas, weight_decay=spec.weight_decay
+        )
+    if spec.name == "adamw":
+        return torch.optim.AdamW(
+            params, lr=spec.lr, betas=spec.betas, weight_decay=spec.weight_decay
+        )
+    return torch.optim.SGD(
+        params, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay
+    )
+
+
+def rebuild_model(task: TaskSpec, base: ModelSpec, records: list[dict[str, Any]]) -> nn.Module:
+    """The architecture of a checkpoint: the base spec with its growth records replayed."""
+    model = build_model(base, task)
+    if records:
+        import net2net
+
+        model = net2net.replay(model, records)  # type: ignore[attr-defined,unused-ignore]
+    return model
+
+
+# -- saving ---------------------------------------------------------------------------------------
+
+
+def _contiguous_cpu(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().to("cpu").contiguous().clone()
+
+
+def save_checkpoint(
+    directory: str | Path,
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    meta: CheckpointMeta,
+) -> Path:
+    """Write a checkpoint into ``directory`` (created; must be empty or absent). Returns it.
+
+    ``model`` is the unwrapped module (not the DDP wrapper). ``meta.json`` is written last.
+    """
+    path = Path(directory)
+    path.mkdir(parents=True, exist_ok=True)
+    if any(path.iterdir()):
+        raise FileExistsError(f"checkpoint folder {path} is not empty")
+    weights = {name: _contiguous_cpu(t) for name, t in model.state_dict().items()}
+    save_file(weights, path / WEIGHTS_FILE, metadata={"format": FORMAT})
+    if optimizer is not None:
+        tensors, rest = _split_optimizer_state(optimizer.state_dict())
+        save_file(tensors, path / OPTIMIZER_TENSORS_FILE, metadata={"format": FORMAT})
+        (path / OPTIMIZER_JSON_FILE).write_text(json.dumps(rest))
+    meta = meta.model_copy(update={"param_count": count_parameters(model)})
+    (path / META_FILE).write_text(meta.model_dump_json(indent=1))
+    return path
+
+
+def _split_optimizer_state(
+    state_dict: dict[str, Any],
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Tensors for safetensors, everything else (which must be JSON) for optimizer.json."""
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for index, per_param in state_dict["state"].items():
+        for name, value in per_param.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{index}/{name}"] = _contiguous_cpu(value)
+            else:
+                scalars.setdefault(str(index), {})[name] = value
+    rest = {"param_groups": state_dict["param_groups"], "scalars": scalars}
+    json.dumps(rest)  # fail here, not at load time, if anything is not JSON
+    return tensors, rest
+
+
+def _join_optimizer_state(tensors: dict[str, torch.Tensor], rest: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        index, name = key.split("/", 1)
+        state.setdefault(int(index), {})[name] = value
+    for index, values in rest.get("scalars", {}).items():
+        state.setdefault(int(index), {}).update(values)
+    groups = []
+    for saved in rest["param_groups"]:
+        group = dict(saved)
+        if isinstance(group.get("betas"), list):
+            group["betas"] = tuple(group["betas"])
+        groups.append(group)
+    return {"state": state, "param_groups": groups}
+
+
+# -- loading --------------------------------------------------------------------------------------
+
+
+def read_meta(path: str | Path) -> CheckpointMeta:
+    """The metadata of a local checkpoint folder, without loading any tensor."""
+    meta_path = Path(path) / META_FILE
+    if not meta_path.exists():
+        raise FileNotFoundError(f"{path} is not a checkpoint (no {META_FILE})")
+    return CheckpointMeta.model_validate_json(meta_path.read_text())
+
+
+def load_checkpoint(path: str | Path, *, with_optimizer: bool = True) -> LoadedCheckpoint:
+    """Rebuild a checkpoint's model and read its state; ``path`` is a folder or a storage URI.
+
+    The model is built from the base spec, the growth records are replayed, and the weights are
+    loaded strictly (every tensor must match). It is returned on the CPU in eval mode. Nothing is
+    unpickled: tensors come from safetensors, everything else from JSON.
+    """
+    text = str(path)
+    if "://" in text and not text.startswith("file://"):
+        path = Path(tempfile.mkdtemp(prefix="lifelong-ckpt-"))
+        _download(text, path)
+    else:
+        path = Path(text.removeprefix("file://"))
+    meta = read_meta(path)
+    model = rebuild_model(meta.task, meta.model, meta.records)
+    model.load_state_dict(load_file(path / WEIGHTS_FILE), strict=True)
+    model.eval()
+    optimizer_state = None
+    if with_optimizer and (path / OPTIMIZER_JSON_FILE).exists():
+        optimizer_state = _join_optimizer_state(
+            load_file(path / OPTIMIZER_TENSORS_FILE),
+            json.loads((path / OPTIMIZER_JSON_FILE).read_text()),
+        )
+    return LoadedCheckpoint(path=path, model=model, meta=meta, optimizer_state=optimizer_state)
+
+
+# -- durable copies -------------------------------------------------------------------------------
+
+
+def publish(local_dir: str | Path, destination: str) -> str:
+    """Copy a checkpoint folder to ``destination`` (a folder path or a ``pyarrow.fs`` URI).
+
+    Locally the copy is written to a temporary sibling, fsynced and renamed into place, so the
+    destination is either absent or complete. On an object store every file is uploaded and
+    ``meta.json`` last. Returns ``destination``. An existing destination is left as it is.
+    """
+    src = Path(local_dir)
+    files = sorted(p.name for p in src.iterdir() if p.is_file())
+    if META_FILE not in files:
+        raise FileNotFoundError(f"{src} is not a checkpoint (no {META_FILE})")
+    files.remove(META_FILE)
+    files.append(META_FILE)
+    if "://" in destination and not destination.startswith("file://"):
+        from pyarrow import fs as pafs
+
+        filesystem, base = pafs.FileSystem.from_uri(destination)
+        filesystem.create_dir(base, recursive=True)
+        for name in files:
+            with filesystem.open_output_stream(f"{base}/{name}") as out:
+                out.write((src / name).read_bytes())
+        return destination
+    target = Path(destination.removeprefix("file://"))
+    if (target / META_FILE).exists():
+        return destination
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+    tmp.mkdir()
+    try:
+        for name in files:
+            write_file_atomic(tmp / name, (src / name).read_bytes())
+        if target.exists():  # a folder left without meta.json by an earlier crash
+            shutil.rmtree(target)
+        tmp.rename(target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    dir_fd = os.open(target.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return destination
+
+
+def _download(uri: str, local: Path) -> None:
+    from pyarrow import fs as pafs
+
+    filesystem, base = pafs.FileSystem.from_uri(uri)
+    pafs.copy_files(base, str(local), source_filesystem=filesystem)
