@@ -40,7 +40,7 @@ class PlateauConfig(_Section):
         description="A plateau is a relative improvement of the train loss below this over the window.",
     )
     max_gap: float = Field(
-        default=0.10,
+        default=0.5,
         ge=0.0,
         description="Largest relative generalisation gap (val_loss - train_loss) / train_loss that "
         "still counts as underfitting; above it the model is overfitting and waits for data.",
@@ -95,8 +95,14 @@ class WidenConfig(_Section):
     max_width: int | None = Field(
         default=None, ge=1, description="No group grows beyond this width (None: no limit)."
     )
-    init: str = Field(default="net2net", min_length=1, description="net2net.widen(init=...).")
-    noise: float = Field(default=0.1, ge=0.0, description="net2net.widen(noise=...).")
+    init: str = Field(
+        default="random_zero",
+        min_length=1,
+        description="net2net.widen(init=...): how new units start. 'random_zero' (random incoming, "
+        "zero outgoing weights) is exact and its units differ from the start; the paper's "
+        "'net2net' copies learn nothing under Adam (RESEARCH.md §1).",
+    )
+    noise: float = Field(default=0.0, ge=0.0, description="net2net.widen(noise=...).")
     split: Literal["equal", "random"] = "equal"
 
 
@@ -179,6 +185,21 @@ class MemoryConfig(_Section):
     )
 
 
+def _init_errors(w: WidenConfig) -> list[str]:
+    """Check ``init`` and ``noise`` against net2net's modes, when net2net lists them."""
+    try:
+        import importlib
+
+        modes = importlib.import_module("net2net").init_modes()
+    except Exception:  # net2net unavailable or without the list: the worker's widen checks
+        return []
+    if w.init not in modes:
+        return [f"widen.init: unknown mode {w.init!r}; net2net has {', '.join(sorted(modes))}"]
+    if w.noise > 0 and not modes[w.init].get("noise", True):
+        return [f"widen.noise: init {w.init!r} takes no noise; set noise to 0 or use another init"]
+    return []
+
+
 class GrowthPolicyConfig(BaseModel):
     """The ``growth`` section of a job spec."""
 
@@ -233,6 +254,7 @@ class GrowthPolicyConfig(BaseModel):
                 errors.append(f"schedule.{name}: values must be >= 0")
             if values != sorted(set(values)):
                 errors.append(f"schedule.{name}: values must be increasing, without repeats")
+        errors.extend(_init_errors(w))
         if "schedule" in self.policies and not (s.at_dataset_sizes or s.at_steps):
             errors.append(
                 "schedule: the 'schedule' policy needs at_dataset_sizes or at_steps; "

@@ -78,7 +78,8 @@ def plateau(ctx: PolicyContext) -> Verdict:
     """Underfitting detector.
 
     Grows when the smoothed training loss improved by less than ``min_improvement`` (relative) over
-    the last ``window_steps`` steps of this generation, and the relative generalisation gap
+    the last ``window_steps`` steps of this generation (read off a least-squares line through the
+    window's observations), and the relative generalisation gap
     ``(val_loss - train_loss) / train_loss`` is at most ``max_gap``: the model cannot fit the data
     it has, so capacity is the bottleneck. A larger gap means overfitting: it does not grow, it waits
     for data, and says so (a notable state). The window restarts when the dataset grew by more than
@@ -130,13 +131,16 @@ def plateau(ctx: PolicyContext) -> Verdict:
         )
     ref = earlier[-1]
     span = obs.step - ref.step
-    improvement = (ref.train_loss - obs.train_loss) / ref.train_loss if ref.train_loss > 0 else 0.0
+    window = [o for o in usable if o.step >= ref.step]
+    then, now = _fitted_ends(window)
+    improvement = (then - now) / then if then > 0 else 0.0
     numbers: Numbers = {
         **gap_numbers,
         "improvement": improvement,
         "min_improvement": cfg.min_improvement,
         "window_steps": span,
-        "loss_then": ref.train_loss,
+        "loss_then": then,
+        "loss_now": now,
     }
     if improvement >= cfg.min_improvement:
         return Verdict(
@@ -156,6 +160,21 @@ def plateau(ctx: PolicyContext) -> Verdict:
         numbers,
         notable=True,
     )
+
+
+def _fitted_ends(window: Sequence[Observation]) -> tuple[float, float]:
+    """Least-squares line through the window's train losses, read at its first and last step.
+
+    A line through every observation of the window, rather than its two end points, keeps the noise
+    of a smoothed mini-batch loss from flipping the verdict at every observation.
+    """
+    xs = [float(o.step) for o in window]
+    ys = [o.train_loss for o in window]
+    n = len(xs)
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxx = sum((x - mx) ** 2 for x in xs)
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx if sxx > 0 else 0.0
+    return my + slope * (xs[0] - mx), my + slope * (xs[-1] - mx)
 
 
 def data_target(config: GrowthPolicyConfig, dataset_size: int) -> int:

@@ -3,8 +3,9 @@
 The summary is JSON. What this module reads from it:
 
 - ``groups``: ``[{"name", "width", "modules", "constraints"}]``, the width groups that can grow. A
-  constraint that mentions "integer" (such as 'LayerNorm needs integer factors') means the group
-  may only grow by whole factors. An optional ``"elements_per_unit"`` (or ``"spatial"``) gives the
+  constraint that mentions "integer" (such as 'LayerNorm needs integer factors'), or
+  ``"integer_factor": true``, means the group may only grow by whole factors; ``"multiple_of": k``
+  that a new width must be a multiple of k (grouped convs). An optional ``"elements_per_unit"`` (or ``"spatial"``) gives the
   activation values one unit holds per sample (H·W for a conv channel; 1 by default).
 - ``params``: ``[{"name", "dims"}]`` (or a mapping name → dims), each dim an integer, a group name, a
   ``{"group": name, "scale": k}`` reference, or a sum of those (a list, or ``{"sum": [...]}``),
@@ -53,6 +54,7 @@ class GroupShape:
     constraints: tuple[str, ...] = ()
     integer_factors: bool = False
     elements_per_unit: int = 1
+    multiple_of: int = 1
 
 
 @dataclass(frozen=True)
@@ -97,14 +99,16 @@ class ModelShape:
     def widths_for_factor(
         self, factor: float, groups: Iterable[str] | None = None
     ) -> dict[str, int]:
-        """Each named group (all by default) ×factor rounded up; integer-factor groups ×ceil."""
+        """Each named group (all by default) ×factor rounded up (to its ``multiple_of``);
+        integer-factor groups by the factor rounded up to a whole number."""
         names = set(self.widths) if groups is None else set(groups)
         out: dict[str, int] = {}
         for g in self.groups:
             if g.name not in names:
                 continue
             f = float(math.ceil(factor - 1e-9)) if g.integer_factors else factor
-            out[g.name] = math.ceil(g.width * f - 1e-9)
+            w = math.ceil(g.width * f - 1e-9)
+            out[g.name] = -(-w // g.multiple_of) * g.multiple_of
         return out
 
 
@@ -167,7 +171,10 @@ def parse_summary(summary: Mapping[str, Any]) -> ModelShape:
         if not isinstance(g, dict) or not isinstance(g.get("name"), str):
             raise SummaryError(f"summary.groups[{i}]: needs a 'name'")
         constraints = tuple(str(c) for c in g.get("constraints") or ())
-        integer = bool(g.get("integer_factors")) or any("integer" in c.lower() for c in constraints)
+        integer = bool(
+            g.get("integer_factors") or g.get("integer_factor") or g.get("integer_factor_norms")
+        ) or any("integer" in c.lower() for c in constraints)
+        multiple = g.get("multiple_of", 1)
         per_unit = _first(g, "elements_per_unit", "spatial", "activation_size")
         groups[g["name"]] = GroupShape(
             name=g["name"],
@@ -178,6 +185,7 @@ def parse_summary(summary: Mapping[str, Any]) -> ModelShape:
             elements_per_unit=_as_int(per_unit, f"summary.groups[{i}].elements_per_unit")
             if per_unit is not None
             else 1,
+            multiple_of=max(1, _as_int(multiple, f"summary.groups[{i}].multiple_of")),
         )
     raw_params = _first(summary, "params", "parameters", "tensors")
     items: list[tuple[str, Any]]

@@ -55,3 +55,18 @@ def test_schedule_policy_needs_thresholds() -> None:
 def test_empty_policies_is_an_error() -> None:
     with pytest.raises(ValidationError, match="name at least one"):
         GrowthPolicyConfig(policies=[])
+
+
+def test_widen_init_is_checked_against_net2net_modes() -> None:
+    import net2net
+
+    if not hasattr(net2net, "init_modes"):
+        pytest.skip("net2net does not list its init modes yet")
+    modes = net2net.init_modes()
+    assert GrowthPolicyConfig().widen.init in modes
+    with pytest.raises(ValidationError, match=r"widen\.init: unknown mode 'bogus'; net2net has"):
+        GrowthPolicyConfig.model_validate({"widen": {"init": "bogus"}})
+    no_noise = [name for name, mode in modes.items() if not mode.get("noise", True)]
+    if no_noise:
+        with pytest.raises(ValidationError, match="takes no noise"):
+            GrowthPolicyConfig.model_validate({"widen": {"init": no_noise[0], "noise": 0.1}})
