@@ -1,0 +1,434 @@
+"""MLflow tracking that never stalls or kills training: a durable outbox drained in the background.
+
+Every tracking call of a job (open a generation's run, log metrics, log the checkpoint, register a
+model version, close a run) becomes an *operation* appended to a Redis list, the job's outbox, and
+returns at once. One background thread drains the outbox into MLflow in order, batching metrics, and
+removes an operation only after MLflow accepted it. When the tracking server is down, operations
+wait in Redis (they survive a restart of the supervisor too) and are retried with exponential
+backoff; when it comes back, everything is backfilled with its original steps and timestamps.
+
+Stock MLflow would block a synchronous call for minutes and then raise (see STACK.md), and its
+asynchronous mode drops data on failure: neither is acceptable for a run that lasts weeks. The
+client here is set to fail fast (no retries of its own, a short timeout), since the outbox retries.
+
+Operations are idempotent, so that one retried after a timeout that in fact succeeded does no harm:
+a generation's run is found by its tag before one is created, MLflow ignores a metric point logged
+twice with the same key, value, step and timestamp, artifacts overwrite, and a model version is
+looked up by run id before one is created.
+
+The outbox is bounded (``max_ops``): past the bound, metric points are dropped (and counted) rather
+than runs, artifacts or registrations, which are never dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+
+logger = logging.getLogger(__name__)
+
+GENERATION_TAG = "lifelong.generation"
+JOB_TAG = "lifelong.job_id"
+PARENT_TAG = "mlflow.parentRunId"  # MLflow's own lineage tag: the UI nests runs by it
+ALIAS = "latest"  # resolved by MLflow to the newest version
+# MLflow error codes that no retry will fix: drop the operation and count it.
+PERMANENT_ERRORS = frozenset(
+    {"INVALID_PARAMETER_VALUE", "BAD_REQUEST", "INVALID_STATE", "PERMISSION_DENIED"}
+)
+
+
+def fail_fast_client_env() -> None:
+    """Make the MLflow client of this process fail within seconds; the outbox retries instead."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+
+@dataclass
+class TrackerStatus:
+    pending: int
+    dropped: int
+    last_error: str | None
+    failing_since: float | None
+
+
+@dataclass
+class MlflowTracker:
+    """The tracking of one job: experiment ``experiment_name``, one run per generation.
+
+    ``key`` is the job's Redis key base; the tracker keeps ``<key>:mlflow:outbox`` (LIST of
+    operations), ``<key>:mlflow:runs`` (HASH generation → run id), ``<key>:mlflow:versions`` (HASH
+    generation → registered model version) and ``<key>:mlflow`` (HASH: experiment id, model name,
+    the generation that ``latest`` points to, counters, last error).
+    """
+
+    client: redis.Redis
+    key: str
+    job_id: str
+    experiment_name: str
+    model_name: str
+    tracking_uri: str
+    artifact_location: str | None = None
+    max_ops: int = 200_000
+    batch_ops: int = 200
+    max_backoff: float = 30.0
+    _thread: threading.Thread | None = field(default=None, init=False, repr=False)
+    _stop: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
+    _wake: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
+    _mlflow: Any = field(default=None, init=False, repr=False)
+    _experiment_id: str | None = field(default=None, init=False, repr=False)
+
+    # --- keys --------------------------------------------------------------------------------
+    @property
+    def outbox_key(self) -> str:
+        return f"{self.key}:mlflow:outbox"
+
+    @property
+    def runs_key(self) -> str:
+        return f"{self.key}:mlflow:runs"
+
+    @property
+    def versions_key(self) -> str:
+        return f"{self.key}:mlflow:versions"
+
+    @property
+    def info_key(self) -> str:
+        return f"{self.key}:mlflow"
+
+    # --- producer side: only Redis, never MLflow ---------------------------------------------
+    def _put(self, op: dict[str, Any]) -> bool:
+        if op["kind"] == "metrics" and int(self.client.llen(self.outbox_key)) >= self.max_ops:
+            self.client.hincrby(self.info_key, "dropped", 1)
+            return False
+        self.client.rpush(self.outbox_key, json.dumps(op, separators=(",", ":")))
+        self._wake.set()
+        return True
+
+    def open_generation(
+        self,
+        generation: int,
+        *,
+        parent: int | None,
+        step: int,
+        tags: dict[str, str] | None = None,
+        params: dict[str, str] | None = None,
+        time_ms: int | None = None,
+    ) -> None:
+        """Open generation ``generation``'s run (its parent generation's run is its parent)."""
+        self._put(
+            {
+                "kind": "open",
+                "gen": generation,
+                "parent": parent,
+                "step": step,
+                "tags": tags or {},
+                "params": params or {},
+                "time": time_ms or _now_ms(),
+            }
+        )
+
+    def log_metrics(
+        self, generation: int, step: int, values: dict[str, float], time_ms: int | None = None
+    ) -> bool:
+        """Queue metric points against the global step; False when the bound dropped them."""
+        clean = {k: float(v) for k, v in values.items() if v is not None}
+        if not clean:
+            return True
+        return self._put(
+            {
+                "kind": "metrics",
+                "gen": generation,
+                "step": step,
+                "time": time_ms or _now_ms(),
+                "values": clean,
+            }
+        )
+
+    def set_tags(self, generation: int, tags: dict[str, str]) -> None:
+        self._put({"kind": "tags", "gen": generation, "tags": tags})
+
+    def log_artifacts(self, generation: int, path: str, artifact_path: str) -> None:
+        """Upload a folder (or one file) of ``path`` under ``artifact_path`` of the run."""
+        self._put({"kind": "artifacts", "gen": generation, "path": path, "dest": artifact_path})
+
+    def register(self, generation: int, artifact_path: str) -> None:
+        """One registered model version per generation; ``latest`` follows the newest."""
+        self._put({"kind": "register", "gen": generation, "dest": artifact_path})
+
+    def close_generation(
+        self, generation: int, status: str = "FINISHED", time_ms: int | None = None
+    ) -> None:
+        self._put({"kind": "close", "gen": generation, "status": status, "time": time_ms})
+
+    # --- what has been tracked ----------------------------------------------------------------
+    def run_ids(self) -> dict[int, str]:
+        raw = self.client.hgetall(self.runs_key)
+        return {int(_s(k)): _s(v) for k, v in raw.items()}
+
+    def model_versions(self) -> dict[int, str]:
+        raw = self.client.hgetall(self.versions_key)
+        return {int(_s(k)): _s(v) for k, v in raw.items()}
+
+    def status(self) -> TrackerStatus:
+        info = {_s(k): _s(v) for k, v in self.client.hgetall(self.info_key).items()}
+        since = info.get("failing_since")
+        return TrackerStatus(
+            pending=int(self.client.llen(self.outbox_key)),
+            dropped=int(info.get("dropped", 0)),
+            last_error=info.get("last_error") or None,
+            failing_since=float(since) if since else None,
+        )
+
+    # --- consumer side ------------------------------------------------------------------------
+    def start(self) -> None:
+        """Drain the outbox in a daemon thread until :meth:`stop`."""
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(
+            target=self._run, name=f"mlflow-outbox-{self.job_id}", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self, *, flush_timeout: float = 0.0) -> None:
+        """Stop draining; with ``flush_timeout``, first try that long to empty the outbox."""
+        deadline = time.monotonic() + flush_timeout
+        while flush_timeout and time.monotonic() < deadline and self.client.llen(self.outbox_key):
+            time.sleep(0.1)
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+            self._thread = None
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until the outbox is empty (the drain thread must run); False on timeout."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.client.llen(self.outbox_key):
+                return True
+            self._wake.set()
+            time.sleep(0.1)
+        return not self.client.llen(self.outbox_key)
+
+    def _run(self) -> None:
+        fail_fast_client_env()
+        failures = 0
+        while not self._stop.is_set():
+            try:
+                applied = self.drain_once()
+            except Exception as exc:  # an outage or a bug: keep the op, back off, go on
+                failures += 1
+                self._record_failure(exc)
+                self._stop.wait(min(self.max_backoff, 0.5 * 2 ** min(failures, 10)))
+                continue
+            if failures:
+                logger.info("mlflow tracking for job %s is back after %d failures", self.job_id,
+                            failures)  # fmt: skip
+                self.client.hdel(self.info_key, "failing_since", "last_error")
+                failures = 0
+            if not applied:
+                self._wake.wait(1.0)
+                self._wake.clear()
+
+    def _record_failure(self, exc: Exception) -> None:
+        message = f"{type(exc).__name__}: {exc}"[:500]
+        self.client.hsetnx(self.info_key, "failing_since", str(time.time()))
+        self.client.hset(self.info_key, "last_error", message)
+        logger.warning("mlflow tracking for job %s is failing (%s); ops stay queued", self.job_id,
+                       message)  # fmt: skip
+
+    def drain_once(self) -> int:
+        """Apply the operations at the head of the outbox; return how many were applied."""
+        raw = self.client.lrange(self.outbox_key, 0, self.batch_ops - 1)
+        if not raw:
+            return 0
+        ops = [json.loads(r) for r in raw]
+        done = 0
+        while done < len(ops):
+            op = ops[done]
+            if op["kind"] == "metrics":
+                n = self._apply_metrics(ops[done:])
+            else:
+                self._apply_one(op)
+                n = 1
+            # Remove exactly what was applied (the producer only appends at the tail).
+            self.client.ltrim(self.outbox_key, n, -1)
+            done += n
+        return done
+
+    # --- applying operations -----------------------------------------------------------------
+    def _client(self) -> Any:
+        if self._mlflow is None:
+            fail_fast_client_env()
+            from mlflow.tracking import MlflowClient
+
+            self._mlflow = MlflowClient(tracking_uri=self.tracking_uri)
+        return self._mlflow
+
+    def _guard(self, fn: Callable[[], Any], op: dict[str, Any]) -> Any:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return fn()
+        except MlflowException as exc:
+            if exc.error_code in PERMANENT_ERRORS:
+                logger.error("mlflow refused %s for job %s, dropping it: %s", op["kind"],
+                             self.job_id, exc)  # fmt: skip
+                self.client.hincrby(self.info_key, "dropped", 1)
+                return None
+            raise
+
+    def _experiment(self) -> str:
+        if self._experiment_id is None:
+            cached = self.client.hget(self.info_key, "experiment_id")
+            if cached:
+                self._experiment_id = _s(cached)
+            else:
+                mlflow = self._client()
+                exp = mlflow.get_experiment_by_name(self.experiment_name)
+                if exp is not None:
+                    self._experiment_id = str(exp.experiment_id)
+                else:
+                    self._experiment_id = str(
+                        mlflow.create_experiment(
+                            self.experiment_name,
+                            artifact_location=self.artifact_location,
+                            tags={JOB_TAG: self.job_id},
+                        )
+                    )
+                self.client.hset(self.info_key, mapping={"experiment_id": self._experiment_id,
+                                                         "model_name": self.model_name})  # fmt: skip
+        return self._experiment_id
+
+    def _run_id(self, generation: int) -> str:
+        run_id = self.client.hget(self.runs_key, str(generation))
+        if run_id is None:
+            raise LookupError(f"generation {generation} has no MLflow run yet")
+        return _s(run_id)
+
+    def _apply_one(self, op: dict[str, Any]) -> None:
+        kind = op["kind"]
+        if kind == "open":
+            self._open(op)
+            return
+        run_id = self._run_id(op["gen"])
+        mlflow = self._client()
+        if kind == "tags":
+            from mlflow.entities import RunTag
+
+            tags = [RunTag(k, str(v)) for k, v in op["tags"].items()]
+            self._guard(lambda: mlflow.log_batch(run_id, tags=tags), op)
+        elif kind == "artifacts":
+            path = Path(op["path"])
+            if not path.exists():
+                logger.error("artifact %s of job %s is gone; not logged", path, self.job_id)
+                self.client.hincrby(self.info_key, "dropped", 1)
+            elif path.is_dir():
+                self._guard(lambda: mlflow.log_artifacts(run_id, str(path), op["dest"]), op)
+            else:
+                self._guard(lambda: mlflow.log_artifact(run_id, str(path), op["dest"]), op)
+        elif kind == "register":
+            self._register(op, run_id)
+        elif kind == "close":
+            end = op.get("time") or _now_ms()
+            self._guard(lambda: mlflow.set_terminated(run_id, op["status"], end_time=end), op)
+        else:
+            logger.error("unknown tracking operation %r dropped", kind)
+
+    def _open(self, op: dict[str, Any]) -> None:
+        generation = int(op["gen"])
+        if self.client.hexists(self.runs_key, str(generation)):
+            return
+        mlflow = self._client()
+        experiment_id = self._experiment()
+        existing = mlflow.search_runs(
+            [experiment_id],
+            filter_string=f"tags.`{GENERATION_TAG}` = '{generation}'",
+            max_results=1,
+        )
+        if existing:
+            run_id = existing[0].info.run_id
+        else:
+            tags = {GENERATION_TAG: str(generation), JOB_TAG: self.job_id, **op["tags"]}
+            if op["parent"] is not None:
+                parent_run = self.client.hget(self.runs_key, str(op["parent"]))
+                if parent_run is not None:
+                    tags[PARENT_TAG] = _s(parent_run)
+                    tags["lifelong.parent_generation"] = str(op["parent"])
+            run = mlflow.create_run(
+                experiment_id, start_time=op["time"], tags=tags, run_name=f"generation-{generation}"
+            )
+            run_id = run.info.run_id
+        if op["params"]:
+            from mlflow.entities import Param
+
+            params = [Param(k, str(v)[:6000]) for k, v in op["params"].items()]
+            self._guard(lambda: mlflow.log_batch(run_id, params=params), op)
+        self.client.hset(self.runs_key, str(generation), run_id)
+
+    def _apply_metrics(self, ops: list[dict[str, Any]]) -> int:
+        """Log the leading run of metric ops of one generation in one batch; return its length."""
+        from mlflow.entities import Metric
+
+        generation = ops[0]["gen"]
+        metrics: list[Any] = []
+        n = 0
+        for op in ops:
+            if op["kind"] != "metrics" or op["gen"] != generation:
+                break
+            if len(metrics) + len(op["values"]) > 1000:  # MLflow's log_batch limit
+                break
+            metrics += [Metric(k, v, op["time"], op["step"]) for k, v in op["values"].items()]
+            n += 1
+        run_id = self._run_id(generation)
+        self._guard(lambda: self._client().log_batch(run_id, metrics=metrics), ops[0])
+        return max(n, 1)
+
+    def _register(self, op: dict[str, Any], run_id: str) -> None:
+        from mlflow.exceptions import MlflowException
+
+        mlflow = self._client()
+        generation = int(op["gen"])
+        try:
+            mlflow.create_registered_model(self.model_name, tags={JOB_TAG: self.job_id})
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        versions = mlflow.search_model_versions(
+            f"name = '{self.model_name}' and run_id = '{run_id}'"
+        )
+        if versions:
+            version = str(versions[0].version)
+        else:
+            mv = mlflow.create_model_version(
+                self.model_name,
+                source=f"runs:/{run_id}/{op['dest']}",
+                run_id=run_id,
+                tags={GENERATION_TAG: str(generation)},
+            )
+            version = str(mv.version)
+        self.client.hset(self.versions_key, str(generation), version)
+        # MLflow 3 reserves the alias ``latest`` and resolves it to the highest version itself;
+        # versions are created in generation order (one consumer, FIFO), so ``@latest`` is
+        # always the newest generation. Each version also gets its generation as an alias.
+        mlflow.set_registered_model_alias(self.model_name, f"generation-{generation}", version)
+        self.client.hset(self.info_key, "latest_generation", str(generation))
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _s(value: bytes | str) -> str:
+    """Redis answers bytes or str depending on the client's ``decode_responses``."""
+    return value.decode() if isinstance(value, bytes) else value
