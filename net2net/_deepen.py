@@ -1,0 +1,417 @@
+"""Net2DeeperNet: insert an identity-initialised layer (or a zero-initialised residual block)."""
+
+from __future__ import annotations
+
+import copy
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, cast
+
+import torch
+from torch import fx, nn
+
+from ._errors import GrowthError
+from ._graph import Analysis, analyse, as_inputs, eval_mode
+from ._handlers import handler_for
+from ._mapping import derive_seed
+from ._modules import Residual
+from ._types import Grown, ParamPlan
+from ._widen import RECORD_FORMAT, copy_model, input_spec, verify
+
+STYLES = ("identity", "residual")
+KERNEL = 3  # kernel size of inserted convs: an identity filter has its single 1 at the centre tap
+
+
+@dataclass
+class DeepenPlan:
+    after: str
+    kind: str  # "linear", "conv1d", "conv2d", "conv3d"
+    width: int
+    channel_dim: int
+    activation: nn.Module | None  # ``after`` itself when it is an activation
+    body_activation: nn.Module | None  # the activation inside a residual body
+    batch_norm: nn.Module | None  # the model's BatchNorm to mirror, or None
+    identity_exact: bool
+    identity_refusal: str | None
+    template: str | None  # an old parameter whose optimizer param group new parameters join
+
+
+def _out_node(an: Analysis, after: str, op: str) -> fx.Node:
+    """The graph node holding the output of module ``after`` (called exactly once)."""
+    leaf = [n for n in an.gm.graph.nodes if n.op == "call_module" and n.target == after]
+    if leaf:
+        if len(leaf) > 1:
+            raise GrowthError(
+                f"{op}: module {after!r} is called {len(leaf)} times in the forward, so 'after "
+                "it' is ambiguous; deepen after a module that is called once"
+            )
+        node: fx.Node = leaf[0]
+        return node
+    keys: set[str] = set()
+    inside: dict[str, list[fx.Node]] = {}
+    for n in an.gm.graph.nodes:
+        for key, value in (n.meta.get("nn_module_stack") or {}).items():
+            if value[0] == after:
+                keys.add(key)
+                inside.setdefault(key, []).append(n)
+    if not keys:
+        raise GrowthError(
+            f"{op}: module {after!r} does not appear in the traced forward (it is unused, or "
+            "inside a layer net2net treats as a leaf); pick one of the modules listed by "
+            "net2net.summarize(...)['deepen_candidates']"
+        )
+    if len(keys) > 1:
+        raise GrowthError(
+            f"{op}: module {after!r} is called {len(keys)} times in the forward, so 'after it' is "
+            "ambiguous; deepen after a module that is called once"
+        )
+    members = set(inside[keys.pop()])
+    outs = [n for n in members if any(u not in members for u in n.users)]
+    if len(outs) != 1:
+        raise GrowthError(
+            f"{op}: module {after!r} does not return a single tensor; deepen after a module "
+            "that does"
+        )
+    out: fx.Node = outs[0]
+    return out
+
+
+def plan_deepen(an: Analysis, after: str, op: str = "deepen") -> DeepenPlan:
+    modules = dict(an.model.named_modules())
+    if not isinstance(after, str) or after == "" or after not in modules:
+        raise GrowthError(
+            f"{op}: no module named {after!r} (the root cannot be deepened after either); pick "
+            "one of net2net.summarize(...)['deepen_candidates']"
+        )
+    node = _out_node(an, after, op)
+    shape = an.state.shapes.get(node)
+    if shape is None or len(shape) < 2:
+        raise GrowthError(
+            f"{op}: module {after!r} does not output a batched tensor (shape {shape}); deepen "
+            "after a layer with a (batch, features) or (batch, channels, ...) output"
+        )
+    rank = len(shape)
+    layout = an.state.layouts.get(node, {})
+    if rank >= 3 and 1 in layout and rank <= 5:
+        kind, ch = f"conv{rank - 2}d", 1
+    elif rank == 2 or (rank - 1) in layout:
+        kind, ch = "linear", rank - 1
+    elif 3 <= rank <= 5:
+        kind, ch = f"conv{rank - 2}d", 1
+    else:
+        raise GrowthError(f"{op}: cannot tell the channel dim of {after!r}'s output {shape}")
+    module = modules[after]
+    handler = handler_for(module) if node.op == "call_module" else None
+    activation: nn.Module | None = None
+    body_activation: nn.Module | None = None
+    refusal: str | None = None
+    identity_exact = True
+    if handler is not None and handler.activation:
+        activation = body_activation = module
+        if not handler.idempotent:
+            identity_exact = False
+            name = type(module).__name__
+            refusal = (
+                f"{op}: style='identity' after {after!r} ({name}) is not exact, because "
+                f"{name}({name}(v)) != {name}(v); use style='residual' (x + f(x) with f's last "
+                "layer at zero is exact for any activation)"
+            )
+    else:
+        body_activation = _downstream_activation(an, node)
+    bn: nn.Module | None = None
+    if handler is not None and handler.activation and (kind != "linear" or rank == 2):
+        src = node.args[0] if node.args else None
+        if isinstance(src, fx.Node) and src.op == "call_module":
+            prev = an.gm.get_submodule(str(src.target))
+            h = handler_for(prev)
+            if h is not None and h.batch_norm and an.state.shapes.get(src) == shape:
+                bn = prev
+    return DeepenPlan(
+        after=after,
+        kind=kind,
+        width=int(shape[ch]),
+        channel_dim=ch,
+        activation=activation,
+        body_activation=body_activation,
+        batch_norm=bn,
+        identity_exact=identity_exact,
+        identity_refusal=refusal,
+        template=_template(an, node),
+    )
+
+
+def _downstream_activation(an: Analysis, node: fx.Node) -> nn.Module | None:
+    seen = False
+    for n in an.gm.graph.nodes:
+        if n is node:
+            seen = True
+            continue
+        if seen and n.op == "call_module":
+            m = an.gm.get_submodule(str(n.target))
+            h = handler_for(m)
+            if h is not None and h.activation:
+                return m
+    return None
+
+
+def _template(an: Analysis, node: fx.Node) -> str | None:
+    """A parameter near the insertion point: new parameters join its optimizer param group."""
+    best: str | None = None
+    for n in an.gm.graph.nodes:
+        if n.op == "call_module":
+            m = an.gm.get_submodule(str(n.target))
+            for pname, _ in m.named_parameters(recurse=False):
+                if pname == "weight" or best is None:
+                    best = f"{n.target}.{pname}"
+        if n is node:
+            break
+    if best is None:
+        best = next((name for name, _ in an.model.named_parameters()), None)
+    return best
+
+
+def build_block(plan: DeepenPlan, style: str, device: torch.device | str) -> nn.Module:
+    """The inserted block, with parameters allocated (on ``device``) but not yet initialised."""
+    w = plan.width
+    with torch.device(device):
+        if plan.kind == "linear":
+            layer: nn.Module = nn.Linear(w, w)
+            last: nn.Module = nn.Linear(w, w)
+        else:
+            conv = {"conv1d": nn.Conv1d, "conv2d": nn.Conv2d, "conv3d": nn.Conv3d}[plan.kind]
+            layer = conv(w, w, KERNEL, padding=KERNEL // 2)
+            last = conv(w, w, KERNEL, padding=KERNEL // 2)
+        parts: list[nn.Module] = [layer]
+        if plan.batch_norm is not None:
+            bn = cast(nn.modules.batchnorm._BatchNorm, plan.batch_norm)
+            parts.append(type(bn)(w, eps=bn.eps, momentum=bn.momentum))
+        if style == "identity":
+            if plan.activation is not None:
+                parts.append(_copy_activation(plan.activation))
+            return nn.Sequential(*parts)
+        act = plan.body_activation
+        act = _copy_activation(act) if act is not None else nn.ReLU()
+        return Residual(nn.Sequential(*parts, act, last))
+
+
+def _copy_activation(act: nn.Module) -> nn.Module:
+    out = copy.deepcopy(act)
+    if hasattr(out, "inplace"):
+        setattr(out, "inplace", False)  # noqa: B010  the inserted block must not overwrite its input
+    return out
+
+
+def _identity_(module: nn.Module, kind: str) -> None:
+    layer = cast(nn.Linear | nn.modules.conv._ConvNd, module)
+    w = layer.weight
+    with torch.no_grad():
+        w.zero_()
+        idx = torch.arange(w.shape[0])
+        if kind == "linear":
+            w[idx, idx] = 1.0
+        else:
+            centre = (idx, idx) + (KERNEL // 2,) * (w.dim() - 2)
+            w[centre] = 1.0
+        if layer.bias is not None:
+            layer.bias.zero_()
+
+
+def _calibrate_(
+    module: nn.Module,
+    model: nn.Module,
+    after: str,
+    batches: list[tuple[torch.Tensor, ...]],
+    ch: int,
+) -> None:
+    """Make the BatchNorm undo its own normalisation on the activation statistics (paper 2.4):
+    running stats = batch statistics of the activations, weight = sqrt(var + eps), bias = mean."""
+    total: torch.Tensor | None = None
+    sq: torch.Tensor | None = None
+    count = 0
+
+    def hook(_m: nn.Module, _i: Any, out: Any) -> None:
+        nonlocal total, sq, count
+        h = out.detach().double().movedim(ch, -1).reshape(-1, out.shape[ch])
+        s, q = h.sum(0), (h * h).sum(0)
+        total = s if total is None else total + s
+        sq = q if sq is None else sq + q
+        count += h.shape[0]
+
+    handle = model.get_submodule(after).register_forward_hook(hook)
+    try:
+        with eval_mode(model):
+            for batch in batches:
+                model(*batch)
+    finally:
+        handle.remove()
+    assert total is not None and sq is not None and count > 0
+    mean = total / count
+    var = (sq / count - mean * mean).clamp_min(0.0)
+    bn = cast(nn.modules.batchnorm._BatchNorm, module)
+    assert bn.running_mean is not None and bn.running_var is not None
+    with torch.no_grad():
+        bn.running_mean.copy_(mean)
+        bn.running_var.copy_(var)
+        bn.weight.copy_((var + bn.eps).sqrt())
+        bn.bias.copy_(mean)
+
+
+def _batches(calibration: Any, inputs: tuple[torch.Tensor, ...]) -> list[tuple[torch.Tensor, ...]]:
+    if calibration is None:
+        return [inputs]
+    if isinstance(calibration, torch.Tensor) or (
+        isinstance(calibration, tuple) and all(isinstance(t, torch.Tensor) for t in calibration)
+    ):
+        return [as_inputs(calibration)]
+    if isinstance(calibration, Iterable):
+        out = [as_inputs(b) for b in calibration]
+        if out:
+            return out
+    raise GrowthError(
+        "deepen: calibration must be a batch (a tensor or a tuple of tensors) or a non-empty "
+        "list/iterable of batches"
+    )
+
+
+def _reference(
+    model: nn.Module, inputs: tuple[torch.Tensor, ...]
+) -> tuple[torch.device, torch.dtype]:
+    for t in list(model.parameters()) + list(model.buffers()):
+        if t.is_floating_point():
+            return t.device, t.dtype
+    return inputs[0].device, torch.get_default_dtype()
+
+
+def insert_after(root: nn.Module, after: str, block: nn.Module) -> tuple[str, dict[str, str]]:
+    """Put ``block`` right after module ``after``. Inside an ``nn.Sequential`` it becomes a new
+    sibling named ``<name>_deep`` (no other name changes); elsewhere ``after`` is replaced by
+    ``Sequential(after, block)``, so its parameters move under ``<after>.0``."""
+    parent_name, _, key = after.rpartition(".")
+    parent = root.get_submodule(parent_name)
+    if type(parent) is nn.Sequential:
+        new_key = f"{key}_deep"
+        k = 2
+        while new_key in parent._modules:
+            new_key = f"{key}_deep{k}"
+            k += 1
+        items = list(parent._modules.items())
+        pos = [name for name, _ in items].index(key)
+        parent._modules.clear()
+        parent._modules.update(
+            OrderedDict([*items[: pos + 1], (new_key, block), *items[pos + 1 :]])
+        )
+        return (f"{parent_name}.{new_key}" if parent_name else new_key), {}
+    original = parent.get_submodule(key)
+    setattr(parent, key, nn.Sequential(OrderedDict([("0", original), ("1", block)])))
+    return f"{after}.1", {after: f"{after}.0"}
+
+
+def deepen(
+    model: nn.Module,
+    example_input: Any,
+    *,
+    after: str,
+    style: str = "identity",
+    calibration: Any = None,
+    seed: int = 0,
+) -> Grown:
+    """Net2DeeperNet: insert a layer right after module ``after``.
+
+    ``style="identity"``: a Linear with an identity matrix (a conv with an identity kernel: a
+    single 1 at the centre tap k//2, padding k//2), followed by ``after``'s activation when
+    ``after`` is an idempotent one (ReLU after ReLU: ``relu(I·relu(v)) = relu(v)``). When
+    ``after`` is an activation fed by BatchNorm, a BatchNorm is inserted too and calibrated so that
+    it undoes its own normalisation: running mean/var from ``calibration`` (a batch, or a list of
+    batches; default ``example_input``), weight = sqrt(var + eps), bias = mean (paper, 2.4).
+    ``style="residual"``: ``x + f(x)`` with f = layer → [BatchNorm] → activation → layer, the last
+    layer zero-initialised: exact after any activation. The input model is left untouched.
+    """
+    return deepen_impl(
+        model,
+        example_input,
+        after=after,
+        style=style,
+        calibration=calibration,
+        seed=seed,
+        check=True,
+    )
+
+
+def deepen_impl(
+    model: nn.Module,
+    example_input: Any,
+    *,
+    after: str,
+    style: str,
+    calibration: Any,
+    seed: int,
+    check: bool,
+) -> Grown:
+    if style not in STYLES:
+        raise GrowthError(f"deepen: unknown style {style!r}; choose 'identity' or 'residual'")
+    inputs = as_inputs(example_input)
+    an = analyse(model, inputs, "deepen")
+    plan = plan_deepen(an, after)
+    if style == "identity" and plan.identity_refusal is not None:
+        raise GrowthError(plan.identity_refusal)
+    batches = _batches(calibration, inputs)
+    device, dtype = _reference(model, inputs)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(seed, "deepen", after))
+        block = build_block(plan, style, "cpu")
+    if style == "identity":
+        seq = block
+        assert isinstance(seq, nn.Sequential)
+        _identity_(seq[0], plan.kind)
+        if plan.batch_norm is not None:
+            _calibrate_(seq[1], model, after, batches, plan.channel_dim)
+    else:
+        assert isinstance(block, Residual)
+        last = cast(nn.Linear | nn.modules.conv._ConvNd, cast(nn.Sequential, block.body)[-1])
+        with torch.no_grad():
+            last.weight.zero_()
+            if last.bias is not None:
+                last.bias.zero_()
+    block = block.to(device=device, dtype=dtype)
+    student = copy_model(model, "deepen")
+    inserted, renamed = insert_after(student, after, block)
+    err = verify("deepen", model, student, inputs) if check else float("nan")
+    sources: dict[str, str | None] = {}
+    plans: dict[str, ParamPlan] = {}
+    new_names: list[str] = []
+    for name, _ in student.named_parameters():
+        if name.startswith(inserted + "."):
+            sources[name] = None
+            new_names.append(name)
+            plans[name] = ParamPlan(None, template=plan.template)
+            continue
+        old = name
+        for old_prefix, new_prefix in renamed.items():
+            if name.startswith(new_prefix + "."):
+                old = old_prefix + name[len(new_prefix) :]
+        sources[name] = old
+        if old != name:
+            plans[name] = ParamPlan(old)
+    record: dict[str, Any] = {
+        "op": "deepen",
+        "format": RECORD_FORMAT,
+        "input": input_spec(inputs),
+        "after": after,
+        "style": style,
+        "seed": int(seed),
+        "kind": plan.kind,
+        "width": plan.width,
+        "batch_norm": plan.batch_norm is not None,
+        "inserted": inserted,
+        "renamed": renamed,
+    }
+    return Grown(
+        model=student,
+        record=record,
+        max_abs_error=err,
+        exact=True,
+        new_param_names=new_names,
+        param_sources=sources,
+        plans=plans,
+    )

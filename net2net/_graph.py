@@ -1,0 +1,294 @@
+"""Trace a model with torch.fx and infer its width groups: the coupled sets of producers,
+consumers and per-channel modules whose units must share one mapping."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import fx, nn
+
+from ._errors import GrowthError
+from ._handlers import handler_for
+from ._layout import GroupState, Layout, gids_of
+from ._ops import label_of, rule_for
+from ._trace import ModuleRoles, OpContext, TraceContext, TraceState
+
+Inputs = tuple[torch.Tensor, ...]
+
+
+def as_inputs(example_input: Any) -> Inputs:
+    if isinstance(example_input, torch.Tensor):
+        return (example_input,)
+    if isinstance(example_input, (tuple, list)) and all(
+        isinstance(t, torch.Tensor) for t in example_input
+    ):
+        return tuple(example_input)
+    raise GrowthError(
+        f"example_input must be a tensor or a tuple of tensors, got {type(example_input).__name__}"
+    )
+
+
+class _Tracer(fx.Tracer):
+    """Layers with a handler are leaves; everything else is traced through."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        if handler_for(m) is not None:
+            return True
+        return bool(super().is_leaf_module(m, module_qualified_name))
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Eval mode and no grad for the duration; every module's training flag is restored after."""
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        for m, flag in flags:
+            m.training = flag
+
+
+class _ShapeProp(fx.Interpreter):
+    def __init__(self, gm: fx.GraphModule) -> None:
+        super().__init__(gm)
+        self.shapes: dict[fx.Node, tuple[int, ...] | None] = {}
+
+    def run_node(self, n: fx.Node) -> Any:
+        result = super().run_node(n)
+        self.shapes[n] = tuple(result.shape) if isinstance(result, torch.Tensor) else None
+        return result
+
+
+def trace(model: nn.Module, op: str) -> fx.GraphModule:
+    tracer = _Tracer()
+    try:
+        graph = tracer.trace(model)
+    except Exception as err:  # fx raises TraceError, TypeError, RuntimeError, ...
+        raise GrowthError(
+            f"{op}: torch.fx cannot trace {type(model).__name__}: {type(err).__name__}: {err}. "
+            "Make its forward traceable (no Python control flow on tensor values, no "
+            "data-dependent shapes), or register the submodule type that holds that code with "
+            "net2net.register_handler(TheType, net2net.Opaque()) so the trace treats it as a "
+            "leaf that does not grow"
+        ) from err
+    return fx.GraphModule(tracer.root, graph)
+
+
+@dataclass
+class GroupInfo:
+    """A resolved width group (internal; the public view is :class:`net2net.WidthGroup`)."""
+
+    gid: int
+    name: str
+    width: int
+    producers: list[str]
+    consumers: list[str]
+    channelwise: list[str]
+    blocks: int
+    grouped_by: list[str]
+    balanced_by: list[str]
+    reasons: list[str]
+
+    @property
+    def growable(self) -> bool:
+        return not self.reasons
+
+
+@dataclass
+class Analysis:
+    model: nn.Module
+    gm: fx.GraphModule
+    state: TraceState
+    groups: dict[int, GroupInfo]  # by root gid
+    calls: dict[str, int]
+    output_node: fx.Node
+
+    def find(self, gid: int) -> int:
+        return self.state.groups.find(gid)
+
+    def group(self, gid: int) -> GroupInfo:
+        return self.groups[self.find(gid)]
+
+    def by_name(self) -> dict[str, GroupInfo]:
+        return {g.name: g for g in self.groups.values()}
+
+    @property
+    def roles(self) -> dict[str, ModuleRoles]:
+        return self.state.roles
+
+
+def _dedupe(items: list[str]) -> list[str]:
+    return list(dict.fromkeys(items))
+
+
+def analyse(model: nn.Module, example_input: Any, op: str) -> Analysis:
+    """Trace ``model``, run it once on ``example_input`` (eval mode, no grad) for the shapes, and
+    infer the width groups."""
+    inputs = as_inputs(example_input)
+    gm = trace(model, op)
+    prop = _ShapeProp(gm)
+    with eval_mode(model):
+        try:
+            prop.run(*inputs)
+        except Exception as err:
+            raise GrowthError(
+                f"{op}: running {type(model).__name__} on example_input failed: "
+                f"{type(err).__name__}: {err}; pass an input the model accepts"
+            ) from err
+    state = TraceState()
+    state.shapes = prop.shapes
+    nodes = list(gm.graph.nodes)
+    state.order = {n: i for i, n in enumerate(nodes)}
+    calls: dict[str, int] = {}
+    output_node = nodes[-1]
+    for node in nodes:
+        state.layouts[node] = _node_layout(gm, state, node, calls)
+        if node.op == "output":
+            output_node = node
+    _pin_shared_parameters(model, state)
+    groups: dict[int, GroupInfo] = {}
+    for root in state.groups.roots():
+        st: GroupState = state.groups.state[root]
+        name = st.producers[0]
+        groups[root] = GroupInfo(
+            gid=root,
+            name=name,
+            width=st.width,
+            producers=_dedupe(st.producers),
+            consumers=_dedupe(st.consumers),
+            channelwise=_dedupe(st.channelwise),
+            blocks=st.blocks,
+            grouped_by=_dedupe(st.grouped_by),
+            balanced_by=_dedupe(st.balanced_by),
+            reasons=[r.replace("{group}", name) for r in _dedupe(st.reasons)],
+        )
+    return Analysis(model, gm, state, groups, calls, output_node)
+
+
+def _node_layout(
+    gm: fx.GraphModule, state: TraceState, node: fx.Node, calls: dict[str, int]
+) -> Layout:
+    if node.op in ("placeholder", "get_attr"):
+        return {}
+    if node.op == "output":
+        ctx = OpContext(state, node, "output")
+        for n in ctx.tensor_inputs():
+            state.pin_layout(
+                state.layouts.get(n, {}),
+                "group '{group}' is an output of the model; output layers are never widened",
+            )
+        return {}
+    if node.op == "call_module":
+        assert isinstance(node.target, str)
+        name = node.target
+        calls[name] = calls.get(name, 0) + 1
+        module = gm.get_submodule(name)
+        return _module_layout(state, node, name, module)
+    rule = rule_for(node)
+    ctx = OpContext(state, node, label_of(node))
+    if rule is None:
+        return ctx.block()
+    out = rule(ctx)
+    if state.shapes.get(node) is None:
+        return {}
+    return out
+
+
+def _module_layout(state: TraceState, node: fx.Node, name: str, module: nn.Module) -> Layout:
+    handler = handler_for(module)
+    ctx = OpContext(state, node, name)
+    tensors = ctx.tensor_inputs()
+    if handler is None:
+        return ctx.block(
+            f"module '{name}' ({type(module).__name__}) in group '{{group}}' has no net2net "
+            f"handler; register one with net2net.register_handler({type(module).__name__}, ...) "
+            "or keep it out of the group"
+        )
+    if not tensors:
+        return {}
+    first = tensors[0]
+    for extra in tensors[1:]:
+        state.pin_layout(
+            state.layouts.get(extra, {}),
+            f"module '{name}' ({type(module).__name__}) takes group '{{group}}' as a second "
+            "input, which its handler does not follow",
+        )
+    in_shape = state.shapes.get(first)
+    assert in_shape is not None
+    tctx = TraceContext(
+        state,
+        node,
+        name=name,
+        layout=state.layouts.get(first, {}),
+        in_shape=in_shape,
+        out_shape=state.shapes.get(node),
+    )
+    out = handler.trace(module, tctx)
+    state.role(name).calls += 1
+    if state.shapes.get(node) is None:
+        state.pin_layout(
+            out,
+            f"module '{name}' ({type(module).__name__}) returns no single tensor; group "
+            "'{group}' cannot be followed",
+        )
+        return {}
+    return out
+
+
+def _pin_shared_parameters(model: nn.Module, state: TraceState) -> None:
+    """A tensor shared by two modules can follow only one mapping: such groups keep their width."""
+    owners: dict[int, list[str]] = {}
+    for mname, module in model.named_modules(remove_duplicate=False):
+        for pname, p in module.named_parameters(recurse=False):
+            lst = owners.setdefault(id(p), [])
+            if mname not in lst:
+                lst.append(mname)
+                _ = pname
+    for names in owners.values():
+        if len(names) < 2:
+            continue
+        for n in names:
+            role = state.roles.get(n)
+            if role is None:
+                continue
+            for segs in (role.out, role.in_):
+                if segs is None:
+                    continue
+                state.pin_layout(
+                    {0: segs},
+                    f"a parameter of '{n}' is shared with {', '.join(repr(x) for x in names if x != n)}; "
+                    "group '{group}' cannot grow while it is tied",
+                )
+
+
+def output_tensors(value: Any) -> list[torch.Tensor]:
+    """The tensors in a model output (tensor, tuple, list or dict, nested)."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, (tuple, list)):
+        return [t for v in value for t in output_tensors(v)]
+    if isinstance(value, dict):
+        return [t for v in value.values() for t in output_tensors(v)]
+    return []
+
+
+def max_abs_error(teacher: Any, student: Any) -> float:
+    a, b = output_tensors(teacher), output_tensors(student)
+    if len(a) != len(b):
+        return float("inf")
+    err = 0.0
+    for x, y in zip(a, b, strict=True):
+        if x.shape != y.shape:
+            return float("inf")
+        if x.numel():
+            err = max(err, float((x.double() - y.double()).abs().max()))
+    return err
+
+
+__all__ = ["Analysis", "GroupInfo", "analyse", "as_inputs", "eval_mode", "gids_of"]

@@ -1,0 +1,232 @@
+"""Mappings g from new units to source units, and the tensor surgery that applies them.
+
+Everything here is vectorised: one ``index_select`` (or ``gather`` for grouped convs) per tensor
+axis, replication counts by ``bincount``, per-source sums of random shares by ``scatter_add``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ._handlers import ParamAxes
+from ._layout import Segs
+
+
+def derive_seed(seed: int, *parts: str) -> int:
+    """A stable 63-bit seed for one named random stream (independent of call order)."""
+    digest = hashlib.blake2b(f"{seed}|{'|'.join(parts)}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+def generator(seed: int, *parts: str) -> torch.Generator:
+    return torch.Generator().manual_seed(derive_seed(seed, *parts))
+
+
+@dataclass
+class GroupMap:
+    """The mapping of one width group: new position j copies old unit ``src[j]``.
+
+    ``fresh[j]``: j is a new unit. ``share[j]``: the factor on its outgoing weights (Net2Net:
+    1/count or a random share, per source summing to one; zero-outgoing modes: 1 for old units and
+    0 for new ones). ``incoming``/``outgoing``: how the new units' weights start.
+    """
+
+    name: str
+    old: int
+    new: int
+    src: torch.Tensor  # (new,) int64
+    fresh: torch.Tensor  # (new,) bool
+    share: torch.Tensor  # (new,) float64
+    incoming: str
+    outgoing: str
+
+
+def make_group_map(
+    name: str,
+    old: int,
+    new: int,
+    *,
+    blocks: int,
+    balanced: bool,
+    incoming: str,
+    outgoing: str,
+    split: str,
+    seed: int,
+) -> GroupMap:
+    """Paper: the first ``old`` units keep their place, new ones are random copies (with
+    replacement). ``balanced``: every unit is replicated equally often (LayerNorm). ``blocks``:
+    new units copy a source from their own block, and each block keeps its units together
+    (grouped convs), so old units move to the start of their block."""
+    gen = generator(seed, "group", name)
+    per_old, per_new = old // blocks, new // blocks
+    extra = per_new - per_old
+    base = (torch.arange(blocks) * per_old)[:, None]  # (B, 1)
+    if balanced:
+        rounds = extra // per_old
+        perms = torch.argsort(torch.rand(blocks, rounds, per_old, generator=gen), dim=-1)
+        picks = perms.reshape(blocks, extra)
+    else:
+        picks = torch.randint(0, per_old, (blocks, extra), generator=gen)
+    kept = torch.arange(old).view(blocks, per_old)
+    src = torch.cat([kept, picks + base], dim=1).reshape(-1)
+    fresh = torch.cat(
+        [
+            torch.zeros(blocks, per_old, dtype=torch.bool),
+            torch.ones(blocks, extra, dtype=torch.bool),
+        ],
+        dim=1,
+    ).reshape(-1)
+    if outgoing == "split":
+        if split == "random":
+            u = 0.25 + 0.75 * torch.rand(new, generator=gen, dtype=torch.float64)
+        else:
+            u = torch.ones(new, dtype=torch.float64)
+        total = torch.zeros(old, dtype=torch.float64).scatter_add_(0, src, u)
+        share = u / total[src]
+    else:
+        share = (~fresh).to(torch.float64)
+    return GroupMap(name, old, new, src, fresh, share, incoming, outgoing)
+
+
+@dataclass
+class AxisMap:
+    """A GroupMap (or several, after a concatenation) expanded onto one tensor axis."""
+
+    index: torch.Tensor  # (n_new,) int64 positions on the old axis
+    share: torch.Tensor  # (n_new,) float64
+    fresh: torch.Tensor  # (n_new,) bool
+    random_rows: torch.Tensor  # (n_new,) bool: fresh and the group's incoming weights are random
+    random_cols: torch.Tensor  # (n_new,) bool: fresh and the group's outgoing weights are random
+    old: int
+    new: int
+
+
+def axis_map(segs: Segs, maps: dict[int, GroupMap], find: object) -> AxisMap | None:
+    """Expand the group maps over an axis laid out as ``segs``; None if nothing on it grows."""
+    assert callable(find)
+    parts: list[tuple[torch.Tensor, ...]] = []
+    offset = 0
+    changed = False
+    for s in segs:
+        m = maps.get(find(s.gid)) if s.gid is not None else None
+        if m is None:
+            n = s.size
+            idx = torch.arange(offset, offset + n)
+            z = torch.zeros(n, dtype=torch.bool)
+            parts.append((idx, torch.ones(n, dtype=torch.float64), z, z, z))
+        else:
+            changed = True
+            blk = torch.arange(s.block)
+            idx = (offset + m.src[:, None] * s.block + blk[None, :]).reshape(-1)
+            rep = s.block
+            fresh = m.fresh.repeat_interleave(rep)
+            rows = fresh & (m.incoming == "random")
+            cols = fresh & (m.outgoing == "random")
+            parts.append((idx, m.share.repeat_interleave(rep), fresh, rows, cols))
+        offset += s.size
+    if not changed:
+        return None
+    idx, share, fresh, rows, cols = (torch.cat([p[i] for p in parts]) for i in range(5))
+    return AxisMap(idx, share, fresh, rows, cols, offset, int(idx.numel()))
+
+
+def _view(v: torch.Tensor, axis: int, ndim: int) -> torch.Tensor:
+    shape = [1] * ndim
+    shape[axis] = -1
+    return v.view(shape)
+
+
+def _std(t: torch.Tensor, out_axis: int | None) -> float:
+    """Scale of fresh random weights: the tensor's own spread, else 1/sqrt(fan-in)."""
+    if t.numel() > 1:
+        s = float(t.detach().float().std())
+        if s > 0 and math.isfinite(s):
+            return s
+    rows = t.shape[out_axis] if out_axis is not None and t.dim() else 1
+    return float((max(t.numel() // max(rows, 1), 1)) ** -0.5)
+
+
+def gather_in(
+    t: torch.Tensor, axis: int, amap: AxisMap, groups: int, scale: torch.Tensor | None
+) -> torch.Tensor:
+    """Take input units along ``axis`` by ``amap.index`` (times ``scale``); for a grouped conv the
+    rows of block b read the units of block b (weight (out, in/groups, *k))."""
+    if groups == 1:
+        out = t.index_select(axis, amap.index.to(t.device))
+        if scale is not None:
+            out = out * _view(scale.to(device=t.device, dtype=t.dtype), axis, t.dim())
+        return out
+    assert axis == 1, "grouped input units must be on axis 1"
+    rows, per_old = t.shape[0], t.shape[1]
+    per_new = amap.new // groups
+    local = amap.index.view(groups, per_new) - (torch.arange(groups) * per_old)[:, None]
+    idx = local.repeat_interleave(rows // groups, dim=0)  # (rows, per_new)
+    tail = [1] * (t.dim() - 2)
+    idx = idx.view(rows, per_new, *tail).expand(rows, per_new, *t.shape[2:]).to(t.device)
+    out = torch.gather(t, 1, idx)
+    if scale is not None:
+        s = scale.view(groups, per_new).repeat_interleave(rows // groups, dim=0)
+        out = out * s.view(rows, per_new, *tail).to(device=t.device, dtype=t.dtype)
+    return out
+
+
+def _cols_mask(mask: torch.Tensor, t: torch.Tensor, axis: int, groups: int) -> torch.Tensor:
+    if groups == 1:
+        return _view(mask, axis, t.dim())
+    rows = t.shape[0]
+    m = mask.view(groups, -1).repeat_interleave(rows // groups, dim=0)
+    return m.view(rows, -1, *([1] * (t.dim() - 2)))
+
+
+def _randn_rows(
+    t: torch.Tensor, axis: int, idx: torch.Tensor, gen: torch.Generator
+) -> torch.Tensor:
+    shape = list(t.shape)
+    shape[axis] = int(idx.numel())
+    return torch.randn(shape, generator=gen, dtype=torch.float32).to(t.device, t.dtype)
+
+
+def grow_tensor(
+    t: torch.Tensor,
+    axes: ParamAxes,
+    *,
+    out: AxisMap | None,
+    out_kind: str | None,
+    in_: AxisMap | None,
+    in_groups: int,
+    noise: float,
+    gen: torch.Generator,
+) -> torch.Tensor:
+    """The grown parameter: input units taken by the mapping and scaled by their outgoing share,
+    then the module's own units taken by the mapping, new rows filled as the init mode says."""
+    t = t.detach()
+    std = _std(t, axes.out)
+    if in_ is not None and axes.in_ is not None:
+        t = gather_in(t, axes.in_, in_, in_groups, in_.share)
+        if bool(in_.random_cols.any()):
+            if in_groups == 1:
+                idx = in_.random_cols.nonzero().view(-1).to(t.device)
+                t.index_copy_(axes.in_, idx, _randn_rows(t, axes.in_, idx, gen) * std)
+            else:
+                mask = _cols_mask(in_.random_cols.to(t.device), t, axes.in_, in_groups)
+                noise_t = torch.randn(t.shape, generator=gen).to(t.device, t.dtype)
+                t = torch.where(mask, noise_t * std, t)
+    if out is not None and axes.out is not None:
+        t = t.index_select(axes.out, out.index.to(t.device))
+        if out_kind == "produce" and axes.fresh != "copy":
+            idx = out.random_rows.nonzero().view(-1).to(t.device)
+            if axes.fresh == "random":
+                if idx.numel():
+                    t.index_copy_(axes.out, idx, _randn_rows(t, axes.out, idx, gen) * std)
+                copies = (out.fresh & ~out.random_rows).nonzero().view(-1).to(t.device)
+                if noise > 0 and copies.numel():
+                    t.index_add_(
+                        axes.out, copies, _randn_rows(t, axes.out, copies, gen) * (noise * std)
+                    )
+            elif idx.numel():  # "zero": the biases of random new units
+                t.index_fill_(axes.out, idx, 0.0)
+    return t.contiguous()

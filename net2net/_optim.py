@@ -1,0 +1,164 @@
+"""Carry optimizer state over to a grown model.
+
+The rule follows the gradients. At the grown point a replicated unit j with source i and outgoing
+share s_j relates to the teacher as follows (h: activations, δ: backpropagated error):
+
+* incoming weights, biases and per-channel parameters of j (the *out* axis of its producers and
+  norms): ∂L/∂U_j = s_j · ∂L/∂W_i, because δ_j = s_j · δ_i;
+* outgoing weights of j (the *in* axis of its consumers): ∂L/∂U_{·j} = ∂L/∂W_{·i}, because
+  h_j = h_i.
+
+A state tensor that is linear in the gradient (SGD momentum, Adam's exp_avg) is therefore gathered
+with the mapping and multiplied by s_j along out axes; one that is quadratic (exp_avg_sq,
+max_exp_avg_sq) by s_j². That is the state the student would hold had it followed the teacher's
+trajectory, so Adam's normalised steps continue unchanged. Zero-outgoing modes have s = 1 for old
+units and s = 0 for new ones: old units keep their state exactly, new units' rows start at zero.
+Scalars (``step``) are copied. Layers inserted by deepen start with no state.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ._errors import GrowthError
+from ._mapping import AxisMap, gather_in
+from ._modes import INIT_MODES
+from ._types import Grown, ParamPlan
+
+# state key -> power of the gradient it is proportional to
+STATE_RULES: dict[type[torch.optim.Optimizer], dict[str, int]] = {
+    torch.optim.SGD: {"momentum_buffer": 1},
+    torch.optim.Adam: {"exp_avg": 1, "exp_avg_sq": 2, "max_exp_avg_sq": 2},
+    torch.optim.AdamW: {"exp_avg": 1, "exp_avg_sq": 2, "max_exp_avg_sq": 2},
+}
+STATES = ("auto", "carry", "reset")
+
+
+def _rules(optimizer: torch.optim.Optimizer) -> dict[str, int] | None:
+    for cls in type(optimizer).__mro__:
+        if cls in STATE_RULES:
+            return STATE_RULES[cls]
+    return None
+
+
+def state_policy(grown: Grown) -> str:
+    """What ``state="auto"`` does after ``grown``: the init mode's measured rule."""
+    init = grown.init
+    if grown.op == "widen" and init in INIT_MODES and grown.widths:
+        return INIT_MODES[init].optimizer
+    return "carry"
+
+
+def remap_state(value: torch.Tensor, plan: ParamPlan, power: int) -> torch.Tensor:
+    """One state tensor of an old parameter, carried onto the grown parameter (rule above)."""
+    t = value.detach()
+    axes = plan.axes
+    if axes is None:
+        return t.clone()
+    if plan.in_ is not None and axes.in_ is not None:
+        t = gather_in(t, axes.in_, plan.in_, plan.in_groups, None)
+    if plan.out is not None and axes.out is not None:
+        amap: AxisMap = plan.out
+        t = t.index_select(axes.out, amap.index.to(t.device))
+        scale = amap.share.to(device=t.device, dtype=t.dtype) ** power
+        shape = [1] * t.dim()
+        shape[axes.out] = -1
+        t = t * scale.view(shape)
+    return t.contiguous()
+
+
+def transfer_optimizer(
+    optimizer: torch.optim.Optimizer,
+    old_model: nn.Module,
+    grown: Grown,
+    *,
+    state: str = "auto",
+) -> torch.optim.Optimizer:
+    """A new optimizer of the same class and hyper-parameters (param groups, lr, betas, weight
+    decay, ...) over ``grown.model``'s parameters, with the state carried over.
+
+    SGD momentum and Adam/AdamW moments follow the mappings, scaled as the gradients of
+    replicated parameters relate to the originals (module docstring and ``docs/net2net.md``):
+    linear states × s along out axes, quadratic states × s². Parameters of inserted layers start
+    with no state and join the param group of a nearby old parameter. ``state="auto"`` applies
+    the init mode's measured rule (``net2net.init_modes()[init]["optimizer"]``); ``"carry"`` and
+    ``"reset"`` force it. The old optimizer is left untouched.
+    """
+    if state not in STATES:
+        raise GrowthError(f"transfer_optimizer: state must be one of {STATES}, got {state!r}")
+    policy = state_policy(grown) if state == "auto" else state
+    rules = _rules(optimizer)
+    if policy == "carry" and rules is None:
+        raise GrowthError(
+            f"transfer_optimizer: no state rule for {type(optimizer).__name__}; supported are "
+            f"{', '.join(c.__name__ for c in STATE_RULES)} (or pass state='reset' to start the "
+            "new optimizer with the same hyper-parameters and no state)"
+        )
+    old_names = {id(p): n for n, p in old_model.named_parameters()}
+    old_params = dict(old_model.named_parameters())
+    new_params = dict(grown.model.named_parameters())
+    by_old: dict[str, list[str]] = {}
+    for new_name, old_name in grown.param_sources.items():
+        if old_name is not None:
+            by_old.setdefault(old_name, []).append(new_name)
+    groups: list[dict[str, Any]] = []
+    group_of_old: dict[str, int] = {}
+    for gi, group in enumerate(optimizer.param_groups):
+        params: list[torch.Tensor] = []
+        for p in group["params"]:
+            name = old_names.get(id(p))
+            if name is None:
+                raise GrowthError(
+                    "transfer_optimizer: the optimizer holds a parameter that is not in "
+                    "old_model; pass the model the optimizer was built for (the bare module, "
+                    "not a DDP wrapper of another copy)"
+                )
+            group_of_old[name] = gi
+            params += [new_params[n] for n in by_old.get(name, [])]
+        groups.append({**{k: v for k, v in group.items() if k != "params"}, "params": params})
+    for name in grown.new_param_names:
+        plan = grown.plans.get(name)
+        template = plan.template if plan is not None else None
+        gi = group_of_old.get(template or "", 0)
+        groups[gi]["params"].append(new_params[name])
+    new_opt = type(optimizer)(groups, **optimizer.defaults)
+    if policy == "reset":
+        return new_opt
+    assert rules is not None
+    for old_p, st in optimizer.state.items():
+        old_name = old_names.get(id(old_p))
+        if old_name is None:
+            continue
+        for new_name in by_old.get(old_name, []):
+            plan = grown.plans.get(new_name, ParamPlan(old_name))
+            _check_shapes(old_params[old_name], plan, old_name)
+            new_p = new_params[new_name]
+            carried: dict[str, Any] = {}
+            for key, value in st.items():
+                if isinstance(value, torch.Tensor) and key in rules and value.shape == old_p.shape:
+                    carried[key] = remap_state(value, plan, rules[key])
+                elif isinstance(value, torch.Tensor):
+                    carried[key] = value.clone()
+                else:
+                    carried[key] = value
+            new_opt.state[new_p] = carried
+    return new_opt
+
+
+def _check_shapes(old: torch.Tensor, plan: ParamPlan, name: str) -> None:
+    axes = plan.axes
+    if axes is None:
+        return
+    for axis, amap in ((axes.out, plan.out), (axes.in_, plan.in_)):
+        if axis is None or amap is None:
+            continue
+        size = old.shape[axis] * (plan.in_groups if axis == axes.in_ else 1)
+        if size != amap.old:
+            raise GrowthError(
+                f"transfer_optimizer: parameter {name!r} of old_model has shape "
+                f"{tuple(old.shape)}, which this growth did not start from; pass the model that "
+                "was grown"
+            )

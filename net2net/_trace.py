@@ -1,0 +1,334 @@
+"""Trace-time bookkeeping: the roles that modules play in width groups, and the contexts that
+module handlers and op rules use to declare them."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import fx
+
+from ._layout import (
+    Groups,
+    Layout,
+    Seg,
+    Segs,
+    canonical,
+    fixed,
+    gids_of,
+    has_groups,
+    lcm,
+    reshape_layout,
+)
+
+
+@dataclass
+class ModuleRoles:
+    """How one module's parameters meet width groups.
+
+    ``out`` is the axis of its per-unit parameters (rows of a producer, or the channels of a
+    channelwise module such as BatchNorm); ``in_`` is the axis of its input units (columns of a
+    consumer). ``in_groups`` > 1 for grouped convolutions.
+    """
+
+    out: Segs | None = None
+    out_kind: str | None = None  # "produce" or "channelwise"
+    in_: Segs | None = None
+    in_groups: int = 1
+    calls: int = 0
+
+
+class TraceState:
+    """Everything the trace accumulates: groups, roles, layouts and shapes per node."""
+
+    def __init__(self) -> None:
+        self.groups = Groups()
+        self.roles: dict[str, ModuleRoles] = {}
+        self.layouts: dict[fx.Node, Layout] = {}
+        self.shapes: dict[fx.Node, tuple[int, ...] | None] = {}
+        self.order: dict[fx.Node, int] = {}
+
+    # -- coupling -----------------------------------------------------------------------------
+    def unify(self, a: Segs, b: Segs, where: str) -> Segs:
+        """Make two channel layouts that meet elementwise share one mapping (merge their groups)."""
+        a, b = canonical(a), canonical(b)
+        same = len(a) == len(b) and all(
+            (x.gid is None) == (y.gid is None) and x.units == y.units and x.block == y.block
+            for x, y in zip(a, b, strict=True)
+        )
+        if same:
+            for x, y in zip(a, b, strict=True):
+                if x.gid is not None and y.gid is not None:
+                    self.groups.union(x.gid, y.gid)
+            return a
+        shape_match = len(a) == len(b) and all(x.size == y.size for x, y in zip(a, b, strict=True))
+        for segs, other in ((a, b), (b, a)):
+            for s in segs:
+                if s.gid is None:
+                    continue
+                if shape_match and not has_groups(other):
+                    self.groups.pin(
+                        s.gid,
+                        f"group '{{group}}' meets a fixed-size tensor at {where} (for example "
+                        "the model input in a residual add), so its width is fixed; add a "
+                        "projection layer there if it must grow",
+                    )
+                else:
+                    self.groups.pin(
+                        s.gid,
+                        f"group '{{group}}' meets channels of a different layout at {where}; "
+                        "net2net cannot give them one mapping",
+                    )
+        return a
+
+    def pin_layout(self, layout: Layout, reason: str) -> None:
+        for gid in gids_of(layout):
+            self.groups.pin(gid, reason)
+
+    def role(self, name: str) -> ModuleRoles:
+        return self.roles.setdefault(name, ModuleRoles())
+
+
+def _norm_dim(dim: int, rank: int) -> int:
+    return dim + rank if dim < 0 else dim
+
+
+class TraceContext:
+    """What a module handler sees of one call of its module, and how it declares roles.
+
+    Dimensions may be given negative (counted from the end of the input's shape).
+    """
+
+    def __init__(
+        self,
+        state: TraceState,
+        node: fx.Node,
+        *,
+        name: str,
+        layout: Layout,
+        in_shape: tuple[int, ...],
+        out_shape: tuple[int, ...] | None,
+    ) -> None:
+        self._state = state
+        self._node = node
+        self.name = name
+        self.in_shape = in_shape
+        self.out_shape = out_shape
+        self._layout = layout
+
+    @property
+    def rank(self) -> int:
+        return len(self.in_shape)
+
+    def dim(self, d: int) -> int:
+        return _norm_dim(d, self.rank)
+
+    def input_layout(self) -> Layout:
+        return dict(self._layout)
+
+    def _segs(self, d: int) -> Segs:
+        return self._layout.get(d) or fixed(self.in_shape[d])
+
+    def _rest(self, drop: Sequence[int]) -> Layout:
+        return {d: s for d, s in self._layout.items() if d not in drop}
+
+    # -- declarations ---------------------------------------------------------------------------
+    def passthrough(self) -> Layout:
+        """The output has the input's shape and each output channel depends on its own channel."""
+        return self.input_layout()
+
+    def mix(self, dims: Sequence[int], what: str) -> None:
+        """The module mixes values along ``dims`` (e.g. spatial dims of a conv or a pool)."""
+        for d in (self.dim(x) for x in dims):
+            for s in self._layout.get(d, ()):
+                if s.gid is not None:
+                    self._state.groups.pin(
+                        s.gid,
+                        f"{what} '{self.name}' mixes values along dim {d}, which holds channels "
+                        "of group '{group}'",
+                    )
+
+    def dense(
+        self, dim: int, out_width: int, *, groups: int = 1, mixes: Sequence[int] = ()
+    ) -> Layout:
+        """Consume the input's ``dim`` (its units are this module's input units) and produce a new
+        width group of ``out_width`` units at the same dim of the output (Linear, Conv)."""
+        d = self.dim(dim)
+        self.mix(mixes, "layer")
+        role = self._state.role(self.name)
+        segs = canonical(self._segs(d))
+        if groups > 1 and has_groups(segs):
+            if len(segs) == 1 and segs[0].block == 1 and segs[0].gid is not None:
+                st = self._state.groups.get(segs[0].gid)
+                st.blocks = lcm(st.blocks, groups)
+                st.grouped_by.append(self.name)
+            else:
+                self._state.pin_layout(
+                    {d: segs},
+                    f"grouped conv '{self.name}' (groups={groups}) reads group '{{group}}' "
+                    "through a concatenation or a reshape; net2net widens grouped convs only over "
+                    "a single group",
+                )
+        role.in_ = segs if role.in_ is None else self._state.unify(role.in_, segs, repr(self.name))
+        role.in_groups = groups
+        for s in segs:
+            if s.gid is not None:
+                self._state.groups.get(s.gid).consumers.append(self.name)
+        out = self._rest([d, *(self.dim(x) for x in mixes)])
+        out[d] = self._produce(out_width, groups)
+        return out
+
+    def embed(self, out_width: int) -> Layout:
+        """Append a new width group of ``out_width`` units as the output's last dim (Embedding)."""
+        out = self._rest([])
+        out[self.rank] = self._produce(out_width, 1)
+        return out
+
+    def _produce(self, width: int, groups: int) -> Segs:
+        role = self._state.role(self.name)
+        if role.out is not None and role.out_kind == "produce":
+            return role.out
+        gid = self._state.groups.new(width, self._state.order[self._node], self.name)
+        if groups > 1:
+            self._state.groups.get(gid).blocks = groups
+            self._state.groups.get(gid).grouped_by.append(self.name)
+        role.out, role.out_kind = (Seg(gid, width, 1),), "produce"
+        return role.out
+
+    def channelwise(self, dim: int, *, balanced: bool = False, mixes: Sequence[int] = ()) -> Layout:
+        """Per-channel parameters along ``dim`` (BatchNorm, LayerNorm, depthwise conv, PReLU); the
+        output keeps the input's layout. ``balanced``: the module normalises over the channels
+        (LayerNorm), which stays exact only if every unit is replicated equally often."""
+        d = self.dim(dim)
+        self.mix(mixes, "layer")
+        segs = canonical(self._segs(d))
+        role = self._state.role(self.name)
+        if has_groups(segs):
+            role.out = (
+                segs if role.out is None else self._state.unify(role.out, segs, repr(self.name))
+            )
+            role.out_kind = "channelwise"
+            gids = [s.gid for s in segs if s.gid is not None]
+            for gid in gids:
+                self._state.groups.get(gid).channelwise.append(self.name)
+            if balanced:
+                if len(segs) == 1:
+                    self._state.groups.get(gids[0]).balanced_by.append(self.name)
+                else:
+                    self._state.pin_layout(
+                        {d: segs},
+                        f"norm '{self.name}' normalises over group '{{group}}' together with other "
+                        "channels, so no replication keeps its statistics; normalise each group "
+                        "separately or use BatchNorm",
+                    )
+        out = self._rest([self.dim(x) for x in mixes])
+        return out
+
+    def reshape(self) -> Layout:
+        """The output is a reshape of the input (Flatten, Unflatten): channels are followed."""
+        if self.out_shape is None:
+            return self.block(f"module '{self.name}' in group '{{group}}' returns no tensor")
+        out, lost = reshape_layout(self.in_shape, self._layout, self.out_shape)
+        for gid in lost:
+            self._state.groups.pin(
+                gid,
+                f"reshape '{self.name}' splits or interleaves the channels of group '{{group}}'",
+            )
+        return out
+
+    def block(self, reason: str) -> Layout:
+        """The module cannot be widened through: every group of its input stays at its width.
+        ``reason`` may use ``{group}``; it becomes the message of the refusal."""
+        self._state.pin_layout(self._layout, reason)
+        return {}
+
+
+class OpContext:
+    """What an op rule sees of one call_function / call_method node."""
+
+    def __init__(self, state: TraceState, node: fx.Node, label: str) -> None:
+        self.state = state
+        self.node = node
+        self.label = label  # e.g. "torch.cat" or "Tensor.view", for messages
+        self.out_shape = state.shapes.get(node)
+
+    def where(self) -> str:
+        return f"op '{self.label}' (node '{self.node.name}')"
+
+    def arg(self, index: int, name: str, default: Any = None) -> Any:
+        if len(self.node.args) > index:
+            return self.node.args[index]
+        return self.node.kwargs.get(name, default)
+
+    def layout_of(self, value: Any) -> Layout:
+        return self.state.layouts.get(value, {}) if isinstance(value, fx.Node) else {}
+
+    def shape_of(self, value: Any) -> tuple[int, ...] | None:
+        return self.state.shapes.get(value) if isinstance(value, fx.Node) else None
+
+    def tensor_inputs(self) -> list[fx.Node]:
+        nodes: list[fx.Node] = []
+
+        def visit(a: Any) -> None:
+            if isinstance(a, fx.Node):
+                if self.state.shapes.get(a) is not None:
+                    nodes.append(a)
+            elif isinstance(a, (list, tuple)):
+                for x in a:
+                    visit(x)
+            elif isinstance(a, dict):
+                for x in a.values():
+                    visit(x)
+
+        visit(self.node.args)
+        visit(self.node.kwargs)
+        return nodes
+
+    def block(self, reason: str | None = None) -> Layout:
+        msg = reason or (
+            f"{self.where()} in group '{{group}}' is not supported by net2net; keep it out of "
+            "the group (e.g. behind a projection layer) or register a rule for it"
+        )
+        for n in self.tensor_inputs():
+            self.state.pin_layout(self.layout_of(n), msg)
+        return {}
+
+    def broadcast(self, inputs: Sequence[Any]) -> Layout:
+        """Elementwise combination with broadcasting: channels that meet are coupled."""
+        out_shape = self.out_shape
+        if out_shape is None:
+            return self.block()
+        rank = len(out_shape)
+        result: Layout = {}
+        for d in range(rank):
+            met: list[Segs] = []
+            for a in inputs:
+                shape = self.shape_of(a)
+                if shape is None:
+                    continue
+                ad = d - (rank - len(shape))
+                if ad < 0:
+                    continue
+                lay = self.layout_of(a)
+                if shape[ad] == 1 and out_shape[d] != 1:
+                    if ad in lay:
+                        self.state.pin_layout(
+                            {ad: lay[ad]},
+                            f"group '{{group}}' is broadcast at {self.where()}, so its width "
+                            "must stay 1",
+                        )
+                    continue
+                met.append(lay.get(ad) or fixed(shape[ad]))
+            if not any(has_groups(s) for s in met):
+                continue
+            merged = met[0]
+            for other in met[1:]:
+                merged = self.state.unify(merged, other, self.where())
+            result[d] = merged
+        return result
+
+
+def is_tensor(x: object) -> bool:
+    return isinstance(x, torch.Tensor)

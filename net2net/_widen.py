@@ -1,0 +1,398 @@
+"""Net2WiderNet over a traced graph: every width group grows with one mapping."""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from ._errors import GrowthError
+from ._graph import Analysis, GroupInfo, analyse, as_inputs, eval_mode, max_abs_error
+from ._handlers import handler_for
+from ._mapping import GroupMap, axis_map, generator, grow_tensor, make_group_map
+from ._modes import INIT_MODES, InitMode
+from ._types import Grown, ParamPlan, WidthGroup
+
+SPLITS = ("equal", "random")
+RECORD_FORMAT = 1
+
+
+# -- groups as data ------------------------------------------------------------------------------
+
+
+def group_view(g: GroupInfo) -> WidthGroup:
+    return WidthGroup(
+        name=g.name,
+        width=g.width,
+        producers=tuple(g.producers),
+        consumers=tuple(g.consumers),
+        norms=tuple(g.channelwise),
+        multiple_of=g.blocks,
+        integer_factor_norms=tuple(g.balanced_by),
+    )
+
+
+def group_spec(g: GroupInfo) -> dict[str, Any]:
+    """A group as plain data (the ``groups`` entries of :func:`net2net.summarize`)."""
+    return {
+        "name": g.name,
+        "width": g.width,
+        "producers": list(g.producers),
+        "consumers": list(g.consumers),
+        "norms": list(g.channelwise),
+        "multiple_of": g.blocks,
+        "multiple_of_because": list(g.grouped_by),
+        "integer_factor": bool(g.balanced_by),
+        "integer_factor_because": list(g.balanced_by),
+    }
+
+
+def blocked_spec(g: GroupInfo) -> dict[str, Any]:
+    return {"name": g.name, "width": g.width, "reason": "; ".join(g.reasons)}
+
+
+def width_groups(model: nn.Module, example_input: Any) -> list[WidthGroup]:
+    """The width groups of ``model`` that can grow, in graph order.
+
+    Each group couples the output units of its producers (Linear, Conv, Embedding), the input
+    units of its consumers and the per-channel parameters of its norms: they share one mapping g.
+    Residual adds and elementwise products merge groups; concatenations place groups side by side
+    (with offsets); flattening a conv map gives each channel a block of H·W inputs. Groups that
+    reach the model output, meet a fixed-size tensor, or pass through an op or module net2net
+    cannot remap are left out (``widen`` names the reason if asked to grow one).
+    """
+    an = analyse(model, example_input, "width_groups")
+    return [group_view(g) for g in an.groups.values() if g.growable]
+
+
+def resolve_widths(
+    groups: Sequence[Mapping[str, Any]],
+    blocked: Sequence[Mapping[str, Any]],
+    factor: float | None,
+    widths: Mapping[str, int] | None,
+    op: str = "widen",
+) -> dict[str, int]:
+    """New width per group that changes (pure data: shared by widen and predict_param_count).
+
+    ``factor``: every growable group becomes ``ceil(width·factor)``, rounded up to a multiple of
+    its ``multiple_of``. ``widths``: exactly the listed groups, each checked.
+    """
+    if (factor is None) == (widths is None):
+        raise GrowthError(f"{op}: give exactly one of factor= or widths=")
+    by_name = {str(g["name"]): g for g in groups}
+    out: dict[str, int] = {}
+    if factor is not None:
+        if isinstance(factor, bool) or not isinstance(factor, (int, float)):
+            raise GrowthError(f"{op}: factor must be a number >= 1, got {factor!r}")
+        if not math.isfinite(factor) or factor < 1:
+            raise GrowthError(
+                f"{op}: factor must be a finite number >= 1 (net2net only grows), got {factor!r}"
+            )
+        if not groups:
+            raise GrowthError(
+                f"{op}: the model has no width group that can grow"
+                + (f" ({_blocked_summary(blocked)})" if blocked else "")
+            )
+        for g in groups:
+            width = int(g["width"])
+            new = math.ceil(width * factor - 1e-9)
+            if g.get("integer_factor") and new % width:
+                raise GrowthError(
+                    f"{op}: {_norm_phrase(g)} normalises over group '{g['name']}' (width {width}), "
+                    f"which stays exact only if every unit is replicated equally often; factor "
+                    f"{factor} gives width {new}: use an integer factor, or widths= with a "
+                    f"multiple of {width} for this group"
+                )
+            mult = int(g.get("multiple_of", 1))
+            new = -(-new // mult) * mult
+            if new != width:
+                out[str(g["name"])] = new
+        return out
+    assert widths is not None
+    if not isinstance(widths, Mapping):
+        raise GrowthError(f"{op}: widths must be a dict of group name -> new width")
+    blocked_by_name = {str(b["name"]): b for b in blocked}
+    for name, new in widths.items():
+        if name not in by_name:
+            if name in blocked_by_name:
+                raise GrowthError(f"{op}: {blocked_by_name[name]['reason']}")
+            raise GrowthError(
+                f"{op}: no width group named {name!r}; the groups that can grow are: "
+                f"{', '.join(sorted(by_name)) or 'none'}"
+            )
+        g = by_name[name]
+        width = int(g["width"])
+        if isinstance(new, bool) or not isinstance(new, int):
+            raise GrowthError(f"{op}: the width for group {name!r} must be an int, got {new!r}")
+        if new < width:
+            raise GrowthError(
+                f"{op}: group {name!r} has width {width}; {new} would shrink it, and net2net "
+                "only grows"
+            )
+        mult = int(g.get("multiple_of", 1))
+        if new % mult:
+            because = ", ".join(repr(x) for x in g.get("multiple_of_because", [])) or "a conv"
+            raise GrowthError(
+                f"{op}: grouped conv {because} splits group {name!r} into {mult} blocks; use a "
+                f"width that is a multiple of {mult} (e.g. {-(-new // mult) * mult})"
+            )
+        if g.get("integer_factor") and new % width:
+            raise GrowthError(
+                f"{op}: {_norm_phrase(g)} normalises over group {name!r} (width {width}), which "
+                f"stays exact only if every unit is replicated equally often; use a width that "
+                f"is a multiple of {width} (e.g. {-(-new // width) * width}), not {new}"
+            )
+        if new != width:
+            out[name] = new
+    return out
+
+
+def _norm_phrase(g: Mapping[str, Any]) -> str:
+    names = g.get("integer_factor_because") or []
+    return ", ".join(f"norm {n!r}" for n in names) or "a norm"
+
+
+def _blocked_summary(blocked: Sequence[Mapping[str, Any]]) -> str:
+    return "; ".join(str(b["reason"]) for b in blocked[:3])
+
+
+# -- widen -------------------------------------------------------------------------------------------
+
+
+def check_init(init: str, noise: float, split: str) -> InitMode:
+    if init not in INIT_MODES:
+        raise GrowthError(
+            f"widen: unknown init {init!r}; choose one of {', '.join(INIT_MODES)} (see "
+            "net2net.init_modes())"
+        )
+    mode = INIT_MODES[init]
+    if split not in SPLITS:
+        raise GrowthError(f"widen: unknown split {split!r}; choose 'equal' or 'random'")
+    if split != "equal" and mode.outgoing != "split":
+        raise GrowthError(
+            f"widen: split={split!r} applies to init='net2net' only (init={init!r} starts new "
+            "outgoing weights at zero or random); leave split='equal'"
+        )
+    if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not noise >= 0:
+        raise GrowthError(f"widen: noise must be a number >= 0, got {noise!r}")
+    if noise > 0 and not mode.noise:
+        raise GrowthError(
+            f"widen: noise applies to copied units (init='net2net' or 'copy_zero'); init={init!r} "
+            "draws new incoming weights at random, so leave noise=0"
+        )
+    return mode
+
+
+def input_spec(inputs: tuple[torch.Tensor, ...]) -> list[dict[str, Any]]:
+    return [{"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")} for t in inputs]
+
+
+def set_tensor(module: nn.Module, name: str, value: torch.Tensor) -> None:
+    if name in module._parameters:
+        old = module._parameters[name]
+        module._parameters[name] = nn.Parameter(
+            value, requires_grad=old.requires_grad if old is not None else True
+        )
+    else:
+        module._buffers[name] = value
+
+
+def copy_model(model: nn.Module, op: str) -> nn.Module:
+    try:
+        student = copy.deepcopy(model)
+    except Exception as err:
+        raise GrowthError(
+            f"{op}: cannot copy {type(model).__name__} ({type(err).__name__}: {err}); the input "
+            "model is never modified, so it must support copy.deepcopy"
+        ) from err
+    for p in student.parameters():
+        p.grad = None
+    return student
+
+
+def verify(
+    op: str, model: nn.Module, student: nn.Module, inputs: tuple[torch.Tensor, ...]
+) -> float:
+    with eval_mode(model):
+        teacher = model(*inputs)
+    with eval_mode(student):
+        try:
+            out = student(*inputs)
+        except Exception as err:
+            raise GrowthError(
+                f"{op}: the grown model's forward failed ({type(err).__name__}: {err}); its "
+                "forward probably hard-codes a width (write x.flatten(1) or x.size(1) instead of "
+                "literal sizes)"
+            ) from err
+    return max_abs_error(teacher, out)
+
+
+def widen(
+    model: nn.Module,
+    example_input: Any,
+    *,
+    factor: float | None = None,
+    widths: dict[str, int] | None = None,
+    init: str = "net2net",
+    noise: float = 0.0,
+    split: str = "equal",
+    seed: int = 0,
+) -> Grown:
+    """Net2WiderNet over the whole traced graph (see ``docs/net2net.md`` for the math).
+
+    Every growable width group listed in ``widths`` (by name), or every one with ``factor``
+    (rounded up), grows from n to q units with one mapping g: new units ``j > n`` copy a random
+    source ``g(j)`` (with replacement; equally often where a LayerNorm needs it). With
+    ``init="net2net"`` (the paper) producers' rows and per-channel parameters are copied and each
+    consumer's input column for unit j becomes ``W[:, g(j)] · share(j)``, with ``share = 1/count``
+    (``split="equal"``) or random positive shares summing to one per source (``split="random"``).
+    ``noise`` adds ``noise · std(W)`` Gaussian noise to the copies' incoming weights. Other
+    ``init`` modes are listed by :func:`net2net.init_modes`. ``seed`` makes it deterministic.
+    The input model is left untouched; the grown model keeps its device and dtype.
+    """
+    return widen_impl(
+        model,
+        example_input,
+        factor=factor,
+        widths=widths,
+        init=init,
+        noise=noise,
+        split=split,
+        seed=seed,
+        check=True,
+    )
+
+
+def widen_impl(
+    model: nn.Module,
+    example_input: Any,
+    *,
+    factor: float | None,
+    widths: dict[str, int] | None,
+    init: str,
+    noise: float,
+    split: str,
+    seed: int,
+    check: bool,
+) -> Grown:
+    mode = check_init(init, noise, split)
+    inputs = as_inputs(example_input)
+    an = analyse(model, inputs, "widen")
+    growable = [g for g in an.groups.values() if g.growable]
+    blocked = [blocked_spec(g) for g in an.groups.values() if not g.growable]
+    targets = resolve_widths([group_spec(g) for g in growable], blocked, factor, widths)
+    maps: dict[int, GroupMap] = {}
+    notes: list[str] = []
+    inexact_noise = False
+    for g in growable:
+        if g.name not in targets:
+            continue
+        incoming = mode.incoming
+        if g.balanced_by and incoming == "random":
+            incoming = "copy"
+            notes.append(
+                f"group {g.name!r}: new units are copies, not random, because "
+                f"{', '.join(g.balanced_by)} normalise(s) over it"
+            )
+        if g.balanced_by and noise > 0:
+            inexact_noise = True
+        maps[g.gid] = make_group_map(
+            g.name,
+            g.width,
+            targets[g.name],
+            blocks=g.blocks,
+            balanced=bool(g.balanced_by),
+            incoming=incoming,
+            outgoing=mode.outgoing,
+            split=split,
+            seed=seed,
+        )
+    student = copy_model(model, "widen")
+    plans = apply_maps(
+        an, student, maps, noise=noise if mode.incoming == "copy" else 0.0, seed=seed
+    )
+    err = verify("widen", model, student, inputs) if check else float("nan")
+    if not maps:
+        exact = True
+    elif mode.name == "net2net":
+        exact = noise == 0
+    elif mode.name == "copy_zero":
+        exact = not inexact_noise
+    else:
+        exact = mode.outgoing != "random"
+    record: dict[str, Any] = {
+        "op": "widen",
+        "format": RECORD_FORMAT,
+        "input": input_spec(inputs),
+        "widths": {m.name: [m.old, m.new] for m in maps.values()},
+        "init": init,
+        "noise": float(noise),
+        "split": split,
+        "seed": int(seed),
+    }
+    if factor is not None:
+        record["factor"] = float(factor)
+    names = [n for n, _ in student.named_parameters()]
+    return Grown(
+        model=student,
+        record=record,
+        max_abs_error=err,
+        exact=exact,
+        widths={m.name: (m.old, m.new) for m in maps.values()},
+        mappings={m.name: m.src.clone() for m in maps.values()},
+        new_param_names=[],
+        param_sources={n: n for n in names},
+        notes=notes,
+        plans=plans,
+    )
+
+
+def apply_maps(
+    an: Analysis, student: nn.Module, maps: dict[int, GroupMap], *, noise: float, seed: int
+) -> dict[str, ParamPlan]:
+    """Grow every tensor that a mapped group touches, in the student (a copy of the model)."""
+    plans: dict[str, ParamPlan] = {}
+    if not maps:
+        return plans
+    modules = dict(student.named_modules())
+    for mname, role in an.roles.items():
+        out_map = axis_map(role.out, maps, an.find) if role.out is not None else None
+        in_map = axis_map(role.in_, maps, an.find) if role.in_ is not None else None
+        if out_map is None and in_map is None:
+            continue
+        module = modules[mname]
+        handler = handler_for(module)
+        assert handler is not None
+        for pname, axes in handler.param_axes(module).items():
+            tensor = module._parameters.get(pname)
+            if tensor is None:
+                tensor = module._buffers.get(pname)
+            if tensor is None:
+                continue
+            o = out_map if axes.out is not None else None
+            i = in_map if axes.in_ is not None else None
+            if o is None and i is None:
+                continue
+            new = grow_tensor(
+                tensor,
+                axes,
+                out=o,
+                out_kind=role.out_kind,
+                in_=i,
+                in_groups=role.in_groups,
+                noise=noise,
+                gen=generator(seed, "init", mname, pname),
+            )
+            set_tensor(module, pname, new)
+            full = f"{mname}.{pname}" if mname else pname
+            plans[full] = ParamPlan(full, axes, o, role.out_kind, i, role.in_groups)
+        handler.resize(
+            module,
+            out_map.new if out_map is not None else None,
+            in_map.new if in_map is not None else None,
+        )
+    return plans
