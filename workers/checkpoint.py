@@ -137,7 +137,7 @@ def rebuild_model(task: TaskSpec, base: ModelSpec, records: list[dict[str, Any]]
     if records:
         import net2net
 
-        model = net2net.replay(model, records)  # type: ignore[attr-defined,unused-ignore]
+        model = net2net.replay(model, records)
     return model
 
 
@@ -247,12 +247,13 @@ def load_checkpoint(path: str | Path, *, with_optimizer: bool = True) -> LoadedC
 # -- durable copies -------------------------------------------------------------------------------
 
 
-def publish(local_dir: str | Path, destination: str) -> str:
+def publish(local_dir: str | Path, destination: str, *, replace: bool = False) -> str:
     """Copy a checkpoint folder to ``destination`` (a folder path or a ``pyarrow.fs`` URI).
 
     Locally the copy is written to a temporary sibling, fsynced and renamed into place, so the
     destination is either absent or complete. On an object store every file is uploaded and
-    ``meta.json`` last. Returns ``destination``. An existing destination is left as it is.
+    ``meta.json`` last. Returns ``destination``. An existing complete checkpoint there is kept, or
+    with ``replace`` swapped for the new one.
     """
     src = Path(local_dir)
     files = sorted(p.name for p in src.iterdir() if p.is_file())
@@ -270,7 +271,7 @@ def publish(local_dir: str | Path, destination: str) -> str:
                 out.write((src / name).read_bytes())
         return destination
     target = Path(destination.removeprefix("file://"))
-    if (target / META_FILE).exists():
+    if (target / META_FILE).exists() and not replace:
         return destination
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
@@ -278,8 +279,10 @@ def publish(local_dir: str | Path, destination: str) -> str:
     try:
         for name in files:
             write_file_atomic(tmp / name, (src / name).read_bytes())
-        if target.exists():  # a folder left without meta.json by an earlier crash
-            shutil.rmtree(target)
+        if target.exists():  # an older copy, or a folder left without meta.json by a crash
+            old = target.with_name(f".{target.name}.{uuid.uuid4().hex}.old")
+            target.rename(old)
+            shutil.rmtree(old, ignore_errors=True)
         tmp.rename(target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -125,8 +125,14 @@ def test_publish_is_atomic_and_idempotent(tmp_path: Path) -> None:
     assert sorted(p.name for p in dest.iterdir()) == sorted(p.name for p in src.iterdir())
     assert [p.name for p in dest.parent.iterdir()] == [dest.name]  # no temporary left
     publish(src, f"file://{dest}")  # already there: left as it is
+    other = save_checkpoint(tmp_path / "ck2", model=model, optimizer=opt, meta=_meta(step=4))
+    publish(other, str(dest))
+    assert read_meta(dest).step == 3
+    publish(other, str(dest), replace=True)
+    assert read_meta(dest).step == 4
+    assert [p.name for p in dest.parent.iterdir()] == [dest.name]
     loaded = load_checkpoint(f"file://{dest}", with_optimizer=False)
-    assert loaded.optimizer_state is None and loaded.meta.step == 3
+    assert loaded.optimizer_state is None and loaded.meta.step == 4
     # A folder left half-written (no meta.json) is replaced.
     half = tmp_path / "durable" / "half"
     half.mkdir()

@@ -1,0 +1,96 @@
+"""Applying a ``GrowthOp`` to a module: the one place that calls ``net2net``'s transforms.
+
+Every rank calls :func:`apply_op` with the same module (bit-identical), the same example batch and
+the same op (with its seed), and so gets the same grown module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from growth_policy.types import GrowthOp
+
+
+@dataclass
+class Applied:
+    """A growth applied to a module: the new module and the optimizer for it."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    record: dict[str, Any] | None
+    max_abs_error: float | None
+
+
+def apply_op(
+    module: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    example: torch.Tensor,
+    op: GrowthOp,
+) -> Applied:
+    """Grow ``module`` (left untouched) by ``op``; carry the optimizer state to the grown module.
+
+    ``shrink_perturb`` is the exception: it changes the parameters in place,
+    ``θ ← shrink·θ + perturb·ε`` with ``ε ~ N(0, 1)`` drawn from ``op.seed`` (the same on every
+    rank), keeps the architecture and the optimizer, and has no growth record.
+    """
+    import net2net
+
+    if op.op == "shrink_perturb":
+        shrink_perturb(module, shrink=op.shrink, perturb=op.perturb, seed=op.seed)
+        return Applied(module, optimizer, None, None)
+    if op.op == "widen":
+        grown = net2net.widen(
+            module,
+            example,
+            factor=op.factor,
+            widths=op.widths,
+            init=op.init,
+            noise=op.noise,
+            split=op.split,
+            seed=op.seed,
+        )
+    elif op.op == "deepen":
+        assert op.after is not None
+        grown = net2net.deepen(module, example, after=op.after, style=op.style, seed=op.seed)
+    else:  # pragma: no cover - GrowthOp validates op
+        raise ValueError(f"unknown growth op {op.op!r}")
+    new_optimizer = net2net.transfer_optimizer(optimizer, module, grown)
+    return Applied(grown.model, new_optimizer, dict(grown.record), float(grown.max_abs_error))
+
+
+@torch.no_grad()
+def shrink_perturb(module: nn.Module, *, shrink: float, perturb: float, seed: int) -> None:
+    """Ash & Adams' shrink and perturb, in place: ``θ ← shrink·θ + perturb·ε`` per parameter."""
+    gen = torch.Generator().manual_seed(seed)
+    for param in module.parameters():
+        noise = torch.randn(param.shape, generator=gen, dtype=param.dtype)
+        param.mul_(shrink).add_(noise.to(param.device), alpha=perturb)
+
+
+def summarize(module: nn.Module, example: torch.Tensor) -> dict[str, Any] | None:
+    """``net2net.summarize`` of the module, or None where net2net cannot summarise it."""
+    import net2net
+
+    fn = getattr(net2net, "summarize", None)
+    if fn is None:
+        return None
+    summary: dict[str, Any] = fn(module, example)
+    return summary
+
+
+def group_signals(module: nn.Module, example: torch.Tensor, groups: Any) -> dict[str, Any]:
+    """``growth_policy.group_signals`` per width group (empty where unavailable)."""
+    from growth_policy import signals
+
+    out: dict[str, Any] = signals.group_signals(module, example, groups)
+    return out
+
+
+def width_groups(module: nn.Module, example: torch.Tensor) -> Any:
+    import net2net
+
+    return net2net.width_groups(module, example)

@@ -1,0 +1,750 @@
+"""The train loop that Ray Train runs on every worker: ``train_loop_per_worker(config)``.
+
+It reads like a recipe::
+
+    setup → restore (from ray.train.get_checkpoint(), else a fresh model) →
+    loop over passes: sync the manifest; wait while there is no data; train the pass, and every
+    ``observe_every`` steps observe and act on the directive (grow, checkpoint, pause, stop);
+    checkpoint every ``checkpoint_every`` steps →
+    cleanup
+
+It never ends on its own: it ends when its decision source says stop (after a final checkpoint).
+
+Lock-step. Every rank takes the same steps: rank 0 loads the manifest at the start of each pass and
+broadcasts it, so all ranks plan the pass from the same snapshot; at every observation step rank 0
+broadcasts its directive, so a growth, a pause or a stop happens at the same step everywhere. While
+waiting for data or paused, rank 0 broadcasts every ``poll_interval`` seconds, so no collective ever
+waits long enough to time out (gloo and NCCL time out after 30 minutes by default).
+
+Growth. Every rank syncs BatchNorm buffers from rank 0, receives rank 0's example batch, applies the
+same ``net2net`` transform with the op's seed to the unwrapped module, carries the optimizer state
+over with ``net2net.transfer_optimizer``, checks that all ranks computed bit-identical parameters,
+re-wraps for DDP (``ray.train.torch.prepare_model``; parameters replaced under an existing DDP
+wrapper would get no gradient hooks), and checkpoints. Rank 0 measures the validation loss just
+before and just after, in eval mode.
+
+Importing this module has no side effects (Ray is imported inside the functions).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from torch import nn
+
+from growth_policy.types import GrowthOp, Observation
+from workers import _growth
+from workers._dist import Group, module_digest
+from workers.checkpoint import (
+    CheckpointKind,
+    CheckpointMeta,
+    GenerationInfo,
+    build_optimizer,
+    load_checkpoint,
+    publish,
+    save_checkpoint,
+)
+from workers.models import build_model, count_parameters
+from workers.reader import DataReader
+from workers.shards import Manifest, ManifestSource, ShardStore
+from workers.sources import (
+    BaseSource,
+    CheckpointEvent,
+    DecisionSource,
+    Directive,
+    GrowthEvent,
+    LoopState,
+    LoopStatus,
+)
+from workers.spec import ModelSpec, OptimizerSpec, TaskSpec
+from workers.tasks import evaluate, loss_fn, targets
+
+logger = logging.getLogger(__name__)
+
+
+class WorkerConfig(BaseModel):
+    """Everything ``train_loop_per_worker`` needs: its ``config`` dict holds these keys."""
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+    job_id: str = Field(min_length=1)
+    task: TaskSpec
+    model: ModelSpec = Field(description="The base spec; growth records replay on top of it.")
+    optimizer: OptimizerSpec = OptimizerSpec()
+    store_root: str = Field(description="Storage root URI of the shards (ShardStore).")
+    manifest: Any = Field(description="A ManifestSource: where rank 0 reads the manifest.")
+    source: Any = Field(default=None, description="A DecisionSource (None: never decides).")
+    batch_size: int = Field(default=64, ge=1, description="Per rank.")
+    observe_every: int = Field(default=50, ge=1, description="Steps between observations.")
+    checkpoint_every: int = Field(
+        default=500, ge=0, description="Steps between periodic checkpoints (0: none)."
+    )
+    checkpoint_root: str | None = Field(
+        default=None,
+        description="Where durable copies go (growth, close, final): a folder or a URI. "
+        "None: '<store_root>/<job_id>/checkpoints'.",
+    )
+    checkpoint_before_growth: bool = Field(
+        default=True, description="Keep generation N's last state (a durable 'close' copy)."
+    )
+    loss_smoothing: float = Field(
+        default=0.9, ge=0.0, lt=1.0, description="EMA factor of the observed train loss."
+    )
+    val_max_samples: int | None = Field(default=10_000, ge=1)
+    eval_batch_size: int = Field(default=1024, ge=1)
+    example_batch_size: int = Field(
+        default=256, ge=1, description="Samples used to trace, grow and summarise."
+    )
+    recency_half_life: float | None = Field(default=None, gt=0)
+    max_steps_per_pass: int | None = Field(default=None, ge=1)
+    poll_interval: float = Field(default=1.0, gt=0, description="Seconds, while idle.")
+    seed: int = 0
+    signals: bool = Field(default=True, description="Compute per-group saturation signals.")
+    verify_shards: bool = True
+
+    @field_validator("manifest")
+    @classmethod
+    def _is_manifest_source(cls, value: Any) -> Any:
+        if not isinstance(value, ManifestSource):
+            raise ValueError("'manifest' must have load() and wait_newer(version, timeout)")
+        return value
+
+    @field_validator("source")
+    @classmethod
+    def _is_decision_source(cls, value: Any) -> Any:
+        if value is not None and not isinstance(value, DecisionSource):
+            raise ValueError(
+                "'source' must implement workers.sources.DecisionSource (subclass BaseSource)"
+            )
+        return value
+
+    def durable_root(self) -> str:
+        root = self.checkpoint_root or f"{self.store_root.rstrip('/')}/{self.job_id}/checkpoints"
+        return root.rstrip("/")
+
+    def as_loop_config(self) -> dict[str, Any]:
+        """The ``train_loop_config`` dict (field values as objects; Ray cloudpickles it)."""
+        return {name: getattr(self, name) for name in type(self).model_fields}
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train's per-worker function: runs until the decision source says stop."""
+    loop = TrainLoop(WorkerConfig.model_validate(config))
+    try:
+        loop.setup()
+        loop.restore()
+        loop.run()
+    finally:
+        loop.cleanup()
+
+
+@dataclass
+class Progress:
+    """Counters and history that a checkpoint saves and a resume restores."""
+
+    step: int = 0
+    generation: int = 0
+    generation_step: int = 0
+    samples_seen: int = 0
+    passes: int = 0
+    records: list[dict[str, Any]] = field(default_factory=list)
+    lineage: list[GenerationInfo] = field(default_factory=list)
+    train_loss_ema: float | None = None
+    checkpointed: tuple[int, int] | None = None  # (step, generation) of the last checkpoint
+
+
+@dataclass
+class _PendingGrowth:
+    """A growth applied, waiting for the first step of the grown model to complete its event."""
+
+    started: float
+    fields: dict[str, Any]
+
+
+class TrainLoop:
+    """One rank's loop. ``train_loop_per_worker`` drives it; tests may drive its parts."""
+
+    def __init__(self, config: WorkerConfig) -> None:
+        self.cfg = config
+        self.progress = Progress()
+        self.source: DecisionSource = config.source if config.source is not None else BaseSource()
+        self.state: LoopState = "starting"
+        self.stopping = False
+        self._pending: _PendingGrowth | None = None
+        self._summary_cache: tuple[int, dict[str, Any] | None, Any] | None = None
+        self._loss_sum = torch.zeros(())
+        self._loss_count = 0
+        self._window_start = time.perf_counter()
+        self._window_samples = 0
+        self._pass_fraction = 0.0
+        self._replan = False  # the manifest changed while idle: start a new pass with it
+
+    # -- setup ------------------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        import ray.train
+        import ray.train.torch
+
+        ctx = ray.train.get_context()
+        device = ray.train.torch.get_device()
+        if isinstance(device, list):
+            device = device[0]
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        self.group = Group(ctx.get_world_rank(), ctx.get_world_size(), device)
+        self.reader = DataReader(
+            ShardStore(self.cfg.store_root),
+            self.cfg.task,
+            rank=self.group.rank,
+            world_size=self.group.world_size,
+            batch_size=self.cfg.batch_size,
+            seed=self.cfg.seed,
+            recency_half_life=self.cfg.recency_half_life,
+            load_val=self.group.is_main,
+            val_max_samples=self.cfg.val_max_samples,
+            max_steps_per_pass=self.cfg.max_steps_per_pass,
+            verify=self.cfg.verify_shards,
+        )
+        self.loss = loss_fn(self.cfg.task)
+        self._loss_sum = torch.zeros((), device=device)
+
+    def restore(self) -> None:
+        """Resume from Ray Train's latest checkpoint, or build the base model from the spec."""
+        import ray.train
+
+        resumed: dict[str, Any] | None = None
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is not None:
+            with checkpoint.as_directory() as folder:
+                loaded = load_checkpoint(folder)
+            meta = loaded.meta
+            module = loaded.model
+            optimizer_state = loaded.optimizer_state
+            self.progress = Progress(
+                step=meta.step,
+                generation=meta.generation,
+                generation_step=meta.generation_step,
+                samples_seen=meta.samples_seen,
+                passes=meta.passes,
+                records=list(meta.records),
+                lineage=list(meta.lineage),
+                train_loss_ema=meta.loop_state.get("train_loss_ema"),
+                checkpointed=(meta.step, meta.generation),
+            )
+            if self.group.is_main:
+                self.source.load_state_dict(meta.source_state)
+            resumed = {
+                "step": meta.step,
+                "generation": meta.generation,
+                "param_count": meta.param_count,
+                "records": len(meta.records),
+                "kind": meta.kind,
+                "path": _checkpoint_location(checkpoint),
+            }
+        else:
+            torch.manual_seed(self.cfg.seed)  # the same initial weights on every rank
+            module = build_model(self.cfg.model, self.cfg.task)
+            optimizer_state = None
+            self.progress.lineage = [
+                GenerationInfo(
+                    generation=0,
+                    opened_at_step=0,
+                    param_count=count_parameters(module),
+                    records=0,
+                )
+            ]
+        module = module.to(self.group.device).train()
+        self.optimizer = build_optimizer(self.cfg.optimizer, module.parameters())
+        if optimizer_state is not None:
+            self.optimizer.load_state_dict(optimizer_state)
+        self._wrap(module)
+        pids = self.group.gather_str(str(os.getpid()))
+        self._set_state(
+            "starting",
+            world_size=self.group.world_size,
+            device=str(self.group.device),
+            pids=[int(p) for p in pids],
+            resumed_from=resumed,
+        )
+
+    def _wrap(self, module: nn.Module) -> None:
+        """Wrap for DDP (or not, with one rank); keep the plain module for growth and saving."""
+        import ray.train.torch
+
+        self.module = module
+        self.model: nn.Module = ray.train.torch.prepare_model(module, move_to_device=False)
+
+    def cleanup(self) -> None:
+        self._summary_cache = None
+
+    # -- the loop ---------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        while not self.stopping:
+            self.sync_manifest()
+            if not self.reader.ready:
+                self.idle("waiting_for_data")
+                continue
+            plan = self.reader.plan(self.progress.passes)
+            self.progress.passes += 1
+            self._set_state("training")
+            if self._window_samples == 0:
+                self._window_start = time.perf_counter()
+            self._replan = False
+            for i, (features, labels) in enumerate(self.reader.batches(plan)):
+                self.train_step(features, labels)
+                self._pass_fraction = (i + 1) / plan.steps
+                if self.progress.step % self.cfg.observe_every == 0:
+                    self.observe_and_act()
+                if self.stopping:
+                    break
+                every = self.cfg.checkpoint_every
+                if every and self.progress.step % every == 0:
+                    self.checkpoint("periodic")
+                if self._replan:
+                    break
+        self._finish_pending_growth(first_step_s=None)
+
+    def sync_manifest(self) -> Manifest:
+        """Rank 0 reads the manifest; every rank adopts the same snapshot."""
+        text = None
+        if self.group.is_main:
+            text = self.cfg.manifest.load().model_dump_json()
+        return self._adopt_manifest(self.group.broadcast_str(text))
+
+    def _adopt_manifest(self, text: str) -> Manifest:
+        manifest = Manifest.model_validate_json(text)
+        if manifest.version != self.reader.manifest.version or not self.reader.manifest.job_id:
+            self.reader.update(manifest)
+        return manifest
+
+    def train_step(self, features: torch.Tensor, labels: torch.Tensor) -> None:
+        started = time.perf_counter()
+        x = features.to(self.group.device, non_blocking=True)
+        y = targets(labels, self.cfg.task).to(self.group.device, non_blocking=True)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self.loss(self.model(x), y)
+        torch.autograd.backward(loss)
+        self.optimizer.step()
+        self._loss_sum += loss.detach()
+        self._loss_count += 1
+        p = self.progress
+        p.step += 1
+        p.generation_step += 1
+        p.samples_seen += x.shape[0] * self.group.world_size
+        self._window_samples += x.shape[0] * self.group.world_size
+        if self._pending is not None:
+            if self.group.device.type == "cuda":
+                torch.cuda.synchronize(self.group.device)
+            self._finish_pending_growth(first_step_s=time.perf_counter() - started)
+
+    # -- observe and act --------------------------------------------------------------------------
+
+    def observe_and_act(self) -> None:
+        """Every rank: the smoothed loss; rank 0: observe and decide; every rank: act."""
+        window_mean = self.group.mean([self._loss_sum.item() / max(1, self._loss_count)])[0]
+        self._loss_sum.zero_()
+        self._loss_count = 0
+        ema = self.progress.train_loss_ema
+        a = self.cfg.loss_smoothing
+        self.progress.train_loss_ema = (
+            window_mean if ema is None else a * ema + (1 - a) * window_mean
+        )
+        text = None
+        decided = time.perf_counter()
+        if self.group.is_main:
+            observation = self.observe()
+            directive = self.source.decide(observation)
+            decided = time.perf_counter()
+            text = directive.model_dump_json()
+        self.act(Directive.model_validate_json(self.group.broadcast_str(text)), decided)
+        self._window_start = time.perf_counter()
+        self._window_samples = 0
+
+    def observe(self) -> Observation:
+        """Rank 0's observation of the model and the data now."""
+        p = self.progress
+        elapsed = time.perf_counter() - self._window_start
+        val_loss = val_metric = None
+        if self.reader.val_size:
+            val_loss, val_metric = self.validate()
+        summary, groups = self._summary()
+        signals: dict[str, dict[str, float]] = {}
+        if self.cfg.signals and groups is not None:
+            try:
+                signals = _growth.group_signals(self.module, self._example(), groups)
+            except Exception as exc:
+                logger.warning("group signals failed: %s", exc)
+        return Observation(
+            step=p.step,
+            generation=p.generation,
+            generation_step=p.generation_step,
+            samples_seen=p.samples_seen,
+            passes=max(0.0, p.passes - 1 + self._pass_fraction),
+            dataset_size=self.reader.train_size,
+            val_size=self.reader.val_size,
+            dataset_version=self.reader.manifest.version,
+            train_loss=float(p.train_loss_ema if p.train_loss_ema is not None else math.nan),
+            val_loss=val_loss,
+            val_metric=val_metric,
+            metric_name=self.cfg.task.metric_name,
+            param_count=count_parameters(self.module),
+            throughput=self._window_samples / elapsed if elapsed > 0 else 0.0,
+            wall_time=time.time(),
+            summary=summary,
+            group_signals=signals,
+        )
+
+    def act(self, directive: Directive, decided: float) -> None:
+        """Every rank, at the same step: apply what rank 0's source said."""
+        if directive.op is not None:
+            self.grow(directive, decided)
+        if directive.checkpoint:
+            self.checkpoint("periodic")
+        if directive.stop:
+            self.stop(directive.reason or "stopped by the decision source")
+        elif directive.pause:
+            self.idle("paused")
+
+    def idle(self, state: LoopState) -> None:
+        """Wait for data or for a resume, without spinning and in lock-step with every rank."""
+        while not self.stopping:
+            wanted: LoopState = state
+            if state == "waiting_for_data" and self.reader.ready:
+                return
+            self._set_state(wanted)
+            text = None
+            if self.group.is_main:
+                version = self.reader.manifest.version
+                if state == "waiting_for_data":
+                    manifest = self.cfg.manifest.wait_newer(version, self.cfg.poll_interval)
+                else:
+                    time.sleep(self.cfg.poll_interval)
+                    manifest = self.cfg.manifest.load()
+                directive = self.source.poll(self._status(state))
+                text = _IdleMessage(
+                    directive=directive,
+                    manifest=manifest if manifest.version != version else None,
+                ).model_dump_json()
+            message = _IdleMessage.model_validate_json(self.group.broadcast_str(text))
+            if message.manifest is not None:
+                self.reader.update(message.manifest)
+                self._replan = True
+            directive = message.directive
+            if directive.op is not None:
+                self.grow(directive, time.perf_counter())
+            if directive.checkpoint:
+                self.checkpoint("periodic")
+            if directive.stop:
+                self.stop(directive.reason or "stopped by the decision source")
+                return
+            if state == "paused" and not directive.pause:
+                return
+            if state == "waiting_for_data" and directive.pause:
+                state = "paused"
+
+    def stop(self, reason: str) -> None:
+        self._finish_pending_growth(first_step_s=None)
+        self.checkpoint("final")
+        self.stopping = True
+        self._set_state("stopped", reason=reason)
+
+    # -- growth -----------------------------------------------------------------------------------
+
+    def grow(self, directive: Directive, decided: float) -> None:
+        """Every rank: apply ``directive.op`` to the same module with the same example and seed."""
+        op = directive.op
+        assert op is not None
+        p = self.progress
+        self._finish_pending_growth(first_step_s=None)
+        self.group.sync_buffers(self.module)
+        example = self.group.broadcast_tensor(self._example() if self.group.is_main else None)
+
+        checkpoint_started = time.perf_counter()
+        closing = None
+        if self.cfg.checkpoint_before_growth and self.group.is_main:
+            closing = self._save_durable("close")
+        checkpoint_s = time.perf_counter() - checkpoint_started
+
+        eval_started = time.perf_counter()
+        before = self.validate() if self.group.is_main and self.reader.val_size else None
+        eval_s = time.perf_counter() - eval_started
+
+        transform_started = time.perf_counter()
+        params_before = count_parameters(self.module)
+        error = ""
+        applied = None
+        try:
+            applied = _growth.apply_op(self.module, self.optimizer, example, op)
+        except Exception as exc:  # same model, example and seed: every rank fails alike
+            error = f"{type(exc).__name__}: {exc}"
+        errors = [e for e in self.group.gather_str(error) if e]
+        if errors or applied is None:
+            logger.warning("growth %s failed: %s", op.model_dump_json(), errors[0])
+            if self.group.is_main:
+                self._notify_failed(op, p.step, errors[0])
+            return
+        grown = applied.model.to(self.group.device).train()
+        digests = self.group.gather_str(module_digest(grown))
+        self.optimizer = applied.optimizer
+        if grown is not self.module:
+            self._wrap(grown)
+        transform_s = time.perf_counter() - transform_started
+
+        generation_before = p.generation
+        p.generation += 1
+        p.generation_step = 0
+        if applied.record is not None:
+            p.records.append(applied.record)
+        p.lineage.append(
+            GenerationInfo(
+                generation=p.generation,
+                opened_at_step=p.step,
+                op=op.model_dump(mode="json"),
+                reason=directive.reason,
+                policy=directive.policy,
+                param_count=count_parameters(grown),
+                max_abs_error=applied.max_abs_error,
+                records=len(p.records),
+            )
+        )
+        self._summary_cache = None
+
+        eval_started = time.perf_counter()
+        after = self.validate() if self.group.is_main and self.reader.val_size else None
+        eval_s += time.perf_counter() - eval_started
+
+        checkpoint_started = time.perf_counter()
+        opening = self.checkpoint("growth")
+        checkpoint_s += time.perf_counter() - checkpoint_started
+
+        self._pending = _PendingGrowth(
+            started=decided,
+            fields={
+                "step": p.step,
+                "generation_before": generation_before,
+                "generation_after": p.generation,
+                "op": op,
+                "reason": directive.reason,
+                "policy": directive.policy,
+                "record": applied.record,
+                "params_before": params_before,
+                "params_after": count_parameters(grown),
+                "val_loss_before": before[0] if before else None,
+                "val_loss_after": after[0] if after else None,
+                "val_metric_before": before[1] if before else None,
+                "val_metric_after": after[1] if after else None,
+                "max_abs_error": applied.max_abs_error,
+                "ranks_identical": len(set(digests)) == 1,
+                "rank_digests": digests,
+                "transform_s": transform_s,
+                "eval_s": eval_s,
+                "checkpoint_s": checkpoint_s,
+                "closing_checkpoint": closing,
+                "opening_checkpoint": opening,
+            },
+        )
+        if len(set(digests)) != 1:
+            logger.error("ranks disagree after growth: %s", digests)
+
+    def _finish_pending_growth(self, first_step_s: float | None) -> None:
+        pending, self._pending = self._pending, None
+        if pending is None or not self.group.is_main:
+            return
+        event = GrowthEvent(
+            **pending.fields,
+            first_step_s=first_step_s,
+            pause_s=time.perf_counter() - pending.started,
+        )
+        self.source.on_growth(event)
+
+    def _notify_failed(self, op: GrowthOp, step: int, error: str) -> None:
+        hook = getattr(self.source, "on_growth_failed", None)
+        if hook is not None:
+            hook(op, step, error)
+
+    # -- evaluation -------------------------------------------------------------------------------
+
+    def validate(self) -> tuple[float, float]:
+        """Rank 0: ``(loss, metric)`` on the validation set, in eval mode."""
+        features, labels = self.reader.validation()
+        return evaluate(
+            self.module,
+            features,
+            labels,
+            self.cfg.task,
+            batch_size=self.cfg.eval_batch_size,
+            device=self.group.device,
+        )
+
+    def _example(self) -> torch.Tensor:
+        """Rank 0: real inputs to trace, grow and summarise with (random ones without data)."""
+        if self.reader.val_size or self.reader.local_size:
+            return self.reader.example_batch(self.cfg.example_batch_size).to(self.group.device)
+        gen = torch.Generator().manual_seed(self.cfg.seed)
+        shape = (min(8, self.cfg.example_batch_size), *self.cfg.task.input_shape)
+        return torch.randn(shape, generator=gen).to(self.group.device)
+
+    def _summary(self) -> tuple[dict[str, Any] | None, Any]:
+        """``net2net.summarize`` and the width groups, once per generation."""
+        generation = self.progress.generation
+        if self._summary_cache is None or self._summary_cache[0] != generation:
+            example = self._example()
+            summary = groups = None
+            try:
+                summary = _growth.summarize(self.module, example)
+                groups = _growth.width_groups(self.module, example)
+            except Exception as exc:
+                logger.warning("model summary failed: %s", exc)
+            self._summary_cache = (generation, summary, groups)
+        return self._summary_cache[1], self._summary_cache[2]
+
+    # -- checkpoints ------------------------------------------------------------------------------
+
+    def checkpoint(self, kind: CheckpointKind) -> CheckpointEvent | None:
+        """Every rank: report a checkpoint to Ray Train (a barrier); rank 0 writes it.
+
+        Growth and final checkpoints also get a durable copy under the checkpoint root. Nothing is
+        written when nothing changed since the last checkpoint.
+        """
+        import ray.train
+
+        p = self.progress
+        if p.checkpointed == (p.step, p.generation):
+            return None
+        started = time.perf_counter()
+        self.group.sync_buffers(self.module)
+        name = _checkpoint_name(p.generation, p.step)
+        folder = self._write(kind) if self.group.is_main else None
+        try:
+            ray.train.report(
+                {"step": p.step, "generation": p.generation, "kind": kind},
+                checkpoint=ray.train.Checkpoint.from_directory(str(folder)) if folder else None,
+                checkpoint_dir_name=name,
+            )
+            p.checkpointed = (p.step, p.generation)
+            if folder is None:
+                return None
+            persisted = ray.train.get_checkpoint()
+            ray_path = _checkpoint_location(persisted) if persisted is not None else None
+            durable = None
+            if kind in ("growth", "final"):
+                durable = publish(folder, f"{self.cfg.durable_root()}/{name}", replace=True)
+            event = CheckpointEvent(
+                kind=kind,
+                step=p.step,
+                generation=p.generation,
+                param_count=count_parameters(self.module),
+                manifest_version=self.reader.manifest.version,
+                path=durable or ray_path or "",
+                durable=durable is not None,
+                ray_path=ray_path,
+                seconds=time.perf_counter() - started,
+            )
+        finally:
+            if folder is not None:
+                shutil.rmtree(folder, ignore_errors=True)
+        self.source.on_checkpoint(event)
+        return event
+
+    def _save_durable(self, kind: CheckpointKind) -> CheckpointEvent:
+        """Rank 0 only: a durable copy of the current state, outside Ray Train."""
+        started = time.perf_counter()
+        p = self.progress
+        folder = self._write(kind)
+        try:
+            name = _checkpoint_name(p.generation, p.step)
+            path = publish(folder, f"{self.cfg.durable_root()}/{name}", replace=True)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        event = CheckpointEvent(
+            kind=kind,
+            step=p.step,
+            generation=p.generation,
+            param_count=count_parameters(self.module),
+            manifest_version=self.reader.manifest.version,
+            path=path,
+            durable=True,
+            seconds=time.perf_counter() - started,
+        )
+        self.source.on_checkpoint(event)
+        return event
+
+    def _write(self, kind: CheckpointKind) -> Path:
+        folder = Path(tempfile.mkdtemp(prefix="lifelong-ckpt-"))
+        p = self.progress
+        meta = CheckpointMeta(
+            job_id=self.cfg.job_id,
+            kind=kind,
+            task=self.cfg.task,
+            model=self.cfg.model,
+            optimizer=self.cfg.optimizer,
+            records=p.records,
+            lineage=p.lineage,
+            step=p.step,
+            generation=p.generation,
+            generation_step=p.generation_step,
+            samples_seen=p.samples_seen,
+            passes=p.passes,
+            manifest_version=self.reader.manifest.version,
+            dataset_size=self.reader.train_size,
+            param_count=count_parameters(self.module),
+            world_size=self.group.world_size,
+            source_state=self.source.state_dict(),
+            loop_state={"train_loss_ema": p.train_loss_ema},
+        )
+        save_checkpoint(folder, model=self.module, optimizer=self.optimizer, meta=meta)
+        return folder
+
+    # -- status -----------------------------------------------------------------------------------
+
+    def _status(self, state: LoopState, **detail: Any) -> LoopStatus:
+        return LoopStatus(
+            state=state,
+            step=self.progress.step,
+            generation=self.progress.generation,
+            dataset_version=self.reader.manifest.version,
+            dataset_size=self.reader.train_size,
+            detail=detail,
+        )
+
+    def _set_state(self, state: LoopState, **detail: Any) -> None:
+        if state == self.state and state != "starting":
+            return
+        self.state = state
+        if self.group.is_main:
+            self.source.on_status(self._status(state, **detail))
+
+
+class _IdleMessage(BaseModel):
+    """What rank 0 broadcasts every ``poll_interval`` while the loop is idle."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    directive: Directive
+    manifest: Manifest | None = None
+
+
+def _checkpoint_name(generation: int, step: int) -> str:
+    return f"gen-{generation:04d}-step-{step:09d}"
+
+
+def _checkpoint_location(checkpoint: Any) -> str:
+    """A Ray ``Checkpoint``'s persisted location as a path (local) or a URI."""
+    path = str(checkpoint.path)
+    with contextlib.suppress(Exception):
+        kind = checkpoint.filesystem.type_name
+        if kind not in ("local", ""):
+            return f"{kind}://{path}"
+    return path
