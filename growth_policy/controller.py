@@ -63,8 +63,14 @@ class Controller:
     checkpoints. Given the same observations and seed, the decisions are the same.
     """
 
-    def __init__(self, config: GrowthPolicyConfig | None = None, *, seed: int = 0) -> None:
-        self.config = config if config is not None else GrowthPolicyConfig()
+    def __init__(
+        self, config: GrowthPolicyConfig | Mapping[str, Any] | None = None, *, seed: int = 0
+    ) -> None:
+        if config is None:
+            config = GrowthPolicyConfig()
+        elif not isinstance(config, GrowthPolicyConfig):
+            config = GrowthPolicyConfig.model_validate(config)
+        self.config = config
         for name in self.config.policies:
             get_policy(name)  # a policy unregistered since the config was validated fails here
         self.seed = seed
@@ -116,6 +122,15 @@ class Controller:
         self._last_growth_step = step
         self._last_kind = kind
         self._growths += 1
+
+    def on_growth(self, event: Any) -> None:
+        """The workers' growth event (``workers.sources.GrowthEvent``, read by attribute):
+        ``step``, ``generation_after`` and ``op``. Same as :meth:`notify_grown`."""
+        self.notify_grown(
+            step=int(event.step),
+            generation=int(event.generation_after),
+            op=getattr(event, "op", None),
+        )
 
     def notify_failed(self, *, step: int, error: str) -> None:
         """The workers could not apply the pending growth. The cooldown starts at ``step``."""

@@ -209,8 +209,10 @@ def plan_widen(
     if not changed:
         return _refuse("no_change", "widening would change no width", before, before, {})
     after = params(factor)
-    uniform = len(eligible) == len(shape.groups) and new == shape.widths_for_factor(factor)
-    op = _widen_op(config, factor, None) if uniform else _widen_op(config, None, new)
+    uniform = len(eligible) == len(shape.groups) and changed == _net2net_factor_widths(
+        shape, factor
+    )
+    op = _widen_op(config, factor, None) if uniform else _widen_op(config, None, changed)
     if uniform:
         what = f"widening all groups ×{num(factor)}"
     else:
@@ -233,6 +235,20 @@ def plan_widen(
     return Plan(
         op, "widen", f"{what}, {count(before)} → {count(after)} parameters", before, after, numbers
     )
+
+
+def _net2net_factor_widths(shape: ModelShape, factor: float) -> dict[str, int] | None:
+    """What ``net2net.widen(factor=…)`` would do (changed groups only); None where it refuses
+    (a non-integer factor on an integer-factor group): then the plan names ``widths`` instead."""
+    out: dict[str, int] = {}
+    for g in shape.groups:
+        new = math.ceil(g.width * factor - 1e-9)
+        if g.integer_factors and new % g.width:
+            return None
+        new = -(-new // g.multiple_of) * g.multiple_of
+        if new != g.width:
+            out[g.name] = new
+    return out
 
 
 def _smallest_factor_reaching(params: _ParamsAt, target: int, lo: float, hi: float) -> float:
@@ -322,10 +338,12 @@ def _plan_widen_blind(
 def choose_deepen_candidate(
     shape: ModelShape, config: GrowthPolicyConfig
 ) -> DeepenCandidate | None:
-    """The documented rule: the deepest candidate ('last') or the shallowest ('first')."""
-    if not shape.deepen_candidates:
+    """The documented rule: among :meth:`ModelShape.deepen_sites` (one per width group, after
+    its activation), the deepest ('last', next to the head) or the shallowest ('first')."""
+    sites = shape.deepen_sites()
+    if not sites:
         return None
-    return shape.deepen_candidates[-1 if config.deepen.where == "last" else 0]
+    return sites[-1 if config.deepen.where == "last" else 0]
 
 
 def plan_deepen(
@@ -349,7 +367,16 @@ def plan_deepen(
     style = config.deepen.style
     if style == "auto":
         style = "identity" if cand.exact_identity else "residual"
-    added = deepen_param_count(cand)
+    elif style == "identity" and cand.exact_identity is False:
+        return _refuse(
+            "not_exact",
+            f"an identity layer is not exact after {cand.after}; set deepen.style to "
+            "'residual' or 'auto'",
+            before,
+            before,
+            {},
+        )
+    added = deepen_param_count(cand, style)
     after = before + added
     units = activation_units(shape) + cand.width
     broken = _violation(config, limits, before, after, units)
@@ -391,10 +418,18 @@ def check_op(
                 before,
                 {},
             )
+        if cand is not None and op.style == "identity" and cand.exact_identity is False:
+            return _refuse(
+                "not_exact",
+                f"an identity layer is not exact after {op.after}; use style 'residual'",
+                before,
+                before,
+                {},
+            )
         if cand is None:
             after, estimated = before, True
         else:
-            after = before + deepen_param_count(cand)
+            after = before + deepen_param_count(cand, op.style)
             units = activation_units(shape) + cand.width if shape is not None else 0
     elif shape is None:
         f = op.factor if op.factor is not None else 2.0

@@ -2,21 +2,22 @@
 
 The summary is JSON. What this module reads from it:
 
-- ``groups``: ``[{"name", "width", "modules", "constraints"}]``, the width groups that can grow. A
-  constraint that mentions "integer" (such as 'LayerNorm needs integer factors'), or
-  ``"integer_factor": true``, means the group may only grow by whole factors; ``"multiple_of": k``
-  that a new width must be a multiple of k (grouped convs). An optional ``"elements_per_unit"`` (or ``"spatial"``) gives the
-  activation values one unit holds per sample (H·W for a conv channel; 1 by default).
-- ``params``: ``[{"name", "dims"}]`` (or a mapping name → dims), each dim an integer, a group name, a
-  ``{"group": name, "scale": k}`` reference, or a sum of those (a list, or ``{"sum": [...]}``),
-  so that ``Linear(cat(a, b))`` has ``in_features = a + b`` and a conv feature map flattened into a
-  Linear has ``{"group": c, "scale": H·W}``.
-- ``deepen_candidates``: ``[{"after", "kind", "width", "exact"}]``, where a layer may be inserted;
-  ``exact`` says whether an identity layer is exact there (ReLU-like activation). An optional
-  ``"params"`` gives the parameter count of the inserted layer.
+- ``groups``: the width groups that can grow: ``name``, ``width``, the module names
+  (``producers``, ``norms``, ``consumers``), ``integer_factor`` (a LayerNorm normalises over the
+  group: it may only grow by whole factors) and ``multiple_of`` (grouped convs). An optional
+  ``elements_per_unit`` gives the activation values one unit holds per sample (H·W for a conv
+  channel; 1 when absent) for the memory estimate.
+- ``params``: every parameter tensor's ``dims``: an integer, or
+  ``{"terms": [[group | null, units, block], ...], "div": d}`` meaning
+  ``(Σ width(group)·block) // d`` (``null``: a fixed stretch of ``units·block``). So a Linear after
+  ``cat(a, b)`` has ``in_features = a + b``, a conv map flattened into a Linear has
+  ``[[c, C, H·W]]``, and a grouped conv divides by its groups. For hand-written summaries (tests)
+  a group name, ``{"group": name, "scale": k}`` or a list (a sum) also work.
+- ``deepen_candidates``: ``after`` (the module to insert after), ``kind``, ``width``,
+  ``identity_exact`` and ``added_params`` (parameters each style adds; None where not exact).
 
 From that, :func:`predict_param_count` gives the exact parameter count after a widen, and an
-estimate after a deepen, and :func:`estimate_memory_bytes` the training memory.
+exact one after a deepen when the summary gives ``added_params``, and :func:`estimate_memory_bytes` the training memory.
 """
 
 from __future__ import annotations
@@ -33,16 +34,18 @@ class SummaryError(ValueError):
 
 @dataclass(frozen=True)
 class Dim:
-    """``constant + Σ scale × width[group]``."""
+    """``(constant + Σ block × width[group]) // div``."""
 
-    constant: float = 0.0
-    terms: tuple[tuple[str, float], ...] = ()
+    constant: int = 0
+    terms: tuple[tuple[str, int], ...] = ()
+    div: int = 1
 
     def value(self, widths: Mapping[str, int]) -> int:
-        v = self.constant + sum(scale * widths[g] for g, scale in self.terms)
-        return round(v)
+        return (self.constant + sum(block * widths[g] for g, block in self.terms)) // self.div
 
     def __add__(self, other: Dim) -> Dim:
+        if self.div != 1 or other.div != 1:
+            raise SummaryError("cannot add dims that divide")
         return Dim(self.constant + other.constant, self.terms + other.terms)
 
 
@@ -55,6 +58,8 @@ class GroupShape:
     integer_factors: bool = False
     elements_per_unit: int = 1
     multiple_of: int = 1
+    producers: tuple[str, ...] = ()
+    consumers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -65,11 +70,16 @@ class ParamShape:
 
 @dataclass(frozen=True)
 class DeepenCandidate:
+    """Where a layer can go: ``added`` is the parameters each style adds (None: not exact there)."""
+
     after: str
     kind: str = ""
     width: int = 0
     exact_identity: bool | None = None
-    params: int | None = None
+    added: tuple[tuple[str, int | None], ...] = ()
+
+    def added_params(self, style: str) -> int | None:
+        return dict(self.added).get(style)
 
 
 @dataclass(frozen=True)
@@ -96,6 +106,35 @@ class ModelShape:
         w = {**self.widths, **(widths or {})}
         return sum(math.prod(d.value(w) for d in p.dims) for p in self.params)
 
+    def deepen_sites(self) -> tuple[DeepenCandidate, ...]:
+        """One place to deepen per width group, in graph order: where a new layer sits after the
+        group's producer and everything that follows it (norm, activation, pooling) and before
+        its first consumer, so that it sees the units as the next layer does.
+
+        Candidates are in module order; a site is the last candidate of the group's width after
+        its producers and before its first consumer. Groups whose producers are not candidates
+        have none. When no group has a site (unusual graphs), every candidate of a group's width.
+        """
+        order = {c.after: i for i, c in enumerate(self.deepen_candidates)}
+        sites: list[DeepenCandidate] = []
+        for g in self.groups:
+            starts = [order[p] for p in g.producers if p in order]
+            if not starts:
+                continue
+            lo = max(starts)
+            hi = min((order[c] for c in g.consumers if c in order and order[c] > lo), default=None)
+            inside = [
+                c
+                for i, c in enumerate(self.deepen_candidates)
+                if i >= lo and (hi is None or i < hi) and c.width == g.width
+            ]
+            if inside and inside[-1] not in sites:
+                sites.append(inside[-1])
+        if sites:
+            return tuple(sites)
+        widths = {g.width for g in self.groups}
+        return tuple(c for c in self.deepen_candidates if c.width in widths)
+
     def widths_for_factor(
         self, factor: float, groups: Iterable[str] | None = None
     ) -> dict[str, int]:
@@ -118,18 +157,17 @@ def _as_int(x: Any, what: str) -> int:
     return int(x)
 
 
-_SCALE_KEYS = ("scale", "coef", "coefficient", "multiplier", "per_unit", "factor")
-
-
 def _dim(x: Any, groups: Mapping[str, GroupShape], where: str) -> Dim:
+    """One dim: net2net's ``{"terms": [[group|null, units, block], ...], "div": d}``, or the
+    shorthand: an integer, a group name, ``{"group": name, "scale": k}``, or a list (a sum)."""
     if isinstance(x, bool):
         raise SummaryError(f"{where}: a dim cannot be {x!r}")
     if isinstance(x, int | float):
-        return Dim(constant=float(_as_int(x, where)))
+        return Dim(constant=_as_int(x, where))
     if isinstance(x, str):
         if x not in groups:
             raise SummaryError(f"{where}: dim refers to unknown group {x!r}")
-        return Dim(terms=((x, 1.0),))
+        return Dim(terms=((x, 1),))
     if isinstance(x, list | tuple):
         if not x:
             raise SummaryError(f"{where}: an empty sum")
@@ -137,57 +175,61 @@ def _dim(x: Any, groups: Mapping[str, GroupShape], where: str) -> Dim:
         for part in x:
             total = total + _dim(part, groups, where)
         return total
-    if isinstance(x, dict):
-        if "sum" in x or "terms" in x:
-            return _dim(x.get("sum", x.get("terms")), groups, where)
-        ref = x.get("group", x.get("ref"))
-        if isinstance(ref, str):
-            scale = next((x[k] for k in _SCALE_KEYS if k in x), 1)
-            offset = x.get("offset", x.get("constant", 0))
-            if not isinstance(scale, int | float) or not isinstance(offset, int | float):
-                raise SummaryError(f"{where}: bad scale or offset in {x!r}")
-            if ref not in groups:
-                raise SummaryError(f"{where}: dim refers to unknown group {ref!r}")
-            return Dim(float(offset), ((ref, float(scale)),))
-        if "value" in x or "const" in x:
-            return Dim(constant=float(_as_int(x.get("value", x.get("const")), where)))
+    if isinstance(x, dict) and isinstance(x.get("terms"), list):
+        constant, terms = 0, []
+        for t in x["terms"]:
+            if not (isinstance(t, list | tuple) and len(t) == 3):
+                raise SummaryError(f"{where}: a term is [group|null, units, block], got {t!r}")
+            name, units, block = t[0], _as_int(t[1], where), _as_int(t[2], where)
+            if isinstance(name, str) and name in groups:
+                terms.append((name, block))
+            else:  # fixed size, or a group that cannot grow: constant
+                constant += units * block
+        div = _as_int(x.get("div", 1), where)
+        if div < 1:
+            raise SummaryError(f"{where}: div must be >= 1, got {div}")
+        return Dim(constant, tuple(terms), div)
+    if isinstance(x, dict) and isinstance(x.get("group"), str):
+        ref = x["group"]
+        if ref not in groups:
+            raise SummaryError(f"{where}: dim refers to unknown group {ref!r}")
+        return Dim(terms=((ref, _as_int(x.get("scale", 1), where)),))
     raise SummaryError(f"{where}: cannot read dim {x!r}")
 
 
-def _first(d: Mapping[str, Any], *keys: str) -> Any:
-    for k in keys:
-        if k in d:
-            return d[k]
-    return None
+def _names(values: Any) -> tuple[str, ...]:
+    return tuple(str(v) for v in values or ())
 
 
 def parse_summary(summary: Mapping[str, Any]) -> ModelShape:
     """Read a ``net2net.summarize()`` dict; :class:`SummaryError` says what it could not read."""
-    raw_groups = _first(summary, "groups", "width_groups")
+    raw_groups = summary.get("groups")
     if not isinstance(raw_groups, list):
         raise SummaryError("summary: 'groups' must be a list of width groups")
     groups: dict[str, GroupShape] = {}
     for i, g in enumerate(raw_groups):
+        where = f"summary.groups[{i}]"
         if not isinstance(g, dict) or not isinstance(g.get("name"), str):
-            raise SummaryError(f"summary.groups[{i}]: needs a 'name'")
-        constraints = tuple(str(c) for c in g.get("constraints") or ())
-        integer = bool(
-            g.get("integer_factors") or g.get("integer_factor") or g.get("integer_factor_norms")
-        ) or any("integer" in c.lower() for c in constraints)
-        multiple = g.get("multiple_of", 1)
-        per_unit = _first(g, "elements_per_unit", "spatial", "activation_size")
+            raise SummaryError(f"{where}: needs a 'name'")
+        constraints = _names(g.get("constraints")) + _names(g.get("integer_factor_because"))
+        integer = bool(g.get("integer_factor")) or any("integer" in c.lower() for c in constraints)
+        modules = _names(g.get("modules")) or tuple(
+            dict.fromkeys(
+                _names(g.get("producers")) + _names(g.get("norms")) + _names(g.get("consumers"))
+            )
+        )
         groups[g["name"]] = GroupShape(
             name=g["name"],
-            width=_as_int(g.get("width"), f"summary.groups[{i}].width"),
-            modules=tuple(str(m) for m in g.get("modules") or ()),
+            width=_as_int(g.get("width"), f"{where}.width"),
+            modules=modules,
             constraints=constraints,
             integer_factors=integer,
-            elements_per_unit=_as_int(per_unit, f"summary.groups[{i}].elements_per_unit")
-            if per_unit is not None
-            else 1,
-            multiple_of=max(1, _as_int(multiple, f"summary.groups[{i}].multiple_of")),
+            elements_per_unit=_as_int(g.get("elements_per_unit", 1), f"{where}.elements_per_unit"),
+            multiple_of=max(1, _as_int(g.get("multiple_of", 1), f"{where}.multiple_of")),
+            producers=_names(g.get("producers")),
+            consumers=_names(g.get("consumers")),
         )
-    raw_params = _first(summary, "params", "parameters", "tensors")
+    raw_params = summary.get("params")
     items: list[tuple[str, Any]]
     if isinstance(raw_params, dict):
         items = [(str(k), v) for k, v in raw_params.items()]
@@ -196,7 +238,7 @@ def parse_summary(summary: Mapping[str, Any]) -> ModelShape:
         for i, p in enumerate(raw_params):
             if not isinstance(p, dict):
                 raise SummaryError(f"summary.params[{i}]: expected an object")
-            items.append((str(p.get("name", f"#{i}")), _first(p, "dims", "shape")))
+            items.append((str(p.get("name", f"#{i}")), p.get("dims")))
     else:
         raise SummaryError("summary: 'params' must list every parameter tensor's dims")
     params = []
@@ -208,25 +250,24 @@ def parse_summary(summary: Mapping[str, Any]) -> ModelShape:
             ParamShape(name, tuple(_dim(d, groups, f"summary.params[{name!r}]") for d in dims))
         )
     candidates = []
-    for i, c in enumerate(_first(summary, "deepen_candidates", "deepen") or ()):
-        if not isinstance(c, dict):
-            raise SummaryError(f"summary.deepen_candidates[{i}]: expected an object")
-        after = _first(c, "after", "module", "name")
-        if not isinstance(after, str):
-            raise SummaryError(f"summary.deepen_candidates[{i}]: needs 'after'")
-        exact = _first(c, "exact", "exact_identity", "exactness")
-        if isinstance(exact, dict):
-            exact = exact.get("identity")
-        if isinstance(exact, str):
-            exact = exact.lower() in ("exact", "identity", "true", "yes")
-        n = c.get("params")
+    for i, c in enumerate(summary.get("deepen_candidates") or ()):
+        where = f"summary.deepen_candidates[{i}]"
+        if not isinstance(c, dict) or not isinstance(c.get("after"), str):
+            raise SummaryError(f"{where}: needs 'after'")
+        exact = c.get("identity_exact", c.get("exact"))
+        added = c.get("added_params") or {}
+        if not isinstance(added, dict):
+            raise SummaryError(f"{where}.added_params: expected an object")
         candidates.append(
             DeepenCandidate(
-                after=after,
+                after=c["after"],
                 kind=str(c.get("kind", "")),
-                width=_as_int(c.get("width", 0), f"summary.deepen_candidates[{i}].width"),
+                width=_as_int(c.get("width", 0), f"{where}.width"),
                 exact_identity=None if exact is None else bool(exact),
-                params=None if n is None else _as_int(n, f"summary.deepen_candidates[{i}].params"),
+                added=tuple(
+                    (str(k), None if v is None else _as_int(v, f"{where}.added_params"))
+                    for k, v in added.items()
+                ),
             )
         )
     total = summary.get("param_count")
@@ -238,10 +279,11 @@ def parse_summary(summary: Mapping[str, Any]) -> ModelShape:
     )
 
 
-def deepen_param_count(candidate: DeepenCandidate) -> int:
-    """Parameters a deepen adds: the candidate's own figure, else a square layer with bias."""
-    if candidate.params is not None:
-        return candidate.params
+def deepen_param_count(candidate: DeepenCandidate, style: str = "identity") -> int:
+    """Parameters a deepen adds: the summary's figure for the style, else a square Linear."""
+    n = candidate.added_params(style)
+    if n is not None:
+        return n
     return candidate.width * candidate.width + candidate.width
 
 
@@ -251,11 +293,14 @@ def predict_param_count(
     factor: float | None = None,
     widths: Mapping[str, int] | None = None,
     deepen_after: str | None = None,
+    style: str = "identity",
 ) -> int:
     """Parameter count after ``widen(factor=…)``, ``widen(widths=…)`` or ``deepen(after=…)``.
 
-    Exact for widening: every tensor's dims are evaluated at the new widths. For deepening it uses
-    the candidate's ``params`` when the summary gives it, else ``width² + width`` (a square Linear).
+    Exact for widening: every tensor's dims are evaluated at the new widths (``factor`` rounds
+    each group up to ``ceil(width·factor)`` and its ``multiple_of``, as ``net2net.widen`` does;
+    an integer-factor group takes the factor rounded up to a whole number). For deepening it uses
+    the summary's ``added_params`` for the style when given, else ``width² + width``.
     """
     s = shape if isinstance(shape, ModelShape) else parse_summary(shape)
     chosen = sum(x is not None for x in (factor, widths, deepen_after))
@@ -264,7 +309,7 @@ def predict_param_count(
     if deepen_after is not None:
         for c in s.deepen_candidates:
             if c.after == deepen_after:
-                return s.count() + deepen_param_count(c)
+                return s.count() + deepen_param_count(c, style)
         raise KeyError(f"{deepen_after!r} is not a deepen candidate")
     if factor is not None:
         return s.count(s.widths_for_factor(factor))

@@ -21,28 +21,54 @@ def mlp_params(in_dim: int, widths: list[int], out_dim: int) -> int:
     return sum(a * b + b for a, b in itertools.pairwise(dims))
 
 
+def _ref(group: str, width: int) -> dict[str, Any]:
+    return {"terms": [[group, width, 1]], "div": 1}
+
+
 def mlp_summary(
     in_dim: int, widths: list[int], out_dim: int, *, exact: bool = True
 ) -> dict[str, Any]:
-    """Groups ``fc0 … fc{n-1}`` (hidden widths), every tensor's dims, and a candidate after each."""
+    """What ``net2net.summarize`` says of ``fc0 → act0 → … → head`` with these hidden widths:
+    groups ``fc0 … fc{n-1}``, every tensor's dims, and the deepen candidates in module order."""
     groups = []
     params: list[dict[str, Any]] = []
-    prev: int | str = in_dim
+    prev: int | dict[str, Any] = in_dim
     for k, w in enumerate(widths):
         g = f"fc{k}"
         nxt = f"fc{k + 1}" if k + 1 < len(widths) else "head"
-        groups.append({"name": g, "width": w, "modules": [g, nxt], "constraints": []})
-        params.append({"name": f"{g}.weight", "dims": [g, prev]})
-        params.append({"name": f"{g}.bias", "dims": [{"group": g}]})
-        prev = g
+        groups.append(
+            {
+                "name": g,
+                "width": w,
+                "producers": [g],
+                "consumers": [nxt],
+                "norms": [],
+                "multiple_of": 1,
+                "integer_factor": False,
+            }
+        )
+        params.append({"name": f"{g}.weight", "dims": [_ref(g, w), prev]})
+        params.append({"name": f"{g}.bias", "dims": [_ref(g, w)]})
+        prev = _ref(g, w)
     params.append({"name": "head.weight", "dims": [out_dim, prev]})
     params.append({"name": "head.bias", "dims": [out_dim]})
-    candidates = [
-        {"after": f"act{k}", "kind": "linear", "width": w, "exact": exact}
-        for k, w in enumerate(widths)
-    ]
+
+    def candidate(after: str, w: int) -> dict[str, Any]:
+        return {
+            "after": after,
+            "kind": "linear",
+            "width": w,
+            "identity_exact": exact,
+            "residual_exact": True,
+            "added_params": {"identity": w * w + w if exact else None, "residual": 2 * (w * w + w)},
+        }
+
+    # net2net lists every module after which a layer could go, in module order.
+    candidates = [candidate(m, w) for k, w in enumerate(widths) for m in (f"fc{k}", f"act{k}")]
+    candidates.append(candidate("head", out_dim))
     return {
         "groups": groups,
+        "blocked_groups": [],
         "params": params,
         "deepen_candidates": candidates,
         "param_count": mlp_params(in_dim, widths, out_dim),

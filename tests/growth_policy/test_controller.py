@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import itertools
 import json
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from growth_policy import (
     Controller,
@@ -395,3 +397,15 @@ def test_unreadable_summary_falls_back_to_an_estimate_and_says_so() -> None:
     assert (
         "(model summary unreadable: summary: 'groups' must be a list of width groups)" in d.reason
     )
+
+
+def test_config_as_a_mapping_and_the_workers_growth_event() -> None:
+    c = Controller({"guards": {"min_generation_steps": 0}, "data_scaling": {"coefficient": 20}})
+    assert c.config.data_scaling.coefficient == 20
+    assert c.observe(make_obs(summary=mlp_summary(40, [16, 16], 10))).grows
+    c.on_growth(SimpleNamespace(step=1010, generation_after=1, op=GrowthOp(op="widen", factor=2.0)))
+    assert c.pending is None
+    d = c.observe(make_obs(step=1100, generation=1, generation_step=90))
+    assert d.reason.startswith("cooldown: 90 of 300 steps since the growth at step 1010")
+    with pytest.raises(ValidationError):
+        Controller({"bogus": 1})

@@ -198,3 +198,29 @@ def test_check_op_applies_a_manual_op_as_given_or_refuses() -> None:
     assert where.state == "unknown_target"
     sp = GrowthOp(op="shrink_perturb", shrink=0.5, perturb=0.01)
     assert check_op(obs_for([16, 16]), s, sp, c, NO_LIMITS).params_after == 1098
+
+
+def test_integer_factor_groups_get_explicit_widths() -> None:
+    s = mlp_summary(40, [16, 16], 10)
+    s["groups"][1]["integer_factor"] = True  # say a LayerNorm normalises over fc1
+    shape = parse_summary(s)
+    plan = plan_widen(obs_for([16, 16]), shape, cfg(), NO_LIMITS, target_params=2000)
+    assert plan.op is not None
+    # net2net.widen(factor=1.5) would refuse the LayerNorm group: the op names widths instead.
+    assert plan.op.factor is None
+    assert plan.op.widths is not None
+    assert plan.op.widths["fc1"] == 32
+    assert plan.op.widths["fc0"] < 32
+    assert plan.params_after == mlp_params(40, [plan.op.widths["fc0"], 32], 10)
+
+
+def test_residual_deepen_counts_the_residual_block() -> None:
+    c = cfg(deepen={"style": "residual"})
+    plan = plan_deepen(obs_for([16, 16]), shape_of([16, 16]), c, NO_LIMITS)
+    assert plan.op is not None and plan.op.style == "residual"
+    assert plan.params_after == 1098 + 2 * (16 * 16 + 16)
+    strict = cfg(deepen={"style": "identity"})
+    s = parse_summary(mlp_summary(40, [16], 10, exact=False))
+    refused = plan_deepen(obs_for([16]), s, strict, NO_LIMITS)
+    assert refused.state == "not_exact"
+    assert "an identity layer is not exact after act0" in refused.description

@@ -23,29 +23,58 @@ def test_mlp_count_and_widen_predictions_are_exact() -> None:
 
 
 def conv_concat_summary() -> dict[str, Any]:
-    """Two conv branches a (8 ch) and b (4 ch) concatenated, 4×4 map flattened into fc(·, 10)."""
+    """Two conv branches a (8 ch) and b (4 ch, grouped by 2) concatenated, 4×4 map flattened into
+    fc(·, 10), in net2net's format."""
     return {
         "groups": [
-            {"name": "a", "width": 8, "modules": ["a", "fc"], "elements_per_unit": 16},
-            {"name": "b", "width": 4, "modules": ["b", "fc"], "elements_per_unit": 16},
+            {"name": "a", "width": 8, "producers": ["a"], "consumers": ["fc"], "norms": []},
+            {"name": "b", "width": 4, "elements_per_unit": 16, "multiple_of": 2},
         ],
-        "params": {
-            "a.weight": ["a", 3, 3, 3],
-            "a.bias": ["a"],
-            "b.weight": {"dims": ["b", 3, 1, 1]},
-            "fc.weight": [10, {"sum": [{"group": "a", "scale": 16}, {"group": "b", "scale": 16}]}],
-            "fc.bias": [10],
-        },
+        "params": [
+            {"name": "a.weight", "dims": [{"terms": [["a", 8, 1]], "div": 1}, 3, 3, 3]},
+            {"name": "a.bias", "dims": [{"terms": [["a", 8, 1]], "div": 1}]},
+            # b: a grouped conv (groups=2) reading a: in_channels / groups.
+            {
+                "name": "b.weight",
+                "dims": [
+                    {"terms": [["b", 4, 1]], "div": 1},
+                    {"terms": [["a", 8, 1]], "div": 2},
+                    1,
+                    1,
+                ],
+            },
+            {
+                "name": "fc.weight",
+                "dims": [10, {"terms": [["a", 8, 16], ["b", 4, 16], [None, 5, 1]], "div": 1}],
+            },
+            {"name": "fc.bias", "dims": [10]},
+        ],
     }
 
 
-def test_concatenation_and_flatten_dims() -> None:
+def test_concatenation_flatten_and_grouped_dims() -> None:
     shape = parse_summary(conv_concat_summary())
-    assert shape.count() == 8 * 27 + 8 + 4 * 3 + 10 * (8 + 4) * 16 + 10
-    after = 16 * 27 + 16 + 8 * 3 + 10 * (16 + 8) * 16 + 10
+    assert shape.group("a").modules == ("a", "fc")
+    assert shape.count() == 8 * 27 + 8 + 4 * 4 + 10 * ((8 + 4) * 16 + 5) + 10
+    after = 16 * 27 + 16 + 8 * 8 + 10 * ((16 + 8) * 16 + 5) + 10
     assert predict_param_count(shape, factor=2.0) == after
-    assert predict_param_count(shape, widths={"b": 5}) == 8 * 27 + 8 + 5 * 3 + 10 * 13 * 16 + 10
-    assert activation_units(shape) == (8 + 4) * 16
+    # b ×1.25 → 5, rounded up to a multiple of 2 → 6.
+    assert shape.widths_for_factor(1.25) == {"a": 10, "b": 6}
+    assert (
+        predict_param_count(shape, widths={"b": 6})
+        == 8 * 27 + 8 + 6 * 4 + 10 * ((8 + 6) * 16 + 5) + 10
+    )
+    assert activation_units(shape) == 8 + 4 * 16
+
+
+def test_shorthand_dims_for_hand_written_summaries() -> None:
+    s: dict[str, Any] = {
+        "groups": [{"name": "h", "width": 3}],
+        "params": {"w": ["h", [{"group": "h", "scale": 4}, 2]]},
+    }
+    shape = parse_summary(s)
+    assert shape.count() == 3 * (12 + 2)
+    assert shape.count({"h": 5}) == 5 * (20 + 2)
 
 
 def test_integer_factor_groups_round_the_factor_up() -> None:
@@ -66,22 +95,28 @@ def test_deepen_prediction() -> None:
     assert predict_param_count(s, deepen_after="act1") == mlp_params(40, [16, 32, 32], 10)
     shape = parse_summary(s)
     assert predict_param_count(shape, deepen_after="act1") == shape.count() + 32 * 32 + 32
-    given = {**s, "deepen_candidates": [{"after": "x", "kind": "conv", "width": 8, "params": 584}]}
+    given = {
+        **s,
+        "deepen_candidates": [
+            {"after": "x", "width": 8, "added_params": {"identity": 584, "residual": 1168}}
+        ],
+    }
     cand = parse_summary(given).deepen_candidates[0]
     assert deepen_param_count(cand) == 584
+    assert deepen_param_count(cand, "residual") == 1168
+    bare = parse_summary({**s, "deepen_candidates": [{"after": "y", "width": 8}]})
+    assert deepen_param_count(bare.deepen_candidates[0]) == 8 * 8 + 8  # a square Linear
     with pytest.raises(KeyError, match="'nope' is not a deepen candidate"):
         predict_param_count(shape, deepen_after="nope")
 
 
-def test_deepen_candidate_exactness_forms() -> None:
+def test_deepen_candidate_exactness() -> None:
     base = mlp_summary(4, [3], 2)
-    forms = [
-        ({"exact": True}, True),
-        ({"exactness": {"identity": False, "residual": True}}, False),
-        ({"exactness": "exact"}, True),
+    for extra, expected in (
+        ({"identity_exact": True}, True),
+        ({"identity_exact": False}, False),
         ({}, None),
-    ]
-    for extra, expected in forms:
+    ):
         s = {**base, "deepen_candidates": [{"after": "act0", "width": 3, **extra}]}
         assert parse_summary(s).deepen_candidates[0].exact_identity is expected
 
@@ -112,3 +147,9 @@ def test_memory_estimate_formula() -> None:
     # 1M params × (weights + grads + 2 Adam slots) × 4 B + 128 × 1,000 units × 4 values × 4 B.
     got = estimate_memory_bytes(1_000_000, 1_000, batch_size=128)
     assert got == 16_000_000 + 2_048_000
+
+
+def test_deepen_sites_are_after_each_groups_activation_never_after_the_head() -> None:
+    shape = parse_summary(mlp_summary(40, [16, 24], 10))
+    assert [c.after for c in shape.deepen_candidates] == ["fc0", "act0", "fc1", "act1", "head"]
+    assert [c.after for c in shape.deepen_sites()] == ["act0", "act1"]
