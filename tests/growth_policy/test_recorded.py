@@ -1,8 +1,8 @@
 """Policies and controller on recorded traces: real training on sklearn digits, staged data.
 
 ``data/digits_traces.json`` is written by ``data/record_digits_traces.py``: a 3-unit MLP that
-underfits (its loss flattens late in each stage, with a 13-28% relative gap) and a 256-unit MLP that
-memorises its data (gap of 10× and more). Neither grows; the tests read what the policies say.
+underfits (its loss flattens late in each stage, with a 9-28% relative gap) and a 256-unit MLP that
+memorises its data (a gap of 1× to 250×). Neither grows; the tests read what the policies say.
 """
 
 from __future__ import annotations
