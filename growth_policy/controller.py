@@ -86,6 +86,7 @@ class Controller:
         self._first_dataset_size: int | None = None
         self._last_key: str | None = None
         self._growths = 0
+        self._failure: str | None = None
 
     # ------------------------------------------------------------------ public API
 
@@ -133,16 +134,26 @@ class Controller:
         )
 
     def notify_failed(self, *, step: int, error: str) -> None:
-        """The workers could not apply the pending growth. The cooldown starts at ``step``."""
+        """The workers could not apply the pending growth. The cooldown starts at ``step``, and
+        the next decision reports the failure (notable)."""
+        decided = None if self._pending is None else self._pending["step"]
         self._pending = None
         self._last_growth_step = step
-        self._last_key = None
+        self._failure = (
+            f"the growth decided at step {decided} failed at step {step}: {error}; "
+            f"cooling down for {self.config.guards.cooldown_steps} steps"
+        )
 
     def observe(self, obs: Observation) -> Decision:
         """Take one observation; answer with a decision (growth, refusal, or nothing to do)."""
         timeout = self._track(obs)
         if timeout is not None:
             return timeout
+        if self._failure is not None:
+            failure, self._failure = self._failure, None
+            return self._decide(
+                obs, None, "controller", failure, {}, key="growth_failed", notable=True, always=True
+            )
         if self._pending is not None:
             return self._decide(
                 obs,
@@ -209,6 +220,7 @@ class Controller:
             "first_dataset_size": self._first_dataset_size,
             "last_key": self._last_key,
             "growths": self._growths,
+            "failure": self._failure,
             "summary": self._summary,
             "summary_generation": self._summary_generation,
             "history": [o.model_dump(mode="json") for o in self._history],
@@ -237,6 +249,7 @@ class Controller:
         self._first_dataset_size = state.get("first_dataset_size")
         self._last_key = state.get("last_key")
         self._growths = int(state.get("growths", 0))
+        self._failure = state.get("failure")
         self._summary = state.get("summary")
         self._summary_generation = state.get("summary_generation")
         self._shape_cache = None
@@ -408,6 +421,7 @@ class Controller:
                 {"max_generations": g.max_generations},
                 key="manual_refused",
                 notable=True,
+                always=True,
             )
         hard = Limits.from_config(self.config)
         if req["op"] is None:
@@ -423,6 +437,7 @@ class Controller:
                 plan.numbers,
                 key="manual_refused",
                 notable=True,
+                always=True,
             )
         return self._grow(obs, plan, "manual", f"manual request ({why}): {plan.description}", {})
 
@@ -461,8 +476,10 @@ class Controller:
         *,
         key: str,
         notable: bool,
+        always: bool = False,
     ) -> Decision:
-        changed = key != self._last_key
+        """The decision; a refusal is notable only when its state changed (or ``always``)."""
+        changed = key != self._last_key or always
         self._last_key = key
         numbers = {**numbers, "state": key, "param_count": obs.param_count}
         return Decision(

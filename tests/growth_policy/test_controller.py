@@ -166,12 +166,30 @@ def test_pending_growth_waits_then_times_out() -> None:
     assert "cooldown: 50 of 300 steps since the growth at step 1200" in d.reason
 
 
-def test_notify_failed_starts_the_cooldown() -> None:
+def test_notify_failed_is_reported_and_starts_the_cooldown() -> None:
     c = Controller()
     assert c.observe(make_obs(summary=mlp_summary(40, [16, 16], 10))).grows
-    c.notify_failed(step=1010, error="boom")
-    d = c.observe(make_obs(step=1050, generation_step=1050))
+    c.notify_failed(step=1010, error="GrowthError: boom")
+    failed = c.observe(make_obs(step=1050, generation_step=1050))
+    assert not failed.grows and failed.notable
+    assert failed.reason == (
+        "the growth decided at step 1000 failed at step 1010: GrowthError: boom; "
+        "cooling down for 300 steps"
+    )
+    d = c.observe(make_obs(step=1100, generation_step=1100))
     assert d.policy == "cooldown" and d.notable
+    assert d.reason.startswith("cooldown: 90 of 300 steps since the growth at step 1010")
+
+
+def test_every_manual_refusal_is_notable() -> None:
+    c = Controller(cfg(policies=["manual"], guards={"max_params": 1200}))
+    for _ in range(2):
+        c.request(GrowthOp(op="widen", factor=2.0), "again")
+        d = c.observe(make_obs(summary=mlp_summary(40, [16, 16], 10)))
+        assert not d.grows and d.notable
+        assert d.reason == (
+            "manual request (again) refused: max params 1.2k would be exceeded: 1.1k → 2.7k"
+        )
 
 
 def test_never_above_max_params() -> None:
