@@ -16,6 +16,7 @@ checkpoint, so a reader never sees a half-written one.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -61,6 +62,15 @@ class GenerationInfo(BaseModel):
     records: int = Field(ge=0, description="How many growth records its architecture replays.")
 
 
+class FileDigest(BaseModel):
+    """Size and SHA-256 of one file of a checkpoint, to tell a complete copy from a partial one."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    size: int = Field(ge=0)
+    sha256: str
+
+
 class CheckpointMeta(BaseModel):
     """Everything in a checkpoint except the tensors."""
 
@@ -87,6 +97,9 @@ class CheckpointMeta(BaseModel):
     source_state: dict[str, Any] = Field(default_factory=dict)
     loop_state: dict[str, Any] = Field(default_factory=dict)
     saved_at: float = Field(default_factory=time.time)
+    files: dict[str, FileDigest] = Field(
+        default_factory=dict, description="The tensor files of the checkpoint, for verification."
+    )
 
 
 @dataclass
@@ -169,9 +182,42 @@ def save_checkpoint(
         tensors, rest = _split_optimizer_state(optimizer.state_dict())
         save_file(tensors, path / OPTIMIZER_TENSORS_FILE, metadata={"format": FORMAT})
         (path / OPTIMIZER_JSON_FILE).write_text(json.dumps(rest))
-    meta = meta.model_copy(update={"param_count": count_parameters(model)})
+    files = {
+        name: _digest(path / name)
+        for name in (WEIGHTS_FILE, OPTIMIZER_TENSORS_FILE, OPTIMIZER_JSON_FILE)
+        if (path / name).exists()
+    }
+    meta = meta.model_copy(update={"param_count": count_parameters(model), "files": files})
     (path / META_FILE).write_text(meta.model_dump_json(indent=1))
     return path
+
+
+def _digest(path: Path) -> FileDigest:
+    with path.open("rb") as f:
+        return FileDigest(
+            size=os.fstat(f.fileno()).st_size,
+            sha256=hashlib.file_digest(f, "sha256").hexdigest(),
+        )
+
+
+def verify_checkpoint(path: str | Path) -> CheckpointMeta | None:
+    """The meta of a local checkpoint folder if every file it lists is there, whole; else None.
+
+    A checkpoint copied file by file (Ray Train's upload, an object store) may be cut short by a
+    crash; this tells a complete copy from a partial one.
+    """
+    folder = Path(path)
+    try:
+        meta = read_meta(folder)
+    except (OSError, ValueError):
+        return None
+    if not meta.files:
+        return None
+    for name, expected in meta.files.items():
+        file = folder / name
+        if not file.is_file() or _digest(file) != expected:
+            return None
+    return meta
 
 
 def _split_optimizer_state(

@@ -32,6 +32,7 @@ import contextlib
 import logging
 import math
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -54,6 +55,7 @@ from workers.checkpoint import (
     load_checkpoint,
     publish,
     save_checkpoint,
+    verify_checkpoint,
 )
 from workers.models import build_model, count_parameters
 from workers.reader import DataReader
@@ -224,7 +226,7 @@ class TrainLoop:
         import ray.train
 
         resumed: dict[str, Any] | None = None
-        checkpoint = ray.train.get_checkpoint()
+        checkpoint = self._resume_point(ray.train.get_checkpoint())
         if checkpoint is not None:
             with checkpoint.as_directory() as folder:
                 loaded = load_checkpoint(folder)
@@ -277,6 +279,38 @@ class TrainLoop:
             pids=[int(p) for p in pids],
             resumed_from=resumed,
         )
+
+    def _resume_point(self, registered: Any) -> Any:
+        """The newest complete checkpoint of this run, the same on every rank.
+
+        Ray Train registers a reported checkpoint asynchronously, so a crash right after a report
+        can leave the newest checkpoint persisted but unregistered, and ``get_checkpoint()``
+        returns the one before. Rank 0 therefore also looks at the run's storage for a newer
+        folder whose files are all there and whole (``verify``), and broadcasts its choice.
+        """
+        import ray.train
+
+        choice = None
+        if self.group.is_main:
+            choice = ""
+            best = _name_order(registered.path) if registered is not None else None
+            try:
+                storage = ray.train.get_context().get_storage()
+                for name in _stored_checkpoints(storage):
+                    if best is not None and _name_order(name) <= best:
+                        break
+                    path = f"{storage.experiment_fs_path}/{name}"
+                    if _is_complete(storage.storage_filesystem, path):
+                        choice = path
+                        break
+            except Exception as exc:  # the registered checkpoint is still a valid resume point
+                logger.warning("could not look for unregistered checkpoints: %s", exc)
+        choice = self.group.broadcast_str(choice)
+        if not choice:
+            return registered
+        storage = ray.train.get_context().get_storage()
+        logger.info("resuming from %s, newer than the registered checkpoint", choice)
+        return ray.train.Checkpoint(choice, filesystem=storage.storage_filesystem)
 
     def _wrap(self, module: nn.Module) -> None:
         """Wrap for DDP (or not, with one rank); keep the plain module for growth and saving."""
@@ -736,8 +770,47 @@ class _IdleMessage(BaseModel):
     manifest: Manifest | None = None
 
 
+_NAME = re.compile(r"gen-(\d{4,})-step-(\d{9,})$")
+
+
 def _checkpoint_name(generation: int, step: int) -> str:
     return f"gen-{generation:04d}-step-{step:09d}"
+
+
+def _name_order(path: str) -> tuple[int, int]:
+    """(step, generation) of a checkpoint folder named by :func:`_checkpoint_name`."""
+    match = _NAME.search(str(path).rstrip("/"))
+    return (int(match.group(2)), int(match.group(1))) if match else (-1, -1)
+
+
+def _stored_checkpoints(storage: Any) -> list[str]:
+    """Checkpoint folder names in a Ray Train run's storage, newest first."""
+    from pyarrow import fs as pafs
+
+    infos = storage.storage_filesystem.get_file_info(
+        pafs.FileSelector(storage.experiment_fs_path, allow_not_found=True)
+    )
+    names = [
+        i.base_name for i in infos if i.type == pafs.FileType.Directory and _NAME.match(i.base_name)
+    ]
+    return sorted(names, key=_name_order, reverse=True)
+
+
+def _is_complete(filesystem: Any, path: str) -> bool:
+    """Whether a stored checkpoint has every file its meta lists (whole, where it is local)."""
+    if filesystem.type_name == "local":
+        return verify_checkpoint(path) is not None
+    try:
+        with filesystem.open_input_stream(f"{path}/meta.json") as stream:
+            meta = CheckpointMeta.model_validate_json(stream.read())
+    except Exception:
+        return False
+    if not meta.files:
+        return False
+    infos = filesystem.get_file_info([f"{path}/{name}" for name in meta.files])
+    return all(
+        info.size == meta.files[info.base_name].size for info in infos
+    )  # sizes only: hashing would mean downloading
 
 
 def _checkpoint_location(checkpoint: Any) -> str:

@@ -236,16 +236,24 @@ class ScriptedSource(BaseSource):
     """Decisions from a script, e.g. widen ×2 at step 200, deepen after ``act1`` at step 400.
 
     Which actions have fired is part of the state, so a resumed run does not repeat them (unless it
-    resumed from before they fired, in which case it repeats them at the same steps).
+    resumed from before they fired, in which case it repeats them at the same steps). With
+    ``stop_file``, the run also stops at the next observation or poll once that file exists (how a
+    test or an operator ends a scripted run early).
     """
 
-    def __init__(self, actions: list[ScriptedAction]) -> None:
+    def __init__(self, actions: list[ScriptedAction], *, stop_file: str | None = None) -> None:
         self.actions = list(actions)
+        self.stop_file = stop_file
         self.fired: list[int] = []
         self._resume_at: float | None = None
         self._resume_version: int | None = None
 
+    def _stop_requested(self) -> bool:
+        return self.stop_file is not None and Path(self.stop_file).exists()
+
     def decide(self, observation: Observation) -> Directive:
+        if self._stop_requested():
+            return Directive(stop=True, reason=f"stop file {self.stop_file} exists")
         for i, action in enumerate(self.actions):
             if i in self.fired:
                 continue
@@ -273,6 +281,8 @@ class ScriptedSource(BaseSource):
         return Directive()
 
     def poll(self, status: LoopStatus) -> Directive:
+        if self._stop_requested():
+            return Directive(stop=True, reason=f"stop file {self.stop_file} exists")
         if self._resume_at is not None and time.monotonic() >= self._resume_at:
             self._resume_at = None
         if self._resume_version is not None and status.dataset_version >= self._resume_version:

@@ -16,6 +16,7 @@ from workers.checkpoint import (
     publish,
     read_meta,
     save_checkpoint,
+    verify_checkpoint,
 )
 from workers.models import build_model
 from workers.spec import ModelSpec, OptimizerSpec, TaskSpec
@@ -139,3 +140,20 @@ def test_publish_is_atomic_and_idempotent(tmp_path: Path) -> None:
     (half / "model.safetensors").write_bytes(b"junk")
     publish(src, str(half))
     assert load_checkpoint(half).meta.job_id == "job1"
+
+
+def test_verify_tells_a_complete_copy_from_a_partial_one(tmp_path: Path) -> None:
+    model, opt = _trained(OptimizerSpec())
+    path = save_checkpoint(tmp_path / "ck", model=model, optimizer=opt, meta=_meta())
+    meta = verify_checkpoint(path)
+    assert meta is not None and sorted(meta.files) == [
+        "model.safetensors",
+        "optimizer.json",
+        "optimizer.safetensors",
+    ]
+    weights = path / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-10])  # an upload cut short
+    assert verify_checkpoint(path) is None
+    (path / "optimizer.safetensors").unlink()
+    assert verify_checkpoint(path) is None
+    assert verify_checkpoint(tmp_path / "absent") is None

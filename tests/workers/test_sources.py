@@ -161,3 +161,13 @@ def test_recorder_writes_every_call_and_delegates(tmp_path: Path) -> None:
 def test_base_source_keeps_the_state(paused: bool) -> None:
     state = "paused" if paused else "waiting_for_data"
     assert BaseSource().poll(status(state)).pause is paused
+
+
+def test_a_stop_file_ends_a_scripted_run(tmp_path: Path) -> None:
+    stop = tmp_path / "stop"
+    source = ScriptedSource([ScriptedAction(at_step=0, op=WIDEN)], stop_file=str(stop))
+    assert source.decide(obs(1)).op == WIDEN
+    assert not source.poll(status("paused")).stop
+    stop.touch()
+    assert source.decide(obs(2)).stop
+    assert source.poll(status("waiting_for_data")).stop
