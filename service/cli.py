@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import platform
-from typing import Annotated
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from service import __version__
+
+if TYPE_CHECKING:
+    from service.client import LifelongClient
 
 app = typer.Typer(
     name="lifelong",
@@ -45,7 +49,6 @@ def _root(
 def info() -> None:
     """Show the versions of the stack and check that an embedded Redis server starts."""
     import tempfile
-    from pathlib import Path
 
     import mlflow
     import ray
@@ -68,6 +71,236 @@ def info() -> None:
         finally:
             server.shutdown()
     console.print(table)
+
+
+@app.command()
+def serve(
+    host: Annotated[
+        str | None, typer.Option(help="Interface to bind [default: LIFELONG_HOST or 127.0.0.1].")
+    ] = None,
+    port: Annotated[int | None, typer.Option(help="Port [default: LIFELONG_PORT or 8000].")] = None,
+) -> None:
+    """Run the API under uvicorn, configured from the environment (see service/settings.py)."""
+    import uvicorn
+
+    from service.app import create_app
+    from service.settings import Settings, is_loopback
+
+    overrides: dict[str, object] = {}
+    if host is not None:
+        overrides["host"] = host
+    if port is not None:
+        overrides["port"] = port
+    try:
+        settings = Settings(**overrides)  # type: ignore[arg-type]
+    except ValueError as exc:
+        console.print(f"[red]invalid settings:[/red] {exc}")
+        raise typer.Exit(2) from None
+    if not is_loopback(settings.host) and not settings.auth_enabled:
+        console.print(
+            f"[red]refusing to bind {settings.host} without API keys.[/red] Anyone who can reach "
+            "it could create jobs and push data. Create a key file and point "
+            "LIFELONG_API_KEYS_FILE at it, e.g.\n"
+            "  printf 'admin:%s\\n' \"$(openssl rand -hex 24)\" > api-keys\n"
+            "  LIFELONG_API_KEYS_FILE=api-keys lifelong serve --host "
+            f"{settings.host}\n"
+            "or bind 127.0.0.1."
+        )
+        raise typer.Exit(2)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        proxy_headers=False,
+        server_header=False,
+    )
+
+
+jobs_app = typer.Typer(
+    help="Create, list, show and steer jobs through the API.", no_args_is_help=True
+)
+app.add_typer(jobs_app, name="jobs")
+
+
+def _client() -> LifelongClient:
+    from service.client import LifelongClient
+    from service.settings import ClientSettings
+
+    cfg = ClientSettings()
+    return LifelongClient(cfg.api_url, api_key=cfg.api_key)
+
+
+def _fail(exc: Exception) -> typer.Exit:
+    from service.client import LifelongError
+
+    if isinstance(exc, LifelongError):
+        console.print(f"[red]{exc.status_code}[/red] {exc.detail}")
+        for problem in exc.errors:
+            console.print(f"  - {problem.get('loc') or '(body)'}: {problem.get('msg')}")
+    else:
+        console.print(f"[red]error:[/red] {exc}")
+    return typer.Exit(1)
+
+
+def _print_json(value: object) -> None:
+    import json
+
+    console.print_json(json.dumps(value))
+
+
+@jobs_app.command("create")
+def jobs_create(
+    spec_file: Annotated[Path, typer.Argument(help="A job spec in JSON or YAML.", exists=True)],
+) -> None:
+    """Create a job from a spec file; prints the job."""
+    import json
+
+    import yaml
+
+    text = spec_file.read_text()
+    spec = yaml.safe_load(text) if spec_file.suffix in (".yaml", ".yml") else json.loads(text)
+    with _client() as client:
+        try:
+            job = client.create_job(spec)
+        except Exception as exc:
+            raise _fail(exc) from None
+    console.print(f"created [bold]{job.id}[/bold] ({job.name}), {job.param_count:,} parameters")
+
+
+@jobs_app.command("list")
+def jobs_list() -> None:
+    """List the jobs with status, generation, parameters and dataset size."""
+    with _client() as client:
+        try:
+            listing = client.list_jobs(limit=1000)
+        except Exception as exc:
+            raise _fail(exc) from None
+    table = Table(title=f"{listing.total} jobs")
+    for column in ("id", "name", "status", "gen", "params", "samples", "version"):
+        table.add_column(column)
+    for job in listing.jobs:
+        table.add_row(
+            job.id,
+            job.name,
+            job.status + (f" ({job.reason})" if job.reason else ""),
+            str(job.generation),
+            f"{job.param_count:,}" if job.param_count is not None else "-",
+            f"{job.dataset.samples:,}",
+            str(job.dataset.version),
+        )
+    console.print(table)
+
+
+@jobs_app.command("show")
+def jobs_show(job_id: str) -> None:
+    """Show one job as JSON."""
+    with _client() as client:
+        try:
+            job = client.get_job(job_id)
+        except Exception as exc:
+            raise _fail(exc) from None
+    _print_json(job.model_dump(mode="json"))
+
+
+def _command(job_id: str, kind: str, op: dict[str, object] | None = None) -> None:
+    with _client() as client:
+        try:
+            if kind == "grow" and op is not None:
+                command = client.grow(job_id, op)
+            else:
+                command = getattr(client, kind)(job_id)
+        except Exception as exc:
+            raise _fail(exc) from None
+    console.print(f"{kind} queued as [bold]{command.id}[/bold] (status: {command.status})")
+
+
+@jobs_app.command("grow")
+def jobs_grow(
+    job_id: str,
+    op: Annotated[str, typer.Option(help="widen or deepen.")] = "widen",
+    factor: Annotated[float | None, typer.Option(help="widen: every group ×factor.")] = None,
+    after: Annotated[str | None, typer.Option(help="deepen: module to insert after.")] = None,
+) -> None:
+    """Ask a job to grow now."""
+    fields: dict[str, object] = {"op": op}
+    if factor is not None:
+        fields["factor"] = factor
+    if after is not None:
+        fields["after"] = after
+    _command(job_id, "grow", fields)
+
+
+@jobs_app.command("pause")
+def jobs_pause(job_id: str) -> None:
+    """Pause a job."""
+    _command(job_id, "pause")
+
+
+@jobs_app.command("resume")
+def jobs_resume(job_id: str) -> None:
+    """Resume a paused job."""
+    _command(job_id, "resume")
+
+
+@jobs_app.command("stop")
+def jobs_stop(job_id: str) -> None:
+    """Stop a job for good."""
+    _command(job_id, "stop")
+
+
+_SUFFIX_TYPES = {
+    ".safetensors": "application/x-safetensors",
+    ".npz": "application/x-npz",
+    ".parquet": "application/vnd.apache.parquet",
+    ".json": "application/json",
+}
+
+
+@app.command()
+def push(
+    job_id: str,
+    data_file: Annotated[
+        Path,
+        typer.Argument(
+            help="Samples as .safetensors, .npz, .parquet or .json holding 'features' and "
+            "'labels'.",
+            exists=True,
+        ),
+    ],
+) -> None:
+    """Push a file of samples to a job (retried safely with an Idempotency-Key)."""
+    content_type = _SUFFIX_TYPES.get(data_file.suffix.lower())
+    if content_type is None:
+        console.print(
+            f"[red]unknown file type {data_file.suffix}[/red]; use {', '.join(_SUFFIX_TYPES)}"
+        )
+        raise typer.Exit(2)
+    with _client() as client:
+        try:
+            result = client.push_bytes(job_id, data_file.read_bytes(), content_type)
+        except Exception as exc:
+            raise _fail(exc) from None
+    console.print(
+        f"accepted {result.accepted:,} samples ({result.accepted_val:,} to validation); dataset "
+        f"version {result.version}: {result.train_samples:,} train, {result.val_samples:,} val"
+    )
+
+
+@app.command()
+def events(
+    job_id: str,
+    follow: Annotated[bool, typer.Option(help="Wait for new events.")] = True,
+) -> None:
+    """Print a job's events as they happen (Ctrl-C to stop)."""
+    with _client() as client:
+        try:
+            for event in client.events(job_id, follow=follow):
+                console.print(f"[dim]{event.id}[/dim] [bold]{event.type}[/bold] {event.data}")
+        except KeyboardInterrupt:
+            pass
+        except Exception as exc:
+            raise _fail(exc) from None
 
 
 def main() -> None:

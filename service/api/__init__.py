@@ -1,0 +1,1 @@
+"""The REST API: routes, their models and dependencies, middleware, metrics."""

@@ -1,0 +1,173 @@
+"""Request and response models of the REST API (separate classes, as the OpenAPI schema shows)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from service.records import CommandRecord, DatasetSummary, EventRecord, JobRecord, PushRecord
+from service.spec import JobSpec, SpecProblem
+from service.states import CommandKind, CommandStatus, EventType, JobStatus
+from workers.shards import ShardInfo
+
+JOB_EXAMPLE: dict[str, Any] = {
+    "name": "digits",
+    "task": {"kind": "classification", "input_shape": [64], "num_classes": 10},
+    "model": {"family": "mlp", "hidden": [32, 32]},
+    "optimizer": {"name": "adam", "lr": 0.001},
+    "batch_size": 128,
+    "val_fraction": 0.1,
+    "growth": {"policies": ["data_scaling", "plateau"]},
+    "scaling": {"num_workers": 2},
+}
+
+
+class _Public(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ErrorBody(_Public):
+    """Every 4xx and 5xx answer."""
+
+    detail: str = Field(description="What is wrong, and what to change.")
+    errors: list[SpecProblem] | None = Field(
+        default=None, description="One entry per problem, when a request has several."
+    )
+
+
+class JobCreate(JobSpec):
+    """A job spec (POST /v1/jobs). Every problem in it comes back in one 422 answer."""
+
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, json_schema_extra={"examples": [JOB_EXAMPLE]}
+    )
+
+
+class DatasetPublic(_Public):
+    version: int = Field(description="Bumped by every accepted push.", examples=[3])
+    train_samples: int = Field(examples=[5400])
+    val_samples: int = Field(examples=[600])
+    samples: int = Field(examples=[6000])
+    shards: int = Field(examples=[6])
+    bytes: int = Field(description="Size of the shard files.", examples=[1_652_000])
+    updated: float | None = Field(default=None, description="Unix time of the last push.")
+
+    @classmethod
+    def of(cls, summary: DatasetSummary) -> DatasetPublic:
+        return cls(**summary.model_dump(), samples=summary.samples)
+
+
+class JobPublic(_Public):
+    id: str = Field(examples=["job_4f2a9c1e0b7d4e21"])
+    name: str = Field(examples=["digits"])
+    status: JobStatus
+    reason: str | None = Field(
+        default=None, description="Why the job is in its status (always set when failed)."
+    )
+    generation: int = Field(description="0 for the base model, +1 per growth.", examples=[0])
+    param_count: int | None = Field(description="Parameters of the current model.")
+    dataset: DatasetPublic
+    metrics: dict[str, Any] = Field(
+        description="The latest observation's numbers: step, train_loss, val_loss, val_metric, "
+        "throughput, dataset_size, ... (empty before training)."
+    )
+    created: float
+    updated: float
+    spec: JobSpec
+
+    @classmethod
+    def of(cls, job: JobRecord, dataset: DatasetSummary) -> JobPublic:
+        return cls(
+            id=job.id,
+            name=job.name,
+            status=job.status,
+            reason=job.reason,
+            generation=job.generation,
+            param_count=job.param_count,
+            dataset=DatasetPublic.of(dataset),
+            metrics=job.metrics,
+            created=job.created,
+            updated=job.updated,
+            spec=job.spec,
+        )
+
+
+class JobList(_Public):
+    jobs: list[JobPublic]
+    total: int = Field(description="Jobs in this deployment.")
+    offset: int
+    limit: int
+
+
+class PushResult(_Public):
+    """The answer to an accepted push (and, unchanged, to each retry with its Idempotency-Key)."""
+
+    job_id: str
+    accepted: int = Field(description="Samples stored by this push.", examples=[1000])
+    accepted_train: int = Field(examples=[903])
+    accepted_val: int = Field(examples=[97])
+    version: int = Field(description="The dataset version this push created.", examples=[4])
+    train_samples: int = Field(description="Training samples in the dataset now.", examples=[3610])
+    val_samples: int = Field(examples=[390])
+    samples: int = Field(examples=[4000])
+    shards: int = Field(description="Shards in the dataset now.", examples=[8])
+    shard_ids: list[str] = Field(description="The shards this push wrote (one per split).")
+
+    @classmethod
+    def of(cls, job_id: str, push: PushRecord) -> PushResult:
+        return cls(
+            job_id=job_id,
+            **push.model_dump(),
+            samples=push.train_samples + push.val_samples,
+        )
+
+
+class DatasetDetail(DatasetPublic):
+    """GET /v1/jobs/{id}/data: the manifest's totals and a page of its shards."""
+
+    job_id: str
+    offset: int = Field(description="Index of the first shard in 'items'.")
+    items: list[ShardInfo] = Field(description="Shards in append order, each with its version.")
+
+
+class CommandPublic(_Public):
+    id: str = Field(examples=["cmd_8d0c52a4e1f34b7a"])
+    job_id: str
+    kind: CommandKind
+    args: dict[str, Any] = Field(description="For 'grow': the growth op.")
+    status: CommandStatus
+    detail: str | None = Field(default=None, description="The outcome, in words.")
+    result: dict[str, Any] | None = Field(default=None, description="The outcome, as data.")
+    created: float
+    updated: float
+
+    @classmethod
+    def of(cls, job_id: str, command: CommandRecord) -> CommandPublic:
+        return cls(job_id=job_id, **command.model_dump(exclude={"stream_id"}))
+
+
+class CommandList(_Public):
+    commands: list[CommandPublic] = Field(description="Newest first.")
+
+
+class EventPublic(_Public):
+    """The ``data:`` of each Server-Sent Event (its ``id:`` and ``event:`` repeat id and type)."""
+
+    id: str = Field(description="Redis stream id; send it back as Last-Event-ID to resume.")
+    type: EventType
+    time: float
+    data: dict[str, Any]
+
+    @classmethod
+    def of(cls, event: EventRecord) -> EventPublic:
+        return cls(**event.model_dump())
+
+
+class Health(_Public):
+    status: str = Field(examples=["ok"])
+
+
+class Readiness(_Public):
+    status: str = Field(examples=["ready"])
+    checks: dict[str, str] = Field(examples=[{"redis": "ok (0.3 ms)"}])

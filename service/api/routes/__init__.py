@@ -1,0 +1,1 @@
+"""Thin routes: parse, call one method of the control plane, return a response model."""

@@ -1,0 +1,109 @@
+"""POST /v1/jobs/{id}/data (push a batch) and GET /v1/jobs/{id}/data (the manifest)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query, Request, Response, status
+from starlette.concurrency import run_in_threadpool
+
+from service.api.deps import JobId, Plane, Reader, Writer
+from service.api.models import DatasetDetail, DatasetPublic, ErrorBody, PushResult
+from service.ingest import JSON, NPZ, PARQUET, SAFETENSORS
+
+router = APIRouter(prefix="/v1/jobs/{job_id}/data", tags=["data"])
+
+_BINARY = {"type": "string", "format": "binary"}
+_PUSH_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "description": "A batch of samples. Binary formats hold two arrays, 'features' "
+        "(N, *input_shape) or (N, prod(input_shape)), any real dtype (float32 is stored), and "
+        "'labels': (N,) integer class indices for classification, (N, outputs) or (N,) numbers "
+        "for regression. safetensors is the fastest to read (see docs/api.md).",
+        "content": {
+            SAFETENSORS: {"schema": _BINARY},
+            NPZ: {"schema": _BINARY},
+            PARQUET: {"schema": _BINARY},
+            JSON: {
+                "schema": {
+                    "type": "object",
+                    "required": ["features", "labels"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "features": {"type": "array", "items": {}},
+                        "labels": {"type": "array", "items": {}},
+                    },
+                },
+                "examples": {
+                    "two samples": {
+                        "value": {"features": [[0.1, 0.2, 0.3], [0.4, 0.5, 0.6]], "labels": [0, 2]}
+                    }
+                },
+            },
+        },
+    }
+}
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    dependencies=[Writer],
+    openapi_extra=_PUSH_BODY,
+    responses={
+        400: {"model": ErrorBody, "description": "The body cannot be read in its format."},
+        404: {"model": ErrorBody, "description": "No such job."},
+        409: {
+            "model": ErrorBody,
+            "description": "The job is stopped or failed, or the Idempotency-Key was used for "
+            "another body.",
+        },
+        413: {"model": ErrorBody, "description": "Too many bytes or samples."},
+        415: {"model": ErrorBody, "description": "Unsupported Content-Type."},
+        422: {"model": ErrorBody, "description": "Shape, dtype, values or labels do not fit."},
+    },
+)
+async def push_data(
+    job_id: JobId,
+    request: Request,
+    response: Response,
+    plane: Plane,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            description="Makes retries safe: a retry with the same key and body returns the "
+            "original answer (with 'Idempotent-Replayed: true') and stores nothing.",
+            examples=["0b8f5d0e-6c53-4c35-9a9b-2f0f0d2f8d10"],
+        ),
+    ] = None,
+) -> PushResult:
+    """Validate a batch against the job's schema, write it as durable shards (fsynced), then
+    append them to the manifest; only then answer. A share of the samples (the job's
+    val_fraction), chosen by a hash of each sample, goes to validation."""
+    body = await request.body()
+    outcome = await run_in_threadpool(
+        plane.push, job_id, body, request.headers.get("content-type"), idempotency_key
+    )
+    if outcome.replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return PushResult.of(job_id, outcome.record)
+
+
+@router.get(
+    "",
+    dependencies=[Reader],
+    responses={404: {"model": ErrorBody, "description": "No such job."}},
+)
+def get_dataset(
+    job_id: JobId,
+    plane: Plane,
+    offset: Annotated[int, Query(ge=0, description="First shard to list.")] = 0,
+    limit: Annotated[int, Query(ge=0, le=10_000, description="Shards to list (0: none).")] = 100,
+) -> DatasetDetail:
+    """The manifest: totals (samples per split, shards, bytes, version) and a page of shards."""
+    summary, shards = plane.dataset(job_id, shard_offset=offset, shard_limit=limit)
+    return DatasetDetail(
+        **DatasetPublic.of(summary).model_dump(), job_id=job_id, offset=offset, items=shards
+    )

@@ -1,0 +1,84 @@
+"""POST /v1/jobs, GET /v1/jobs, GET /v1/jobs/{id}."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response, status
+from starlette.concurrency import run_in_threadpool
+
+from service.api.deps import Admin, JobId, Plane, Reader
+from service.api.models import JOB_EXAMPLE, ErrorBody, JobList, JobPublic
+from service.records import DatasetSummary
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+EMPTY_DATASET = DatasetSummary(version=0, train_samples=0, val_samples=0, shards=0, bytes=0)
+
+_SPEC_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {"$ref": "#/components/schemas/JobCreate"},
+                "examples": {
+                    "mlp": {"summary": "An MLP classifier on 8×8 digits", "value": JOB_EXAMPLE},
+                    "regression": {
+                        "summary": "A regression with three outputs",
+                        "value": {
+                            "name": "sensors",
+                            "task": {"kind": "regression", "input_shape": [16], "num_outputs": 3},
+                            "model": {"family": "mlp", "hidden": [64]},
+                        },
+                    },
+                },
+            }
+        },
+    }
+}
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    dependencies=[Admin],
+    openapi_extra=_SPEC_BODY,
+    responses={
+        400: {"model": ErrorBody, "description": "The body is not JSON."},
+        409: {"model": ErrorBody, "description": "The deployment holds its maximum of jobs."},
+        422: {"model": ErrorBody, "description": "The spec has problems; 'errors' lists each."},
+    },
+)
+async def create_job(request: Request, response: Response, plane: Plane) -> JobPublic:
+    """Create a job from a spec. The whole spec is validated first, and every problem comes back
+    in one answer; nothing is stored unless the spec is valid."""
+    body = await request.body()
+    job = await run_in_threadpool(plane.create_job, body)
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    return JobPublic.of(job, EMPTY_DATASET)
+
+
+@router.get("", dependencies=[Reader])
+def list_jobs(
+    plane: Plane,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> JobList:
+    """Jobs in creation order, with status, generation, parameters, dataset and latest metrics."""
+    jobs, total = plane.list_jobs(offset=offset, limit=limit)
+    return JobList(
+        jobs=[JobPublic.of(job, dataset) for job, dataset in jobs],
+        total=total,
+        offset=offset,
+        limit=limit,
+    )
+
+
+@router.get(
+    "/{job_id}",
+    dependencies=[Reader],
+    responses={404: {"model": ErrorBody, "description": "No such job."}},
+)
+def get_job(job_id: JobId, plane: Plane) -> JobPublic:
+    """One job: status (and why), generation, parameter count, dataset size, latest metrics."""
+    job, dataset = plane.get_job(job_id)
+    return JobPublic.of(job, dataset)

@@ -1,0 +1,191 @@
+"""The ASGI app: ``create_app(settings)`` for embedders and tests, ``service.app:app`` for servers.
+
+``service.app:app`` is built on first access from the environment (``Settings()``), so importing
+this module reads nothing and connects to nothing. Redis is connected (or the embedded one started)
+in the app's lifespan, so that a server that cannot reach Redis still starts, answers /healthz, and
+says why in /readyz.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import redis
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service import __version__
+from service.api.limits import BodyLimitMiddleware
+from service.api.metrics import Metrics, MetricsMiddleware
+from service.api.models import ErrorBody, JobCreate
+from service.api.routes import commands, data, events, health, jobs
+from service.control import ControlPlane, translate
+from service.embedded import EmbeddedRedis
+from service.errors import ServiceError
+from service.settings import Settings
+from service.spec import SpecProblem
+from service.store import RedisStore, StoreError
+from workers.shards import ShardStore
+
+log = logging.getLogger("lifelong.service")
+
+DESCRIPTION = """\
+Lifelong trains one model on data that keeps arriving, and grows it with Net2Net when the data
+outgrows it. Create a job, push batches to it at any time, ask it to grow, pause, resume or stop,
+and follow its events. Every error answer is JSON: `{"detail": "...", "errors": [...]}`.
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """An app for ``settings`` (default: from the environment)."""
+    settings = settings or Settings()
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        embedded: EmbeddedRedis | None = None
+        url = settings.redis_url
+        if url is None:
+            embedded = EmbeddedRedis(
+                settings.embedded_redis_dir, appendfsync=settings.embedded_redis_fsync
+            )
+            url = await run_in_threadpool(embedded.start)
+        store = RedisStore(
+            url,
+            settings.key_prefix,
+            events_maxlen=settings.events_maxlen,
+            commands_maxlen=settings.commands_maxlen,
+            idempotency_ttl_s=settings.idempotency_ttl_s,
+        )
+        try:
+            await store.aping()
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+            log.warning("Redis does not answer yet (%s); /readyz says 503 until it does", exc)
+        # Job creation builds the base model on torch's meta device: import torch now, not in
+        # the first request.
+        await run_in_threadpool(_warm_up)
+        app.state.plane = ControlPlane(
+            settings, store, ShardStore(settings.data_root_uri), on_ingest=metrics.ingested
+        )
+        try:
+            yield
+        finally:
+            store.close()
+            await store.aclose()
+            if embedded is not None:
+                await run_in_threadpool(embedded.stop)
+
+    app = FastAPI(
+        title="Lifelong",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        responses={500: {"model": ErrorBody, "description": "A server fault (see the log)."}},
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    for router in (jobs.router, data.router, commands.router, events.router, health.router):
+        app.include_router(router)
+    _install_error_handlers(app)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_push_bytes=settings.max_push_bytes,
+        max_request_bytes=settings.max_request_bytes,
+    )
+    app.add_middleware(MetricsMiddleware, metrics=metrics, root=app)
+    app.openapi = _openapi_with(app)  # type: ignore[method-assign]
+    return app
+
+
+def _warm_up() -> None:
+    import workers.models  # noqa: F401
+
+
+def _error(
+    status: int, detail: str, errors: list[SpecProblem] | None = None, **kw: Any
+) -> JSONResponse:
+    body = ErrorBody(detail=detail, errors=errors).model_dump(exclude_none=True)
+    return JSONResponse(body, status_code=status, **kw)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ServiceError)
+    async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
+        return _error(exc.status_code, exc.detail, exc.errors, headers=exc.headers)
+
+    @app.exception_handler(StoreError)
+    async def store_error(request: Request, exc: StoreError) -> JSONResponse:
+        error = translate(exc)
+        return _error(error.status_code, error.detail)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _error(exc.status_code, str(exc.detail), headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = [
+            SpecProblem(
+                loc=".".join(str(p) for p in e.get("loc", ())),
+                msg=str(e.get("msg", "invalid")).removeprefix("Value error, "),
+            )
+            for e in exc.errors()
+        ]
+        if any(e.get("type") == "json_invalid" for e in exc.errors()):
+            return _error(400, "the body is not valid JSON", problems)
+        summary = "; ".join(f"{p.loc}: {p.msg}" for p in problems)
+        return _error(422, f"invalid request: {summary}", problems)
+
+    @app.exception_handler(redis.ConnectionError)
+    @app.exception_handler(redis.TimeoutError)
+    async def redis_down(request: Request, exc: Exception) -> JSONResponse:
+        log.error("Redis unreachable during %s %s: %s", request.method, request.url.path, exc)
+        return _error(503, "the state store (Redis) is unreachable; retry shortly",
+                      headers={"Retry-After": "2"})  # fmt: skip
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error in %s %s", request.method, request.url.path)
+        return _error(500, "internal error; the server log has the details")
+
+
+def _openapi_with(app: FastAPI) -> Any:
+    """The OpenAPI schema, with JobCreate in the components (the route reads the raw body so
+    that every spec problem is reported at once, so FastAPI does not add it by itself)."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title,
+                version=app.version,
+                description=app.description,
+                routes=app.routes,
+            )
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            job_create = JobCreate.model_json_schema(ref_template="#/components/schemas/{model}")
+            components.update(job_create.pop("$defs", {}))
+            components["JobCreate"] = job_create
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    return openapi
+
+
+@functools.cache
+def _app_from_environment() -> FastAPI:
+    return create_app()
+
+
+def __getattr__(name: str) -> Any:
+    # ``service.app:app``: built from the environment on first access.
+    if name == "app":
+        return _app_from_environment()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,334 @@
+"""A typed Python client for the Lifelong REST API (sync, over httpx).
+
+    with LifelongClient("http://127.0.0.1:8000") as client:
+        job = client.create_job({"name": "digits", "task": {...}, "model": {...}})
+        client.push(job.id, features, labels)              # safetensors body, retried safely
+        client.grow(job.id, op="widen", factor=2)
+        for event in client.events(job.id):                 # resumes after a dropped connection
+            print(event.type, event.data)
+
+Every non-2xx answer raises :class:`LifelongError` with the status code, the ``detail`` sentence and
+the per-problem ``errors`` of the answer.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from types import TracebackType
+from typing import Any, Literal, Self, TypeVar
+
+import httpx
+import numpy as np
+from pydantic import BaseModel
+
+from growth_policy import GrowthOp
+from service.api.models import (
+    CommandList,
+    CommandPublic,
+    DatasetDetail,
+    EventPublic,
+    Health,
+    JobList,
+    JobPublic,
+    PushResult,
+    Readiness,
+)
+from service.ingest import JSON, NPZ, PARQUET, SAFETENSORS
+
+Format = Literal["safetensors", "npz", "parquet", "json"]
+CONTENT_TYPE: dict[str, str] = {
+    "safetensors": SAFETENSORS,
+    "npz": NPZ,
+    "parquet": PARQUET,
+    "json": JSON,
+}
+_RETRY_STATUS = frozenset({502, 503, 504})
+_M = TypeVar("_M", bound=BaseModel)
+
+
+class LifelongError(Exception):
+    """A non-2xx answer: ``status_code``, ``detail`` and, for several problems, ``errors``."""
+
+    def __init__(
+        self, status_code: int, detail: str, errors: list[dict[str, Any]] | None = None
+    ) -> None:
+        super().__init__(f"{status_code}: {detail}")
+        self.status_code = status_code
+        self.detail = detail
+        self.errors = errors or []
+
+
+def encode_batch(
+    features: np.ndarray, labels: np.ndarray, fmt: Format = "safetensors"
+) -> tuple[bytes, str]:
+    """A push body and its Content-Type. Features are sent as float32 (what the server stores)."""
+    x = np.ascontiguousarray(features, dtype=np.float32)
+    y = np.ascontiguousarray(labels)
+    if fmt == "safetensors":
+        from safetensors.numpy import save
+
+        return save({"features": x, "labels": y}), SAFETENSORS
+    if fmt == "npz":
+        buffer = io.BytesIO()
+        np.savez(buffer, features=x, labels=y)
+        return buffer.getvalue(), NPZ
+    if fmt == "parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        def column(a: np.ndarray) -> Any:
+            if a.ndim == 1:
+                return pa.array(a)
+            flat = a.reshape(a.shape[0], -1)
+            return pa.FixedSizeListArray.from_arrays(pa.array(flat.ravel()), flat.shape[1])
+
+        buffer = io.BytesIO()
+        pq.write_table(
+            pa.table({"features": column(x), "labels": column(y)}), buffer, compression="none"
+        )
+        return buffer.getvalue(), PARQUET
+    if fmt == "json":
+        return json.dumps({"features": x.tolist(), "labels": y.tolist()}).encode(), JSON
+    raise ValueError(f"unknown format {fmt!r}; use one of {', '.join(CONTENT_TYPE)}")
+
+
+class LifelongClient:
+    """One API endpoint. Thread-safe for concurrent calls (httpx.Client is)."""
+
+    def __init__(
+        self,
+        base_url: str = "http://127.0.0.1:8000",
+        *,
+        api_key: str | None = None,
+        timeout: float = 60.0,
+        retries: int = 3,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.retries = retries
+        self._http = httpx.Client(
+            base_url=base_url.rstrip("/"),
+            headers=headers,
+            timeout=httpx.Timeout(timeout, connect=10.0),
+            transport=transport,
+        )
+
+    @property
+    def base_url(self) -> str:
+        return str(self._http.base_url)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # --- plumbing -------------------------------------------------------------------------
+
+    def _request(self, method: str, path: str, *, retry: bool = False, **kw: Any) -> httpx.Response:
+        """One request; with ``retry`` (idempotent requests only), transport errors and 502-504
+        are retried with backoff."""
+        attempts = self.retries + 1 if retry else 1
+        for attempt in range(attempts):
+            try:
+                response = self._http.request(method, path, **kw)
+            except httpx.TransportError:
+                if attempt + 1 >= attempts:
+                    raise
+            else:
+                if response.status_code not in _RETRY_STATUS or attempt + 1 >= attempts:
+                    _raise_for(response)
+                    return response
+            time.sleep(min(2.0, 0.1 * 2**attempt))
+        raise AssertionError("unreachable")
+
+    def _get(self, path: str, model: type[_M], **params: Any) -> _M:
+        return model.model_validate_json(
+            self._request("GET", path, retry=True, params=params).content
+        )
+
+    # --- health -----------------------------------------------------------------------------
+
+    def health(self) -> Health:
+        return self._get("/healthz", Health)
+
+    def ready(self) -> Readiness:
+        return Readiness.model_validate_json(self._request("GET", "/readyz").content)
+
+    # --- jobs -------------------------------------------------------------------------------
+
+    def create_job(self, spec: BaseModel | Mapping[str, Any]) -> JobPublic:
+        body = spec.model_dump(mode="json") if isinstance(spec, BaseModel) else dict(spec)
+        return JobPublic.model_validate_json(self._request("POST", "/v1/jobs", json=body).content)
+
+    def list_jobs(self, *, offset: int = 0, limit: int = 100) -> JobList:
+        return self._get("/v1/jobs", JobList, offset=offset, limit=limit)
+
+    def get_job(self, job_id: str) -> JobPublic:
+        return self._get(f"/v1/jobs/{job_id}", JobPublic)
+
+    # --- data -------------------------------------------------------------------------------
+
+    def push(
+        self,
+        job_id: str,
+        features: np.ndarray,
+        labels: np.ndarray,
+        *,
+        format: Format = "safetensors",
+        idempotency_key: str | None = None,
+    ) -> PushResult:
+        """Push a batch. A fresh Idempotency-Key is made when none is given, so the automatic
+        retries (connection errors, 502-504) can never store the batch twice."""
+        body, content_type = encode_batch(features, labels, format)
+        return self.push_bytes(job_id, body, content_type, idempotency_key=idempotency_key)
+
+    def push_bytes(
+        self, job_id: str, body: bytes, content_type: str, *, idempotency_key: str | None = None
+    ) -> PushResult:
+        key = idempotency_key or str(uuid.uuid4())
+        response = self._request(
+            "POST",
+            f"/v1/jobs/{job_id}/data",
+            retry=True,
+            content=body,
+            headers={"Content-Type": content_type, "Idempotency-Key": key},
+        )
+        return PushResult.model_validate_json(response.content)
+
+    def dataset(self, job_id: str, *, offset: int = 0, limit: int = 100) -> DatasetDetail:
+        """The manifest: totals and a page of shards (``limit=0``: totals only)."""
+        return self._get(f"/v1/jobs/{job_id}/data", DatasetDetail, offset=offset, limit=limit)
+
+    # --- commands ---------------------------------------------------------------------------
+
+    def grow(
+        self, job_id: str, op: GrowthOp | Mapping[str, Any] | str, **fields: Any
+    ) -> CommandPublic:
+        """``grow(id, "widen", factor=2)``, ``grow(id, "deepen", after="hidden.1")``,
+        ``grow(id, {"op": "widen", "factor": 2})`` or ``grow(id, GrowthOp(...))``."""
+        if isinstance(op, str):
+            body: dict[str, Any] = {"op": op, **fields}
+        elif isinstance(op, GrowthOp):
+            body = op.model_dump(mode="json", exclude_defaults=True) | {"op": op.op}
+        else:
+            body = dict(op)
+        return self._command(job_id, "grow", body)
+
+    def pause(self, job_id: str) -> CommandPublic:
+        return self._command(job_id, "pause")
+
+    def resume(self, job_id: str) -> CommandPublic:
+        return self._command(job_id, "resume")
+
+    def stop(self, job_id: str) -> CommandPublic:
+        return self._command(job_id, "stop")
+
+    def _command(self, job_id: str, kind: str, body: dict[str, Any] | None = None) -> CommandPublic:
+        response = self._request("POST", f"/v1/jobs/{job_id}/{kind}", json=body)
+        return CommandPublic.model_validate_json(response.content)
+
+    def command(self, job_id: str, command_id: str) -> CommandPublic:
+        return self._get(f"/v1/jobs/{job_id}/commands/{command_id}", CommandPublic)
+
+    def commands(self, job_id: str, *, limit: int = 100) -> list[CommandPublic]:
+        return self._get(f"/v1/jobs/{job_id}/commands", CommandList, limit=limit).commands
+
+    def wait_command(
+        self, job_id: str, command_id: str, *, timeout: float = 60.0, interval: float = 0.25
+    ) -> CommandPublic:
+        """Poll until the command is done, rejected or failed (TimeoutError after ``timeout``)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            command = self.command(job_id, command_id)
+            if command.status.final:
+                return command
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"command {command_id} still {command.status} after {timeout}s")
+            time.sleep(interval)
+
+    # --- events -----------------------------------------------------------------------------
+
+    def events(
+        self,
+        job_id: str,
+        *,
+        last_event_id: str | None = None,
+        follow: bool = True,
+        reconnect: bool = True,
+        read_timeout: float = 120.0,
+    ) -> Iterator[EventPublic]:
+        """The job's events, oldest first (after ``last_event_id``, if given).
+
+        With ``follow`` the iterator waits for new events until the server ends the stream (the
+        job finished) or the caller stops iterating. A dropped connection is resumed from the
+        last event received (``Last-Event-ID``) when ``reconnect`` is on, so nothing is lost or
+        repeated.
+        """
+        last = last_event_id
+        failures = 0
+        while True:
+            headers = {"Last-Event-ID": last} if last else {}
+            try:
+                with self._http.stream(
+                    "GET",
+                    f"/v1/jobs/{job_id}/events",
+                    params={"follow": str(follow).lower()},
+                    headers=headers,
+                    timeout=httpx.Timeout(read_timeout, connect=10.0),
+                ) as response:
+                    if response.status_code >= 400:
+                        response.read()
+                        _raise_for(response)
+                    for event in parse_sse(response.iter_lines()):
+                        failures = 0
+                        last = event.id
+                        yield event
+                return  # the server ended the stream
+            except (httpx.RemoteProtocolError, httpx.ReadError, httpx.ConnectError):
+                failures += 1
+                if not reconnect or failures > self.retries:
+                    raise
+                time.sleep(min(2.0, 0.1 * 2**failures))
+
+
+def parse_sse(lines: Iterator[str]) -> Iterator[EventPublic]:
+    """Events from text/event-stream lines (comments, i.e. keep-alives, are skipped)."""
+    data: list[str] = []
+    for line in lines:
+        if not line:
+            if data:
+                yield EventPublic.model_validate_json("\n".join(data))
+            data = []
+            continue
+        if line.startswith(":"):
+            continue
+        field, _, value = line.partition(":")
+        if field == "data":
+            data.append(value.removeprefix(" "))
+    if data:
+        yield EventPublic.model_validate_json("\n".join(data))
+
+
+def _raise_for(response: httpx.Response) -> None:
+    if response.status_code < 400:
+        return
+    try:
+        body = response.json()
+        detail = str(body.get("detail", response.text))
+        errors = body.get("errors")
+    except (ValueError, AttributeError):
+        detail, errors = response.text or response.reason_phrase, None
+    raise LifelongError(response.status_code, detail, errors)

@@ -1,0 +1,298 @@
+"""The domain layer: what each request does, independent of HTTP.
+
+Routes parse the request, call one method of :class:`ControlPlane`, and return a response model.
+Every method validates before it stores anything, and raises a ``service.errors`` error (with its
+status code) that names the problem.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pydantic_core
+
+from growth_policy import GrowthOp
+from service import ingest
+from service.errors import (
+    BadRequestError,
+    ConflictError,
+    InvalidError,
+    NotFoundError,
+    ServiceError,
+    UnavailableError,
+)
+from service.records import CommandRecord, DatasetSummary, EventRecord, JobRecord, PushRecord
+from service.settings import Settings
+from service.spec import SpecError, base_param_count, validate_job_spec
+from service.states import CommandKind, JobStatus
+from service.store import (
+    JobNotFoundError,
+    JobTerminalError,
+    RedisStore,
+    StoreError,
+    TooManyJobsError,
+    TransitionError,
+)
+from workers.shards import ShardInfo, ShardStore, Split
+
+log = logging.getLogger("lifelong.service")
+
+IDEMPOTENCY_KEY_MAX = 255
+
+
+@dataclass(frozen=True)
+class PushOutcome:
+    record: PushRecord
+    replayed: bool
+
+
+@dataclass(frozen=True)
+class IngestStats:
+    """What one accepted push added (for metrics)."""
+
+    samples_train: int
+    samples_val: int
+    body_bytes: int
+    format: str
+
+
+def translate(exc: StoreError) -> ServiceError:
+    """The API error for a store error."""
+    if isinstance(exc, JobNotFoundError):
+        return NotFoundError(str(exc))
+    if isinstance(exc, JobTerminalError):
+        return ConflictError(f"{exc}; it accepts no more data or commands")
+    if isinstance(exc, TooManyJobsError):
+        return ConflictError(f"{exc} (LIFELONG_MAX_JOBS); stop and remove jobs or raise the limit")
+    if isinstance(exc, TransitionError):
+        return ConflictError(str(exc))
+    return ServiceError(str(exc))
+
+
+class ControlPlane:
+    """Jobs, data, commands and events of one deployment."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: RedisStore,
+        shards: ShardStore,
+        *,
+        on_ingest: Callable[[IngestStats], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.shards = shards
+        self.on_ingest = on_ingest
+
+    # --- jobs ------------------------------------------------------------------------------
+
+    def create_job(self, body: bytes) -> JobRecord:
+        try:
+            raw = pydantic_core.from_json(body) if body else None
+        except ValueError as exc:
+            raise BadRequestError(f"the body is not valid JSON: {exc}") from None
+        if raw is None:
+            raise BadRequestError("the body is empty; send a job spec as a JSON object")
+        try:
+            spec = validate_job_spec(raw, max_workers=self.settings.max_workers_per_job)
+        except SpecError as exc:
+            raise InvalidError(str(exc), errors=exc.problems) from None
+        try:
+            return self.store.create_job(
+                spec, max_jobs=self.settings.max_jobs, param_count=base_param_count(spec)
+            )
+        except StoreError as exc:
+            raise translate(exc) from None
+
+    def get_job(self, job_id: str) -> tuple[JobRecord, DatasetSummary]:
+        job = self.store.get_job(job_id)
+        if job is None:
+            raise NotFoundError(f"job '{job_id}' not found")
+        return job, self.store.dataset_summary(job_id)
+
+    def require_job(self, job_id: str) -> JobRecord:
+        job = self.store.get_job(job_id)
+        if job is None:
+            raise NotFoundError(f"job '{job_id}' not found")
+        return job
+
+    def list_jobs(
+        self, *, offset: int, limit: int
+    ) -> tuple[list[tuple[JobRecord, DatasetSummary]], int]:
+        jobs = self.store.list_jobs(offset=offset, limit=limit)
+        summaries = self.store.dataset_summaries([j.id for j in jobs])
+        return list(zip(jobs, summaries, strict=True)), self.store.count_jobs()
+
+    # --- data ------------------------------------------------------------------------------
+
+    def push(
+        self, job_id: str, body: bytes, content_type: str | None, idempotency_key: str | None
+    ) -> PushOutcome:
+        """Validate a batch, write its shards durably, then append them to the manifest."""
+        job = self.require_job(job_id)
+        fmt = ingest.media_type(content_type)
+        fingerprint = ""
+        if idempotency_key is not None:
+            _check_idempotency_key(idempotency_key)
+            fingerprint = _fingerprint(fmt, body)
+            stored = self.store.get_push(job_id, idempotency_key)
+            if stored is not None:  # a retry: the original answer, even if the job stopped since
+                return self._replay(stored[0], stored[1], fingerprint)
+        if job.status.terminal:
+            raise ConflictError(f"job '{job_id}' is {job.status}; it accepts no more data")
+
+        limit = self.settings.max_samples_per_push
+        batch = ingest.decode(
+            body, fmt, max_samples=limit, max_decoded_bytes=4 * self.settings.max_push_bytes
+        )
+        checked = ingest.check(batch, job.spec.task, max_samples=limit)
+        val = ingest.validation_mask(checked.features, job.spec.val_fraction)
+
+        written: list[ShardInfo] = []
+        try:
+            splits: tuple[tuple[Split, np.ndarray], ...] = (("train", ~val), ("val", val))
+            for split, mask in splits:
+                if mask.any():
+                    written.append(
+                        self.shards.write(
+                            job_id, checked.features[mask], checked.labels[mask], split
+                        )
+                    )
+            outcome = self.store.append_shards(
+                job_id, written, idempotency_key=idempotency_key, fingerprint=fingerprint
+            )
+        except StoreError as exc:
+            self._discard(written)
+            raise translate(exc) from None
+        except BaseException:
+            self._discard(written)
+            raise
+        if outcome.replayed:
+            # A concurrent retry with the same key won the race: its answer stands, ours goes.
+            self._discard(written)
+            return self._replay(outcome.record, outcome.fingerprint or "", fingerprint)
+        if self.on_ingest is not None:
+            self.on_ingest(
+                IngestStats(
+                    samples_train=outcome.record.accepted_train,
+                    samples_val=outcome.record.accepted_val,
+                    body_bytes=len(body),
+                    format=fmt,
+                )
+            )
+        return PushOutcome(outcome.record, replayed=False)
+
+    def _replay(self, record: PushRecord, stored: str, fingerprint: str) -> PushOutcome:
+        if stored != fingerprint:
+            raise ConflictError(
+                "this Idempotency-Key was already used for a different body; use a new key "
+                "for new data, and the same body when retrying"
+            )
+        return PushOutcome(record, replayed=True)
+
+    def _discard(self, shards: list[ShardInfo]) -> None:
+        for info in shards:
+            try:
+                self.shards.delete(info)
+            except OSError as exc:  # an orphan file is harmless: no manifest lists it
+                log.warning("could not delete unlisted shard %s: %s", info.path, exc)
+
+    def dataset(
+        self, job_id: str, *, shard_offset: int, shard_limit: int
+    ) -> tuple[DatasetSummary, list[ShardInfo]]:
+        self.require_job(job_id)
+        summary = self.store.dataset_summary(job_id)
+        shards = (
+            self.store.shard_page(job_id, offset=shard_offset, limit=shard_limit)
+            if shard_limit
+            else []
+        )
+        return summary, shards
+
+    # --- commands --------------------------------------------------------------------------
+
+    def command(self, job_id: str, kind: CommandKind, op: GrowthOp | None = None) -> CommandRecord:
+        args: dict[str, Any] = {} if op is None else op.model_dump(mode="json", exclude_unset=True)
+        try:
+            return self.store.enqueue_command(job_id, kind, args)
+        except StoreError as exc:
+            raise translate(exc) from None
+
+    def get_command(self, job_id: str, command_id: str) -> CommandRecord:
+        self.require_job(job_id)
+        command = self.store.get_command(job_id, command_id)
+        if command is None:
+            raise NotFoundError(f"command '{command_id}' of job '{job_id}' not found")
+        return command
+
+    def list_commands(self, job_id: str, *, limit: int) -> list[CommandRecord]:
+        self.require_job(job_id)
+        return self.store.list_commands(job_id, limit=limit)
+
+    # --- events ----------------------------------------------------------------------------
+
+    async def stored_events(self, job_id: str, after: str, *, limit: int) -> list[EventRecord]:
+        """Up to ``limit`` stored events after ``after`` (no waiting)."""
+        return await self.store.aread_range(job_id, after=after, count=limit)
+
+    async def follow_events(
+        self, job_id: str, after: str, *, keepalive_s: float
+    ) -> AsyncIterator[EventRecord | None]:
+        """Events after ``after`` as they arrive; ``None`` after each ``keepalive_s`` of silence.
+
+        Ends when the job is finished (stopped or failed) and nothing new arrived for one
+        keep-alive period. The caller stops iterating when its client goes away.
+        """
+        block_ms = max(1, int(keepalive_s * 1000))
+        last = after
+        while True:
+            events = await self.store.aread_events(job_id, after=last, block_ms=block_ms)
+            if events:
+                for event in events:
+                    last = event.id
+                    yield event
+                continue
+            status = await self.store.ajob_status(job_id)
+            if status is None or status.terminal:
+                return
+            yield None
+
+    # --- health ----------------------------------------------------------------------------
+
+    async def readiness(self) -> dict[str, str]:
+        """Each dependency and whether it answers; raises UnavailableError if one does not."""
+        checks: dict[str, str] = {}
+        try:
+            started = time.perf_counter()
+            await self.store.aping()
+            checks["redis"] = f"ok ({(time.perf_counter() - started) * 1000:.1f} ms)"
+        except Exception as exc:
+            checks["redis"] = f"unreachable: {type(exc).__name__}"
+        if any(not v.startswith("ok") for v in checks.values()):
+            raise UnavailableError("not ready: " + ", ".join(f"{k} {v}" for k, v in checks.items()))
+        return checks
+
+
+def _check_idempotency_key(key: str) -> None:
+    if not 1 <= len(key) <= IDEMPOTENCY_KEY_MAX or not key.isprintable() or not key.isascii():
+        raise BadRequestError(
+            f"Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_MAX} printable ASCII characters "
+            "(a UUID is a good choice)"
+        )
+
+
+def _fingerprint(fmt: str, body: bytes) -> str:
+    digest = hashlib.sha256(fmt.encode())
+    digest.update(b"\0")
+    digest.update(body)
+    return digest.hexdigest()
+
+
+__all__ = ["ControlPlane", "IngestStats", "JobStatus", "PushOutcome", "translate"]

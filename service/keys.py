@@ -1,0 +1,65 @@
+"""The Redis key layout, in one place.
+
+Every key starts with the deployment's prefix (``Settings.key_prefix``, default ``lifelong:``). A
+job's keys carry its id in braces (a Redis Cluster hash tag), so every script that touches one job
+touches one slot::
+
+    <p>jobs                          ZSET   job id -> creation time (listing order, job count)
+    <p>job:{<id>}                    HASH   id, name, spec (JSON), status, reason, generation,
+                                            param_count, metrics (JSON), created, updated
+    <p>job:{<id>}:manifest           HASH   version, train_samples, val_samples, shards, bytes,
+                                            log_id (last entry of :manifest:log), updated
+    <p>job:{<id>}:shards             LIST   ShardInfo JSON, in append order (with its version)
+    <p>job:{<id>}:manifest:log       STREAM one entry per manifest append (version); what
+                                            RedisManifest.wait_newer blocks on (XREAD BLOCK)
+    <p>job:{<id>}:idem:<sha256(key)> HASH   a push's fingerprint and original answer (with TTL)
+    <p>job:{<id>}:commands           STREAM commands (command_id, kind, args); group 'supervisor'
+    <p>job:{<id>}:command:<cid>      HASH   one command: kind, args, status, detail, result, times
+    <p>job:{<id>}:events             STREAM events (type, time, data JSON), trimmed MAXLEN ~
+    <p>job:{<id>}:lease              STRING the supervisor's lease (owner token, PX expiry)
+
+Nothing here imports Redis: this module is loaded by worker processes too (via ``RedisManifest``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+COMMAND_GROUP = "supervisor"
+
+
+@dataclass(frozen=True)
+class Keys:
+    prefix: str
+
+    def jobs(self) -> str:
+        return f"{self.prefix}jobs"
+
+    def job(self, job_id: str) -> str:
+        return f"{self.prefix}job:{{{job_id}}}"
+
+    def manifest(self, job_id: str) -> str:
+        return f"{self.job(job_id)}:manifest"
+
+    def shards(self, job_id: str) -> str:
+        return f"{self.job(job_id)}:shards"
+
+    def manifest_log(self, job_id: str) -> str:
+        return f"{self.job(job_id)}:manifest:log"
+
+    def idempotency(self, job_id: str, key: str) -> str:
+        # Hashed: the client's key may hold any printable character and up to 255 of them.
+        return f"{self.job(job_id)}:idem:{hashlib.sha256(key.encode()).hexdigest()[:40]}"
+
+    def commands(self, job_id: str) -> str:
+        return f"{self.job(job_id)}:commands"
+
+    def command(self, job_id: str, command_id: str) -> str:
+        return f"{self.job(job_id)}:command:{command_id}"
+
+    def events(self, job_id: str) -> str:
+        return f"{self.job(job_id)}:events"
+
+    def lease(self, job_id: str) -> str:
+        return f"{self.job(job_id)}:lease"

@@ -1,0 +1,99 @@
+"""A job's manifest as the workers see it: a picklable ``ManifestSource`` over the service's Redis.
+
+The supervisor puts a :class:`RedisManifest` in the Ray train-loop config; each worker process
+unpickles it (only the Redis URL, the key prefix and the job id travel) and opens its own connection
+on first use. ``wait_newer`` blocks in Redis (``XREAD BLOCK`` on the job's manifest log), so a waiting
+worker costs no CPU and wakes up as soon as a push is acknowledged.
+
+This module imports only redis, pydantic and ``workers.shards``: it is what a worker process loads.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import redis
+
+from service.keys import Keys
+from workers.shards import Manifest, ShardInfo
+
+
+class RedisManifest:
+    """``workers.shards.ManifestSource`` for one job, read from Redis."""
+
+    def __init__(
+        self, redis_url: str, key_prefix: str, job_id: str, *, max_block_s: float = 10.0
+    ) -> None:
+        self.redis_url = redis_url
+        self.key_prefix = key_prefix
+        self.job_id = job_id
+        self.max_block_s = max_block_s
+        self._keys = Keys(key_prefix)
+        self._client: redis.Redis | None = None
+        self._pid = 0
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {
+            "redis_url": self.redis_url,
+            "key_prefix": self.key_prefix,
+            "job_id": self.job_id,
+            "max_block_s": self.max_block_s,
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(**state)  # type: ignore[misc]
+
+    def __repr__(self) -> str:
+        return f"RedisManifest(job_id={self.job_id!r}, key_prefix={self.key_prefix!r})"
+
+    @property
+    def client(self) -> redis.Redis:
+        # One connection pool per process: a pool inherited through fork is not safe to share.
+        if self._client is None or self._pid != os.getpid():
+            self._client = redis.Redis.from_url(
+                self.redis_url,
+                decode_responses=True,
+                socket_connect_timeout=10,
+                socket_timeout=self.max_block_s + 30,
+                health_check_interval=30,
+            )
+            self._pid = os.getpid()
+        return self._client
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def version(self) -> int:
+        value = self.client.hget(self._keys.manifest(self.job_id), "version")
+        return int(value or 0)
+
+    def load(self) -> Manifest:
+        """A consistent snapshot: the version and the shard list are read in one transaction."""
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hget(self._keys.manifest(self.job_id), "version")
+        pipe.lrange(self._keys.shards(self.job_id), 0, -1)
+        version, shards = pipe.execute()
+        return Manifest(
+            job_id=self.job_id,
+            version=int(version or 0),
+            shards=[ShardInfo.model_validate_json(s) for s in shards],
+        )
+
+    def wait_newer(self, version: int, timeout: float) -> Manifest:
+        """The manifest once its version exceeds ``version``, or the current one after ``timeout``."""
+        deadline = time.monotonic() + max(0.0, timeout)
+        manifest_key = self._keys.manifest(self.job_id)
+        log_key = self._keys.manifest_log(self.job_id)
+        while True:
+            current, log_id = self.client.hmget(manifest_key, ["version", "log_id"])
+            remaining = deadline - time.monotonic()
+            if int(current or 0) > version or remaining <= 0:
+                return self.load()
+            # ``log_id`` is the log entry of the version just read (same script wrote both), so
+            # any entry after it is a newer version: no append can slip between read and wait.
+            block_ms = max(1, int(min(remaining, self.max_block_s) * 1000))
+            self.client.xread({log_key: log_id or "0-0"}, count=1, block=block_ms)

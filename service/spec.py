@@ -1,0 +1,179 @@
+"""The job spec, and its validation with every problem collected into one answer.
+
+A spec is checked in two layers, and both always run, so that one answer lists every problem:
+
+1. structure: pydantic models with ``extra="forbid"`` (the task, model, optimizer, growth and scaling
+   sections, and the top-level fields);
+2. meaning: the model family's options against the task (``workers.models``), the base model's
+   parameter count against ``growth.guards.max_params``, the scaling against this deployment's
+   limits. A cross-check runs when the sections it needs are structurally valid, even when others
+   are not.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_core import ErrorDetails
+
+from growth_policy import GrowthPolicyConfig
+from workers.spec import ModelSpec, OptimizerSpec, TaskSpec
+
+
+class ScalingSpec(BaseModel):
+    """How many Ray workers train the job, and what each one gets."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    num_workers: int = Field(default=1, ge=1, le=1024, description="Ray Train workers (ranks).")
+    use_gpu: bool = Field(default=False, description="One GPU per worker.")
+    cpus_per_worker: float = Field(default=1.0, gt=0.0, le=256.0)
+
+
+class JobSpec(BaseModel):
+    """Everything a job needs to start; stored with the job and never changed afterwards."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(
+        min_length=1,
+        max_length=100,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9 ._\-]*$",
+        description="Shown in listings and used for the MLflow experiment name.",
+        examples=["digits"],
+    )
+    task: TaskSpec
+    model: ModelSpec
+    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
+    batch_size: int = Field(default=128, ge=1, le=65_536, description="Per worker.")
+    val_fraction: float = Field(
+        default=0.1,
+        ge=0.0,
+        le=0.5,
+        description="Share of pushed samples held out for validation, chosen by a hash of each "
+        "sample's features so that the same sample always lands in the same split.",
+    )
+    growth: GrowthPolicyConfig = Field(default_factory=GrowthPolicyConfig)
+    scaling: ScalingSpec = Field(default_factory=ScalingSpec)
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+
+
+class SpecProblem(BaseModel):
+    """One problem in a request: where (dotted path) and what to change."""
+
+    model_config = ConfigDict(frozen=True)
+
+    loc: str = Field(examples=["task.num_classes"])
+    msg: str = Field(examples=["classification needs 'num_classes' (at least 2)"])
+
+
+class SpecError(ValueError):
+    """A job spec with problems; ``problems`` lists all of them."""
+
+    def __init__(self, problems: list[SpecProblem]) -> None:
+        self.problems = problems
+        super().__init__(describe(problems))
+
+
+def describe(problems: list[SpecProblem]) -> str:
+    parts = [f"{p.loc}: {p.msg}" if p.loc else p.msg for p in problems]
+    noun = "problem" if len(problems) == 1 else "problems"
+    return f"invalid job spec ({len(problems)} {noun}): " + "; ".join(parts)
+
+
+def _problem(error: ErrorDetails, fields: dict[str, Any] | None = None) -> SpecProblem:
+    loc = ".".join(str(part) for part in error["loc"])
+    msg = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        msg = f"unknown key '{error['loc'][-1]}'"
+        if fields is not None and len(error["loc"]) == 1:
+            msg += f" (allowed: {', '.join(fields)})"
+    elif error["type"] == "missing":
+        msg = "required"
+    return SpecProblem(loc=loc, msg=msg)
+
+
+def _section(model: type[BaseModel], raw: dict[str, Any], name: str) -> Any:
+    """The section ``name`` validated alone, or None when it is absent or invalid."""
+    if name not in raw:
+        return None
+    try:
+        return model.model_validate(raw[name])
+    except ValidationError:
+        return None
+
+
+def validate_job_spec(raw: Any, *, max_workers: int) -> JobSpec:
+    """A validated :class:`JobSpec` from a decoded JSON body, or :class:`SpecError` with all problems."""
+    if not isinstance(raw, dict):
+        raise SpecError([SpecProblem(loc="", msg="the job spec must be a JSON object")])
+    problems: list[SpecProblem] = []
+    spec: JobSpec | None = None
+    try:
+        spec = JobSpec.model_validate(raw)
+    except ValidationError as exc:
+        problems += [_problem(e, dict(JobSpec.model_fields)) for e in exc.errors()]
+
+    task: TaskSpec | None = spec.task if spec else _section(TaskSpec, raw, "task")
+    model: ModelSpec | None = spec.model if spec else _section(ModelSpec, raw, "model")
+    growth: GrowthPolicyConfig | None
+    if spec:
+        growth = spec.growth
+    elif "growth" in raw:
+        growth = _section(GrowthPolicyConfig, raw, "growth")
+    else:
+        growth = GrowthPolicyConfig()
+    scaling: ScalingSpec | None
+    if spec:
+        scaling = spec.scaling
+    elif "scaling" in raw:
+        scaling = _section(ScalingSpec, raw, "scaling")
+    else:
+        scaling = ScalingSpec()
+
+    if task is not None and model is not None:
+        problems += _check_model(model, task, growth)
+    if scaling is not None and scaling.num_workers > max_workers:
+        problems.append(
+            SpecProblem(
+                loc="scaling.num_workers",
+                msg=f"{scaling.num_workers} workers asked, this deployment allows at most "
+                f"{max_workers} (LIFELONG_MAX_WORKERS_PER_JOB)",
+            )
+        )
+    if problems:
+        raise SpecError(problems)
+    assert spec is not None
+    return spec
+
+
+def _check_model(
+    model: ModelSpec, task: TaskSpec, growth: GrowthPolicyConfig | None
+) -> list[SpecProblem]:
+    from workers.models import ModelSpecError, estimate_param_count, validate_model_spec
+
+    try:
+        validate_model_spec(model, task)
+    except ModelSpecError as exc:
+        return [SpecProblem(loc="model", msg=msg) for msg in exc.errors]
+    if growth is None:
+        return []
+    params = estimate_param_count(model, task)
+    limit = growth.guards.max_params
+    if params > limit:
+        return [
+            SpecProblem(
+                loc="model",
+                msg=f"the base model has {params:,} parameters, above growth.guards.max_params "
+                f"= {limit:,}; make the model smaller or raise the limit",
+            )
+        ]
+    return []
+
+
+def base_param_count(spec: JobSpec) -> int:
+    """Parameters of the job's generation-0 model (built on the meta device: no memory)."""
+    from workers.models import estimate_param_count
+
+    return estimate_param_count(spec.model, spec.task)

@@ -1,0 +1,136 @@
+"""The app as deployed: `lifelong serve` and `service.app:app` from the environment, the embedded
+Redis, API keys and roles."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from service.client import LifelongClient, LifelongError
+from service.processes import free_port, stop_process, wait_for_http
+from service.settings import Settings
+from tests.service.conftest import JOB_SPEC, batch, live_server
+
+pytestmark = pytest.mark.integration
+BIN = Path(sys.executable).parent
+
+
+def _env(redis_url: str, redis_prefix: str, tmp_path: Path, port: int) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LIFELONG_")}
+    env.update(
+        REDIS_URL=redis_url,
+        LIFELONG_KEY_PREFIX=redis_prefix,
+        LIFELONG_DATA_ROOT=str(tmp_path / "data"),
+        LIFELONG_STATE_DIR=str(tmp_path / "state"),
+        LIFELONG_PORT=str(port),
+    )
+    return env
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "command",
+    [
+        [str(BIN / "lifelong"), "serve"],
+        [sys.executable, "-m", "uvicorn", "service.app:app", "--port", "{port}"],
+    ],
+    ids=["lifelong-serve", "uvicorn-service.app:app"],
+)
+def test_served_from_the_environment(
+    command: list[str], redis_url: str, redis_prefix: str, tmp_path: Path
+) -> None:
+    port = free_port()
+    proc = subprocess.Popen(
+        [part.format(port=port) for part in command],
+        env=_env(redis_url, redis_prefix, tmp_path, port),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/readyz", timeout=60, proc=proc)
+        with LifelongClient(f"http://127.0.0.1:{port}") as client:
+            job = client.create_job(JOB_SPEC)
+            assert client.push(job.id, *batch(40)).accepted == 40
+        assert len(list((tmp_path / "data" / job.id / "shards").iterdir())) >= 1
+    finally:
+        stop_process(proc)
+    # uvicorn shuts down gracefully, then re-raises the SIGTERM it captured.
+    assert proc.returncode in (0, -15)
+
+
+def test_serve_refuses_a_public_address_without_keys(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LIFELONG_")}
+    result = subprocess.run(
+        [str(BIN / "lifelong"), "serve", "--host", "0.0.0.0"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "refusing to bind 0.0.0.0 without API keys" in result.stdout
+    assert "LIFELONG_API_KEYS_FILE" in result.stdout
+
+
+def test_embedded_redis_when_no_url_is_given(tmp_path: Path) -> None:
+    settings = Settings(redis_url=None, state_dir=tmp_path / "state", key_prefix="embedded:")
+    with live_server(settings) as server, LifelongClient(server.url) as client:
+        job = client.create_job(JOB_SPEC)
+        client.push(job.id, *batch(30))
+        assert client.ready().checks["redis"].startswith("ok")
+        assert (tmp_path / "state" / "redis" / "redis.db.settings").exists()
+        assert (tmp_path / "state" / "data" / job.id / "shards").is_dir()
+    # The embedded server kept its state (append-only file): a new API finds the job.
+    with live_server(settings) as server, LifelongClient(server.url) as client:
+        assert client.get_job(job.id).dataset.samples == 30
+    assert list((tmp_path / "state" / "redis").glob("appendonly.aof*"))
+
+
+def test_api_keys_and_roles(settings: Settings, tmp_path: Path) -> None:
+    keys = tmp_path / "api-keys"
+    import hashlib
+
+    reader_hash = hashlib.sha256(b"r-key").hexdigest()
+    keys.write_text(f"# keys\nadmin:a-key\nwriter:w-key\nreader:sha256:{reader_hash}\n")
+    secured = Settings(**{**settings.model_dump(), "api_keys_file": keys})
+    with live_server(secured) as server:
+        admin = LifelongClient(server.url, api_key="a-key")
+        writer = LifelongClient(server.url, api_key="w-key")
+        reader = LifelongClient(server.url, api_key="r-key")
+        nobody = LifelongClient(server.url)
+        wrong = LifelongClient(server.url, api_key="guess")
+
+        assert httpx.get(f"{server.url}/healthz").status_code == 200
+        job = admin.create_job(JOB_SPEC)
+        assert writer.push(job.id, *batch(10)).accepted == 10
+        assert reader.get_job(job.id).dataset.samples == 10
+
+        for client, status, detail in (
+            (nobody, 401, "an API key is required: send 'Authorization: Bearer <key>'"),
+            (wrong, 401, "the API key is not valid"),
+            (reader, 403, "this needs the role 'writer'; the key's role is 'reader'"),
+        ):
+            with pytest.raises(LifelongError) as info:
+                client.push(job.id, *batch(5))
+            assert (info.value.status_code, info.value.detail) == (status, detail)
+        with pytest.raises(LifelongError) as info:
+            writer.stop(job.id)
+        assert info.value.status_code == 403
+        assert admin.get_job(job.id).dataset.samples == 10
+        response = httpx.get(f"{server.url}/v1/jobs")
+        assert response.status_code == 401 and response.headers["www-authenticate"] == "Bearer"
+        for c in (admin, writer, reader, nobody, wrong):
+            c.close()
+
+
+def test_malformed_key_entries_fail_at_start_without_showing_the_key() -> None:
+    with pytest.raises(ValueError, match="API key entry 2 is not 'role:key'") as info:
+        Settings(api_keys=["admin:fine", "root:s3cret"])
+    assert "s3cret" not in str(info.value)
