@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pydantic_core
+from starlette.concurrency import run_in_threadpool
 
 from growth_policy import GrowthOp
 from service import ingest
@@ -266,6 +269,18 @@ class ControlPlane:
 
     # --- health ----------------------------------------------------------------------------
 
+    def _storage_check(self) -> str:
+        """A local data root must exist (it is created) and be writable; object stores are
+        checked by their first write."""
+        folder = _local_root(self.shards.root)
+        if folder is None:
+            return "ok (object store, not probed)"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            return f"unusable: {exc.strerror}"
+        return "ok" if os.access(folder, os.W_OK) else f"not writable: {folder}"
+
     async def readiness(self) -> dict[str, str]:
         """Each dependency and whether it answers; raises UnavailableError if one does not."""
         checks: dict[str, str] = {}
@@ -275,9 +290,16 @@ class ControlPlane:
             checks["redis"] = f"ok ({(time.perf_counter() - started) * 1000:.1f} ms)"
         except Exception as exc:
             checks["redis"] = f"unreachable: {type(exc).__name__}"
+        checks["storage"] = await run_in_threadpool(self._storage_check)
         if any(not v.startswith("ok") for v in checks.values()):
             raise UnavailableError("not ready: " + ", ".join(f"{k} {v}" for k, v in checks.items()))
         return checks
+
+
+def _local_root(root: str) -> Path | None:
+    if "://" in root and not root.startswith("file://"):
+        return None
+    return Path(root.removeprefix("file://")).expanduser()
 
 
 def _check_idempotency_key(key: str) -> None:

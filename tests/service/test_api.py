@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -11,9 +12,10 @@ import pytest
 
 from growth_policy import GrowthOp
 from service.client import LifelongClient, encode_batch
+from service.settings import Settings
 from service.states import CommandStatus, EventType, JobStatus
 from service.store import RedisStore
-from tests.service.conftest import JOB_SPEC, LiveServer, batch
+from tests.service.conftest import JOB_SPEC, LiveServer, batch, live_server
 from workers.shards import ShardStore
 
 pytestmark = pytest.mark.integration
@@ -23,6 +25,7 @@ def test_health_ready_and_openapi(client: LifelongClient, server: LiveServer) ->
     assert client.health().status == "ok"
     ready = client.ready()
     assert ready.status == "ready" and ready.checks["redis"].startswith("ok")
+    assert ready.checks["storage"] == "ok"
     schema = httpx.get(f"{server.url}/openapi.json").json()
     paths = schema["paths"]
     for path in (
@@ -240,11 +243,31 @@ def test_metrics_count_requests_by_route_and_samples(
     assert job.id not in text  # raw paths never become label values
 
 
-def test_restarted_api_finds_its_jobs(settings, client: LifelongClient, server: LiveServer) -> None:  # type: ignore[no-untyped-def]
+def test_readyz_says_what_is_missing(settings: Settings, tmp_path: Path) -> None:
+    blocked = tmp_path / "file-not-folder"
+    blocked.write_text("x")
+    broken = Settings(
+        **{**settings.model_dump(), "redis_url": "redis://127.0.0.1:1/0", "data_root": str(blocked)}
+    )
+    with live_server(broken) as server:
+        response = httpx.get(f"{server.url}/readyz", timeout=30)
+        assert response.status_code == 503
+        detail = response.json()["detail"]
+        assert detail.startswith("not ready: redis unreachable: ConnectionError")
+        assert "storage unusable" in detail
+        assert httpx.get(f"{server.url}/healthz").status_code == 200
+        response = httpx.get(f"{server.url}/v1/jobs", timeout=30)
+        assert response.status_code == 503
+        assert response.json() == {
+            "detail": "the state store (Redis) is unreachable; retry shortly"
+        }
+
+
+def test_restarted_api_finds_its_jobs(
+    settings: Settings, client: LifelongClient, server: LiveServer
+) -> None:
     job = client.create_job(JOB_SPEC)
     client.push(job.id, *batch(50))
-    from tests.service.conftest import live_server
-
     with live_server(settings) as second, LifelongClient(second.url) as other:
         again = other.get_job(job.id)
         assert again.dataset.samples == 50 and again.spec.name == "digits"
