@@ -88,11 +88,16 @@ class ControlPlane:
         shards: ShardStore,
         *,
         on_ingest: Callable[[IngestStats], None] | None = None,
+        on_job_created: Callable[[JobRecord], None] | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.shards = shards
         self.on_ingest = on_ingest
+        # Who starts the job's supervisor (issue 7); a failure there is logged, not answered:
+        # the job is stored, and whatever reconciles jobs with supervisors picks it up.
+        self.on_job_created = on_job_created
+        self.readiness_checks: dict[str, Callable[[], str]] = {"storage": self._storage_check}
 
     # --- jobs ------------------------------------------------------------------------------
 
@@ -108,11 +113,17 @@ class ControlPlane:
         except SpecError as exc:
             raise InvalidError(str(exc), errors=exc.problems) from None
         try:
-            return self.store.create_job(
+            job = self.store.create_job(
                 spec, max_jobs=self.settings.max_jobs, param_count=base_param_count(spec)
             )
         except StoreError as exc:
             raise translate(exc) from None
+        if self.on_job_created is not None:
+            try:
+                self.on_job_created(job)
+            except Exception:
+                log.exception("job %s is stored, but starting it failed", job.id)
+        return job
 
     def get_job(self, job_id: str) -> tuple[JobRecord, DatasetSummary]:
         job = self.store.get_job(job_id)
@@ -282,7 +293,11 @@ class ControlPlane:
         return "ok" if os.access(folder, os.W_OK) else f"not writable: {folder}"
 
     async def readiness(self) -> dict[str, str]:
-        """Each dependency and whether it answers; raises UnavailableError if one does not."""
+        """Each dependency and whether it answers; raises UnavailableError if one does not.
+
+        Redis is always checked; ``readiness_checks`` maps more names to functions that return
+        "ok…" or what is wrong (the data root is one; the supervisor launcher can add Ray).
+        """
         checks: dict[str, str] = {}
         try:
             started = time.perf_counter()
@@ -290,7 +305,11 @@ class ControlPlane:
             checks["redis"] = f"ok ({(time.perf_counter() - started) * 1000:.1f} ms)"
         except Exception as exc:
             checks["redis"] = f"unreachable: {type(exc).__name__}"
-        checks["storage"] = await run_in_threadpool(self._storage_check)
+        for name, check in self.readiness_checks.items():
+            try:
+                checks[name] = await run_in_threadpool(check)
+            except Exception as exc:
+                checks[name] = f"check failed: {type(exc).__name__}: {exc}"
         if any(not v.startswith("ok") for v in checks.values()):
             raise UnavailableError("not ready: " + ", ".join(f"{k} {v}" for k, v in checks.items()))
         return checks

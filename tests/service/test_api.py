@@ -271,3 +271,24 @@ def test_restarted_api_finds_its_jobs(
     with live_server(settings) as second, LifelongClient(second.url) as other:
         again = other.get_job(job.id)
         assert again.dataset.samples == 50 and again.spec.name == "digits"
+
+
+def test_hooks_for_the_supervisor_launcher(client: LifelongClient, server: LiveServer) -> None:
+    plane = server.server.config.app.state.plane
+    started: list[str] = []
+    plane.on_job_created = lambda job: started.append(job.id)
+    job = client.create_job(JOB_SPEC)
+    assert started == [job.id]
+
+    def broken(job: object) -> None:
+        raise RuntimeError("Ray is away")
+
+    plane.on_job_created = broken  # the job is stored all the same; a reconciler starts it later
+    assert client.create_job(JOB_SPEC).status == JobStatus.PENDING
+
+    plane.readiness_checks["ray"] = lambda: "connecting to 127.0.0.1:6380"
+    response = httpx.get(f"{server.url}/readyz")
+    assert response.status_code == 503
+    assert response.json()["detail"].endswith("ray connecting to 127.0.0.1:6380")
+    plane.readiness_checks["ray"] = lambda: "ok (2 nodes)"
+    assert client.ready().checks["ray"] == "ok (2 nodes)"
