@@ -185,6 +185,13 @@ class ControlPlane:
         except StoreError as exc:
             self._discard(written)
             raise translate(exc) from None
+        except OSError as exc:  # the shard store (disk full, permissions, object store down)
+            self._discard(written)
+            log.error("writing a shard of job %s failed: %s", job_id, exc)
+            raise UnavailableError(
+                f"the data store could not write the batch ({exc.strerror or exc}); nothing "
+                "was stored, retry later"
+            ) from None
         except BaseException:
             self._discard(written)
             raise

@@ -361,3 +361,15 @@ def test_server_is_unharmed(http: httpx.Client, client: LifelongClient, job_id: 
     x, y = batch(10)
     assert client.push(job_id, x, y).accepted == 10
     assert client.ready().status == "ready"
+
+
+def test_503_when_the_data_store_cannot_write(
+    http: httpx.Client, client: LifelongClient, server: LiveServer, job_id: str
+) -> None:
+    server.data_root.mkdir(parents=True, exist_ok=True)
+    (server.data_root / job_id).write_text("a file where the job's folder should be")
+    body, content_type = encode_batch(*batch(10))
+    detail = refusal(push(http, job_id, body, content_type), 503)["detail"]
+    assert detail.startswith("the data store could not write the batch (")
+    assert detail.endswith("nothing was stored, retry later")
+    assert client.dataset(job_id).version == 0
