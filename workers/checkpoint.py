@@ -34,7 +34,6 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from workers.models import build_model, count_parameters
-from workers.shards import write_file_atomic
 from workers.spec import ModelSpec, OptimizerSpec, TaskSpec
 
 FORMAT = "lifelong-checkpoint"
@@ -272,7 +271,7 @@ def load_checkpoint(path: str | Path, *, with_optimizer: bool = True) -> LoadedC
     unpickled: tensors come from safetensors, everything else from JSON.
     """
     text = str(path)
-    if "://" in text and not text.startswith("file://"):
+    if is_remote(text):
         path = Path(tempfile.mkdtemp(prefix="lifelong-ckpt-"))
         _download(text, path)
     else:
@@ -293,6 +292,41 @@ def load_checkpoint(path: str | Path, *, with_optimizer: bool = True) -> LoadedC
 # -- durable copies -------------------------------------------------------------------------------
 
 
+def is_remote(location: str) -> bool:
+    """Whether a checkpoint location is a storage URI (``s3://``…) rather than a local folder."""
+    return "://" in location and not location.startswith("file://")
+
+
+def save_durable(
+    destination: str,
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    meta: CheckpointMeta,
+) -> Path | None:
+    """Write a checkpoint straight to a local ``destination``, durably and atomically.
+
+    The files are written into a temporary sibling folder, fsynced, and the folder is renamed into
+    place (an older checkpoint there is replaced), so the destination is always either absent or
+    complete, and nothing is copied twice. Returns the folder; for a remote ``destination`` it
+    returns None and writes nothing (use :func:`save_checkpoint` to a temporary folder, then
+    :func:`publish`).
+    """
+    if is_remote(destination):
+        return None
+    target = Path(destination.removeprefix("file://"))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        save_checkpoint(tmp, model=model, optimizer=optimizer, meta=meta)
+        _fsync_folder(tmp)
+        _swap_into_place(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
 def publish(local_dir: str | Path, destination: str, *, replace: bool = False) -> str:
     """Copy a checkpoint folder to ``destination`` (a folder path or a ``pyarrow.fs`` URI).
 
@@ -307,7 +341,7 @@ def publish(local_dir: str | Path, destination: str, *, replace: bool = False) -
         raise FileNotFoundError(f"{src} is not a checkpoint (no {META_FILE})")
     files.remove(META_FILE)
     files.append(META_FILE)
-    if "://" in destination and not destination.startswith("file://"):
+    if is_remote(destination):
         from pyarrow import fs as pafs
 
         filesystem, base = pafs.FileSystem.from_uri(destination)
@@ -324,21 +358,42 @@ def publish(local_dir: str | Path, destination: str, *, replace: bool = False) -
     tmp.mkdir()
     try:
         for name in files:
-            write_file_atomic(tmp / name, (src / name).read_bytes())
-        if target.exists():  # an older copy, or a folder left without meta.json by a crash
-            old = target.with_name(f".{target.name}.{uuid.uuid4().hex}.old")
-            target.rename(old)
-            shutil.rmtree(old, ignore_errors=True)
-        tmp.rename(target)
+            shutil.copyfile(src / name, tmp / name)
+        _fsync_folder(tmp)
+        _swap_into_place(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    dir_fd = os.open(target.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
     return destination
+
+
+def _fsync_folder(folder: Path) -> None:
+    """fsync every file of a folder, then the folder itself."""
+    for file in folder.iterdir():
+        fd = os.open(file, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    _fsync_dir(folder)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _swap_into_place(tmp: Path, target: Path) -> None:
+    """Rename ``tmp`` to ``target``, replacing an older folder there; fsync the parent."""
+    if target.exists():  # an older copy, or a folder left without meta.json by a crash
+        old = target.with_name(f".{target.name}.{uuid.uuid4().hex}.old")
+        target.rename(old)
+        shutil.rmtree(old, ignore_errors=True)
+    tmp.rename(target)
+    _fsync_dir(target.parent)
 
 
 def _download(uri: str, local: Path) -> None:

@@ -52,9 +52,11 @@ from workers.checkpoint import (
     CheckpointMeta,
     GenerationInfo,
     build_optimizer,
+    is_remote,
     load_checkpoint,
     publish,
     save_checkpoint,
+    save_durable,
     verify_checkpoint,
 )
 from workers.models import build_model, count_parameters
@@ -191,6 +193,9 @@ class TrainLoop:
         self._window_samples = 0
         self._pass_fraction = 0.0
         self._replan = False  # the manifest changed while idle: start a new pass with it
+        # (step, generation, (val loss, metric)) of the last observation, reused as the "before"
+        # of a growth decided on it: the model has not changed since.
+        self._observed_val: tuple[int, int, tuple[float, float]] | None = None
 
     # -- setup ------------------------------------------------------------------------------------
 
@@ -413,6 +418,7 @@ class TrainLoop:
         val_loss = val_metric = None
         if self.reader.val_size:
             val_loss, val_metric = self.validate()
+            self._observed_val = (p.step, p.generation, (val_loss, val_metric))
         summary, groups = self._summary()
         signals: dict[str, dict[str, float]] = {}
         if self.cfg.signals and groups is not None:
@@ -512,7 +518,13 @@ class TrainLoop:
         checkpoint_s = time.perf_counter() - checkpoint_started
 
         eval_started = time.perf_counter()
-        before = self.validate() if self.group.is_main and self.reader.val_size else None
+        before = None
+        if self.group.is_main and self.reader.val_size:
+            seen = self._observed_val
+            if seen is not None and seen[:2] == (p.step, p.generation):
+                before = seen[2]
+            else:
+                before = self.validate()
         eval_s = time.perf_counter() - eval_started
 
         transform_started = time.perf_counter()
@@ -649,10 +661,14 @@ class TrainLoop:
     def checkpoint(self, kind: CheckpointKind) -> CheckpointEvent | None:
         """Every rank: report a checkpoint to Ray Train (a barrier); rank 0 writes it.
 
-        Growth and final checkpoints also get a durable copy under the checkpoint root. Nothing is
-        written when nothing changed since the last checkpoint.
+        Periodic checkpoints are written to a temporary folder and uploaded by Ray Train before
+        ``report`` returns. Growth and final checkpoints are written once, durably, under the
+        checkpoint root (:meth:`_save_durable`), and Ray Train copies them into its run storage in
+        the background (``CheckpointUploadMode.ASYNC``), which keeps that copy out of the growth
+        pause. Nothing is written when nothing changed since the last checkpoint.
         """
         import ray.train
+        from ray.train import CheckpointUploadMode
 
         p = self.progress
         if p.checkpointed == (p.step, p.generation):
@@ -660,47 +676,71 @@ class TrainLoop:
         started = time.perf_counter()
         self.group.sync_buffers(self.module)
         name = _checkpoint_name(p.generation, p.step)
-        folder = self._write(kind) if self.group.is_main else None
+        durable = kind in ("growth", "final")
+        upload: Path | None = None
+        delete_after_upload = True
+        path = None
+        if self.group.is_main:
+            if durable:
+                path, upload = self._save_durable_files(kind)
+                # A local durable folder is kept; a temporary copy (remote root) is Ray's to delete.
+                delete_after_upload = is_remote(path)
+            else:
+                upload = self._write(kind)
         try:
             ray.train.report(
                 {"step": p.step, "generation": p.generation, "kind": kind},
-                checkpoint=ray.train.Checkpoint.from_directory(str(folder)) if folder else None,
+                checkpoint=ray.train.Checkpoint.from_directory(str(upload)) if upload else None,
                 checkpoint_dir_name=name,
-            )
-            p.checkpointed = (p.step, p.generation)
-            if folder is None:
-                return None
-            persisted = ray.train.get_checkpoint()
-            ray_path = _checkpoint_location(persisted) if persisted is not None else None
-            durable = None
-            if kind in ("growth", "final"):
-                durable = publish(folder, f"{self.cfg.durable_root()}/{name}", replace=True)
-            event = CheckpointEvent(
-                kind=kind,
-                step=p.step,
-                generation=p.generation,
-                param_count=count_parameters(self.module),
-                manifest_version=self.reader.manifest.version,
-                path=durable or ray_path or "",
-                durable=durable is not None,
-                ray_path=ray_path,
-                seconds=time.perf_counter() - started,
+                checkpoint_upload_mode=(
+                    CheckpointUploadMode.ASYNC if durable else CheckpointUploadMode.SYNC
+                ),
+                delete_local_checkpoint_after_upload=delete_after_upload if durable else False,
             )
         finally:
-            if folder is not None:
-                shutil.rmtree(folder, ignore_errors=True)
+            if upload is not None and not durable:
+                shutil.rmtree(upload, ignore_errors=True)
+        p.checkpointed = (p.step, p.generation)
+        if not self.group.is_main:
+            return None
+        ray_path = _ray_location(name)
+        event = CheckpointEvent(
+            kind=kind,
+            step=p.step,
+            generation=p.generation,
+            param_count=count_parameters(self.module),
+            manifest_version=self.reader.manifest.version,
+            path=path or ray_path,
+            durable=durable,
+            ray_path=ray_path,
+            seconds=time.perf_counter() - started,
+        )
         self.source.on_checkpoint(event)
         return event
+
+    def _save_durable_files(self, kind: CheckpointKind) -> tuple[str, Path]:
+        """Rank 0: write the current state under the checkpoint root, durably and atomically.
+
+        Returns the durable location and a local folder with the same files (the durable folder
+        itself where the root is local; a temporary copy where it is a URI).
+        """
+        p = self.progress
+        destination = f"{self.cfg.durable_root()}/{_checkpoint_name(p.generation, p.step)}"
+        folder = save_durable(
+            destination, model=self.module, optimizer=self.optimizer, meta=self._meta(kind)
+        )
+        if folder is not None:
+            return destination, folder
+        folder = self._write(kind)
+        publish(folder, destination, replace=True)
+        return destination, folder
 
     def _save_durable(self, kind: CheckpointKind) -> CheckpointEvent:
         """Rank 0 only: a durable copy of the current state, outside Ray Train."""
         started = time.perf_counter()
         p = self.progress
-        folder = self._write(kind)
-        try:
-            name = _checkpoint_name(p.generation, p.step)
-            path = publish(folder, f"{self.cfg.durable_root()}/{name}", replace=True)
-        finally:
+        path, folder = self._save_durable_files(kind)
+        if is_remote(path):
             shutil.rmtree(folder, ignore_errors=True)
         event = CheckpointEvent(
             kind=kind,
@@ -716,9 +756,14 @@ class TrainLoop:
         return event
 
     def _write(self, kind: CheckpointKind) -> Path:
+        """Rank 0: the current state in a new temporary folder."""
         folder = Path(tempfile.mkdtemp(prefix="lifelong-ckpt-"))
+        save_checkpoint(folder, model=self.module, optimizer=self.optimizer, meta=self._meta(kind))
+        return folder
+
+    def _meta(self, kind: CheckpointKind) -> CheckpointMeta:
         p = self.progress
-        meta = CheckpointMeta(
+        return CheckpointMeta(
             job_id=self.cfg.job_id,
             kind=kind,
             task=self.cfg.task,
@@ -738,8 +783,6 @@ class TrainLoop:
             source_state=self.source.state_dict(),
             loop_state={"train_loss_ema": p.train_loss_ema},
         )
-        save_checkpoint(folder, model=self.module, optimizer=self.optimizer, meta=meta)
-        return folder
 
     # -- status -----------------------------------------------------------------------------------
 
@@ -811,6 +854,16 @@ def _is_complete(filesystem: Any, path: str) -> bool:
     return all(
         info.size == meta.files[info.base_name].size for info in infos
     )  # sizes only: hashing would mean downloading
+
+
+def _ray_location(name: str) -> str:
+    """Where Ray Train persists the checkpoint folder ``name`` of this run."""
+    import ray.train
+
+    storage = ray.train.get_context().get_storage()
+    path = f"{storage.experiment_fs_path}/{name}"
+    kind = storage.storage_filesystem.type_name
+    return path if kind == "local" else f"{kind}://{path}"
 
 
 def _checkpoint_location(checkpoint: Any) -> str:

@@ -16,6 +16,7 @@ from workers.checkpoint import (
     publish,
     read_meta,
     save_checkpoint,
+    save_durable,
     verify_checkpoint,
 )
 from workers.models import build_model
@@ -157,3 +158,14 @@ def test_verify_tells_a_complete_copy_from_a_partial_one(tmp_path: Path) -> None
     (path / "optimizer.safetensors").unlink()
     assert verify_checkpoint(path) is None
     assert verify_checkpoint(tmp_path / "absent") is None
+
+
+def test_save_durable_writes_in_place_and_replaces(tmp_path: Path) -> None:
+    model, opt = _trained(OptimizerSpec())
+    dest = tmp_path / "root" / "gen-0000-step-000000003"
+    assert save_durable(str(dest), model=model, optimizer=opt, meta=_meta()) == dest
+    assert verify_checkpoint(dest) is not None
+    save_durable(f"file://{dest}", model=model, optimizer=opt, meta=_meta(step=9))
+    assert read_meta(dest).step == 9
+    assert [p.name for p in dest.parent.iterdir()] == [dest.name]  # no temporaries left
+    assert save_durable("s3://bucket/x", model=model, optimizer=opt, meta=_meta()) is None
