@@ -8,6 +8,7 @@ from ._modules import Residual
 from ._optim import transfer_optimizer
 from ._replay import replay
 from ._summary import count_params, predict_param_count, summarize
+from ._trace import TraceContext
 from ._types import Grown, WidthGroup
 from ._widen import widen, width_groups
 
@@ -18,6 +19,7 @@ __all__ = [
     "Opaque",
     "ParamAxes",
     "Residual",
+    "TraceContext",
     "WidthGroup",
     "count_params",
     "deepen",

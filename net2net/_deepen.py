@@ -12,7 +12,7 @@ import torch
 from torch import fx, nn
 
 from ._errors import GrowthError
-from ._graph import Analysis, analyse, as_inputs, eval_mode
+from ._graph import Analysis, analyse, as_inputs
 from ._handlers import handler_for
 from ._mapping import derive_seed
 from ._modules import Residual
@@ -224,8 +224,14 @@ def _calibrate_(
     batches: list[tuple[torch.Tensor, ...]],
     ch: int,
 ) -> None:
-    """Make the BatchNorm undo its own normalisation on the activation statistics (paper 2.4):
-    running stats = batch statistics of the activations, weight = sqrt(var + eps), bias = mean."""
+    """Make the inserted BatchNorm undo its own normalisation (paper, 2.4).
+
+    Its scale and shift are the statistics of the activations at ``after`` as training sees them
+    (train mode, batch statistics, on ``batches``): weight = sqrt(var + eps), bias = mean, so a
+    training step starts where the teacher stood. Its running statistics are set to match
+    (running_mean = bias, running_var = weight² − eps), which makes eval mode exact for any data.
+    ``model`` is a private copy: its buffers are restored afterwards and the RNG is forked.
+    """
     total: torch.Tensor | None = None
     sq: torch.Tensor | None = None
     count = 0
@@ -238,23 +244,32 @@ def _calibrate_(
         sq = q if sq is None else sq + q
         count += h.shape[0]
 
+    saved = {name: b.detach().clone() for name, b in model.named_buffers()}
+    flags = [(m, m.training) for m in model.modules()]
     handle = model.get_submodule(after).register_forward_hook(hook)
     try:
-        with eval_mode(model):
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            model.train()
             for batch in batches:
                 model(*batch)
     finally:
         handle.remove()
+        for m, flag in flags:
+            m.training = flag
+        with torch.no_grad():
+            for name, b in model.named_buffers():
+                b.copy_(saved[name])
     assert total is not None and sq is not None and count > 0
     mean = total / count
     var = (sq / count - mean * mean).clamp_min(0.0)
     bn = cast(nn.modules.batchnorm._BatchNorm, module)
     assert bn.running_mean is not None and bn.running_var is not None
     with torch.no_grad():
-        bn.running_mean.copy_(mean)
-        bn.running_var.copy_(var)
-        bn.weight.copy_((var + bn.eps).sqrt())
+        weight = (var + bn.eps).sqrt()
+        bn.weight.copy_(weight)
         bn.bias.copy_(mean)
+        bn.running_mean.copy_(mean)
+        bn.running_var.copy_(weight.to(bn.running_var.dtype) ** 2 - bn.eps)
 
 
 def _batches(calibration: Any, inputs: tuple[torch.Tensor, ...]) -> list[tuple[torch.Tensor, ...]]:
@@ -347,12 +362,18 @@ def deepen_impl(
     calibration: Any,
     seed: int,
     check: bool,
+    expect_width: int | None = None,
 ) -> Grown:
     if style not in STYLES:
         raise GrowthError(f"deepen: unknown style {style!r}; choose 'identity' or 'residual'")
     inputs = as_inputs(example_input)
     an = analyse(model, inputs, "deepen")
     plan = plan_deepen(an, after)
+    if expect_width is not None and plan.width != expect_width:
+        raise GrowthError(
+            f"deepen: the record expects width {expect_width} after {after!r}, but the model has "
+            f"{plan.width}; replay the records in order on the base model they were made from"
+        )
     if style == "identity" and plan.identity_refusal is not None:
         raise GrowthError(plan.identity_refusal)
     batches = _batches(calibration, inputs)
@@ -360,12 +381,13 @@ def deepen_impl(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(seed, "deepen", after))
         block = build_block(plan, style, "cpu")
+    student = copy_model(model, "deepen")
     if style == "identity":
         seq = block
         assert isinstance(seq, nn.Sequential)
         _identity_(seq[0], plan.kind)
         if plan.batch_norm is not None:
-            _calibrate_(seq[1], model, after, batches, plan.channel_dim)
+            _calibrate_(seq[1], student, after, batches, plan.channel_dim)
     else:
         assert isinstance(block, Residual)
         last = cast(nn.Linear | nn.modules.conv._ConvNd, cast(nn.Sequential, block.body)[-1])
@@ -374,7 +396,6 @@ def deepen_impl(
             if last.bias is not None:
                 last.bias.zero_()
     block = block.to(device=device, dtype=dtype)
-    student = copy_model(model, "deepen")
     inserted, renamed = insert_after(student, after, block)
     err = verify("deepen", model, student, inputs) if check else float("nan")
     sources: dict[str, str | None] = {}

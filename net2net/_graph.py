@@ -94,6 +94,7 @@ class GroupInfo:
     grouped_by: list[str]
     balanced_by: list[str]
     reasons: list[str]
+    elements_per_unit: int = 1
 
     @property
     def growable(self) -> bool:
@@ -167,6 +168,7 @@ def analyse(model: nn.Module, example_input: Any, op: str) -> Analysis:
             grouped_by=_dedupe(st.grouped_by),
             balanced_by=_dedupe(st.balanced_by),
             reasons=[r.replace("{group}", name) for r in _dedupe(st.reasons)],
+            elements_per_unit=max(st.elements, 1),
         )
     return Analysis(model, gm, state, groups, calls, output_node)
 
@@ -194,10 +196,7 @@ def _node_layout(
     ctx = OpContext(state, node, label_of(node))
     if rule is None:
         return ctx.block()
-    out = rule(ctx)
-    if state.shapes.get(node) is None:
-        return {}
-    return out
+    return _checked(state, node, rule(ctx), ctx.where())
 
 
 def _module_layout(state: TraceState, node: fx.Node, name: str, module: nn.Module) -> Layout:
@@ -238,6 +237,24 @@ def _module_layout(state: TraceState, node: fx.Node, name: str, module: nn.Modul
             "'{group}' cannot be followed",
         )
         return {}
+    return _checked(state, node, out, f"module '{name}'")
+
+
+def _checked(state: TraceState, node: fx.Node, out: Layout, where: str) -> Layout:
+    """A layout that does not fit the node's shape means a rule lost track: block, never guess."""
+    shape = state.shapes.get(node)
+    if shape is None:
+        if out:
+            state.pin_layout(
+                out, f"{where} returns no tensor; group '{{group}}' cannot be followed"
+            )
+        return {}
+    bad = {d: s for d, s in out.items() if d >= len(shape) or sum(x.size for x in s) != shape[d]}
+    if bad:
+        state.pin_layout(
+            bad, f"net2net lost track of group '{{group}}' at {where}; please report this model"
+        )
+        return {d: s for d, s in out.items() if d not in bad}
     return out
 
 

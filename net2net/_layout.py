@@ -74,6 +74,7 @@ class GroupState:
     grouped_by: list[str] = field(default_factory=list)  # the grouped convs behind ``blocks``
     balanced_by: list[str] = field(default_factory=list)  # norms that need integer replication
     reasons: list[str] = field(default_factory=list)  # why it cannot grow ("{group}" placeholder)
+    elements: int = 0  # activation elements per unit and sample, summed over producer outputs
 
 
 class Groups:
@@ -112,6 +113,7 @@ class Groups:
         sa.grouped_by += sb.grouped_by
         sa.balanced_by += sb.balanced_by
         sa.reasons += sb.reasons
+        sa.elements += sb.elements
         return ra
 
     def get(self, gid: int) -> GroupState:

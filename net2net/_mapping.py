@@ -140,14 +140,20 @@ def _view(v: torch.Tensor, axis: int, ndim: int) -> torch.Tensor:
     return v.view(shape)
 
 
-def _std(t: torch.Tensor, out_axis: int | None) -> float:
-    """Scale of fresh random weights: the tensor's own spread, else 1/sqrt(fan-in)."""
-    if t.numel() > 1:
+def _default_std(t: torch.Tensor, out_axis: int | None) -> float:
+    """Spread of PyTorch's default init for a layer of this size: U(±1/sqrt(fan_in))."""
+    rows = t.shape[out_axis] if out_axis is not None and t.dim() else 1
+    fan_in = max(t.numel() // max(rows, 1), 1)
+    return float((3.0 * fan_in) ** -0.5)
+
+
+def _std(t: torch.Tensor, out_axis: int | None, scale: str) -> float:
+    """Spread of fresh random weights: the tensor's own ("matched"), else the default init's."""
+    if scale == "matched" and t.numel() > 1:
         s = float(t.detach().float().std())
         if s > 0 and math.isfinite(s):
             return s
-    rows = t.shape[out_axis] if out_axis is not None and t.dim() else 1
-    return float((max(t.numel() // max(rows, 1), 1)) ** -0.5)
+    return _default_std(t, out_axis)
 
 
 def gather_in(
@@ -200,28 +206,33 @@ def grow_tensor(
     in_groups: int,
     noise: float,
     gen: torch.Generator,
+    scale: str = "matched",
 ) -> torch.Tensor:
     """The grown parameter: input units taken by the mapping and scaled by their outgoing share,
-    then the module's own units taken by the mapping, new rows filled as the init mode says."""
+    then the module's own units taken by the mapping, new rows filled as the init mode says.
+    Random draws are Gaussian with the old tensor's spread (``scale="matched"``) or the spread of
+    PyTorch's default init at the new size (``"default"``); noise is relative to the old spread."""
     t = t.detach()
-    std = _std(t, axes.out)
+    std = _std(t, axes.out, "matched")
     if in_ is not None and axes.in_ is not None:
         t = gather_in(t, axes.in_, in_, in_groups, in_.share)
         if bool(in_.random_cols.any()):
+            cstd = _std(t, axes.out, scale)
             if in_groups == 1:
                 idx = in_.random_cols.nonzero().view(-1).to(t.device)
-                t.index_copy_(axes.in_, idx, _randn_rows(t, axes.in_, idx, gen) * std)
+                t.index_copy_(axes.in_, idx, _randn_rows(t, axes.in_, idx, gen) * cstd)
             else:
                 mask = _cols_mask(in_.random_cols.to(t.device), t, axes.in_, in_groups)
                 noise_t = torch.randn(t.shape, generator=gen).to(t.device, t.dtype)
-                t = torch.where(mask, noise_t * std, t)
+                t = torch.where(mask, noise_t * cstd, t)
     if out is not None and axes.out is not None:
         t = t.index_select(axes.out, out.index.to(t.device))
         if out_kind == "produce" and axes.fresh != "copy":
             idx = out.random_rows.nonzero().view(-1).to(t.device)
             if axes.fresh == "random":
                 if idx.numel():
-                    t.index_copy_(axes.out, idx, _randn_rows(t, axes.out, idx, gen) * std)
+                    rstd = std if scale == "matched" else _default_std(t, axes.out)
+                    t.index_copy_(axes.out, idx, _randn_rows(t, axes.out, idx, gen) * rstd)
                 copies = (out.fresh & ~out.random_rows).nonzero().view(-1).to(t.device)
                 if noise > 0 and copies.numel():
                     t.index_add_(

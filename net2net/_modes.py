@@ -26,6 +26,7 @@ class InitMode:
     symmetry: str
     learns_under_adam: bool
     optimizer: Literal["carry", "reset"]
+    scale: Literal["matched", "default"] = "matched"  # spread of random draws (see _mapping)
 
 
 INIT_MODES: dict[str, InitMode] = {
@@ -81,7 +82,8 @@ INIT_MODES: dict[str, InitMode] = {
             exact="no: the random outgoing weights change the function",
             symmetry="random incoming and outgoing weights",
             learns_under_adam=True,
-            optimizer="reset",
+            optimizer="carry",
+            scale="default",
         ),
     )
 }

@@ -106,8 +106,16 @@ def _stack(ctx: OpContext) -> Layout:
     if not isinstance(tensors, (list, tuple)) or out_shape is None:
         return ctx.block()
     dim = _dim(int(ctx.arg(1, "dim", 0)), len(out_shape))
-    merged = ctx.broadcast(list(tensors))  # same shapes: couples every dim of the inputs
-    return {(d + 1 if d >= dim else d): s for d, s in merged.items()}
+    parts = [t for t in tensors if ctx.shape_of(t) is not None]
+    result: Layout = {}
+    for d in range(len(out_shape) - 1):  # the inputs' dims (all inputs have one shape)
+        met = [ctx.layout_of(t).get(d) or fixed(_size(ctx, t, d)) for t in parts]
+        if any(has_groups(s) for s in met):
+            merged = met[0]
+            for other in met[1:]:
+                merged = ctx.state.unify(merged, other, ctx.where())
+            result[d + 1 if d >= dim else d] = merged
+    return result
 
 
 def _reshape(ctx: OpContext) -> Layout:

@@ -18,6 +18,7 @@ Scalars (``step``) are copied. Layers inserted by deepen start with no state.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
@@ -124,7 +125,7 @@ def transfer_optimizer(
         template = plan.template if plan is not None else None
         gi = group_of_old.get(template or "", 0)
         groups[gi]["params"].append(new_params[name])
-    new_opt = type(optimizer)(groups, **optimizer.defaults)
+    new_opt = _construct(optimizer, groups)
     if policy == "reset":
         return new_opt
     assert rules is not None
@@ -145,6 +146,17 @@ def transfer_optimizer(
                 else:
                     carried[key] = value
             new_opt.state[new_p] = carried
+    return new_opt
+
+
+def _construct(
+    optimizer: torch.optim.Optimizer, groups: list[dict[str, Any]]
+) -> torch.optim.Optimizer:
+    """Same class and defaults; every group carries its own hyper-parameters."""
+    accepted = inspect.signature(type(optimizer).__init__).parameters
+    kwargs = {k: v for k, v in optimizer.defaults.items() if k in accepted}
+    new_opt = type(optimizer)(groups, **kwargs)
+    new_opt.defaults = dict(optimizer.defaults)
     return new_opt
 
 

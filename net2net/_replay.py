@@ -53,6 +53,7 @@ def replay(model: nn.Module, records: Sequence[Mapping[str, Any]]) -> nn.Module:
                     split=str(rec["split"]),
                     seed=int(rec["seed"]),
                     check=False,
+                    expect={str(k): int(v[0]) for k, v in dict(rec["widths"]).items()},
                 )
             elif op == "deepen":
                 grown = deepen_impl(
@@ -63,6 +64,7 @@ def replay(model: nn.Module, records: Sequence[Mapping[str, Any]]) -> nn.Module:
                     calibration=None,
                     seed=int(rec["seed"]),
                     check=False,
+                    expect_width=int(rec["width"]),
                 )
             else:
                 raise GrowthError(f"unknown op {op!r}")

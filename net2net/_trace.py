@@ -191,6 +191,11 @@ class TraceContext:
         if role.out is not None and role.out_kind == "produce":
             return role.out
         gid = self._state.groups.new(width, self._state.order[self._node], self.name)
+        if self.out_shape is not None and width > 0:
+            per_sample = 1
+            for n in self.out_shape[1:]:
+                per_sample *= n
+            self._state.groups.get(gid).elements = per_sample // width
         if groups > 1:
             self._state.groups.get(gid).blocks = groups
             self._state.groups.get(gid).grouped_by.append(self.name)
@@ -289,7 +294,8 @@ class OpContext:
     def block(self, reason: str | None = None) -> Layout:
         msg = reason or (
             f"{self.where()} in group '{{group}}' is not supported by net2net; keep it out of "
-            "the group (e.g. behind a projection layer) or register a rule for it"
+            "the group, or wrap the code that uses it in a module and register a handler for "
+            "that module with net2net.register_handler"
         )
         for n in self.tensor_inputs():
             self.state.pin_layout(self.layout_of(n), msg)

@@ -78,7 +78,9 @@ class Grown:
     the same architecture from it. ``max_abs_error``: max |f_student(x) − f_teacher(x)| on the
     example input, both in eval mode. ``exact``: the transform preserves the function by
     construction (then ``max_abs_error`` is float rounding). ``widths``: group → (old, new).
-    ``mappings``: group → new-position → source-unit index. ``new_param_names``: parameters with no
+    ``mappings``: group → new-position → source-unit index g(j); ``shares``: group → the factor s(j)
+    on each new position's outgoing weights (1/count for an equal split; 0 for new units of the
+    zero-outgoing modes). ``new_param_names``: parameters with no
     counterpart in the old model; ``param_sources``: every new parameter's old name (or None).
     """
 
@@ -88,6 +90,7 @@ class Grown:
     exact: bool
     widths: dict[str, tuple[int, int]] = field(default_factory=dict)
     mappings: dict[str, torch.Tensor] = field(default_factory=dict)
+    shares: dict[str, torch.Tensor] = field(default_factory=dict)
     new_param_names: list[str] = field(default_factory=list)
     param_sources: dict[str, str | None] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)

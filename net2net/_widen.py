@@ -48,6 +48,7 @@ def group_spec(g: GroupInfo) -> dict[str, Any]:
         "multiple_of_because": list(g.grouped_by),
         "integer_factor": bool(g.balanced_by),
         "integer_factor_because": list(g.balanced_by),
+        "elements_per_unit": g.elements_per_unit,
     }
 
 
@@ -226,7 +227,8 @@ def verify(
             raise GrowthError(
                 f"{op}: the grown model's forward failed ({type(err).__name__}: {err}); its "
                 "forward probably hard-codes a width (write x.flatten(1) or x.size(1) instead of "
-                "literal sizes)"
+                "literal sizes); if it does not, net2net followed an op wrongly: please report "
+                "the model"
             ) from err
     return max_abs_error(teacher, out)
 
@@ -278,11 +280,20 @@ def widen_impl(
     split: str,
     seed: int,
     check: bool,
+    expect: Mapping[str, int] | None = None,
 ) -> Grown:
     mode = check_init(init, noise, split)
     inputs = as_inputs(example_input)
     an = analyse(model, inputs, "widen")
     growable = [g for g in an.groups.values() if g.growable]
+    current = {g.name: g.width for g in an.groups.values()}
+    for name, old in (expect or {}).items():
+        if current.get(name) != old:
+            raise GrowthError(
+                f"widen: the record expects group {name!r} at width {old}, but the model has "
+                f"{current.get(name, 'no such group')}; replay the records in order on the base "
+                "model they were made from"
+            )
     blocked = [blocked_spec(g) for g in an.groups.values() if not g.growable]
     targets = resolve_widths([group_spec(g) for g in growable], blocked, factor, widths)
     maps: dict[int, GroupMap] = {}
@@ -344,6 +355,7 @@ def widen_impl(
         exact=exact,
         widths={m.name: (m.old, m.new) for m in maps.values()},
         mappings={m.name: m.src.clone() for m in maps.values()},
+        shares={m.name: m.share.clone() for m in maps.values()},
         new_param_names=[],
         param_sources={n: n for n in names},
         notes=notes,
@@ -352,7 +364,13 @@ def widen_impl(
 
 
 def apply_maps(
-    an: Analysis, student: nn.Module, maps: dict[int, GroupMap], *, noise: float, seed: int
+    an: Analysis,
+    student: nn.Module,
+    maps: dict[int, GroupMap],
+    *,
+    noise: float,
+    seed: int,
+    scale: str = "matched",
 ) -> dict[str, ParamPlan]:
     """Grow every tensor that a mapped group touches, in the student (a copy of the model)."""
     plans: dict[str, ParamPlan] = {}
@@ -386,6 +404,7 @@ def apply_maps(
                 in_groups=role.in_groups,
                 noise=noise,
                 gen=generator(seed, "init", mname, pname),
+                scale=scale,
             )
             set_tensor(module, pname, new)
             full = f"{mname}.{pname}" if mname else pname
