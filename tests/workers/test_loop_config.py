@@ -129,3 +129,16 @@ def test_finds_the_newest_complete_checkpoint_in_run_storage(tmp_path: Path) -> 
         )
         == []
     )
+
+
+def test_the_package_exports_lazily() -> None:
+    code = (
+        "import sys; import workers.spec; assert 'torch' not in sys.modules, 'torch'; "
+        "import workers; assert sorted(workers.__all__) == sorted(workers._WHERE); "
+        "[getattr(workers, n) for n in workers.__all__]; "
+        "assert 'ray' not in sys.modules, 'ray'"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
