@@ -15,6 +15,7 @@ from growth_policy.config import (
     PlateauConfig,
     SaturationConfig,
     ScheduleConfig,
+    ShrinkPerturbConfig,
     WidenConfig,
 )
 from growth_policy.controller import Controller, derive_seed
@@ -64,6 +65,7 @@ __all__ = [
     "PolicyContext",
     "SaturationConfig",
     "ScheduleConfig",
+    "ShrinkPerturbConfig",
     "SignalGroup",
     "SummaryError",
     "Verdict",

@@ -166,6 +166,34 @@ class GuardsConfig(_Section):
     )
 
 
+class ShrinkPerturbConfig(_Section):
+    """Shrink and perturb (Ash & Adams, NeurIPS 2020) when much new data has arrived.
+
+    A warm-started network generalises worse than a fresh one trained on the same data; the remedy
+    is ``θ ← shrink·θ + perturb·ε`` (ε ~ N(0, 1)) when the data grows, keeping what was learned
+    while restoring some of a fresh network's plasticity. It changes no size and is not exact.
+    """
+
+    enabled: bool = Field(
+        default=False,
+        description="Off by default: on the MNIST-1D stream it did not help (docs/learning.md).",
+    )
+    min_data_growth: float = Field(
+        default=1.0,
+        gt=0.0,
+        description="Apply when the dataset has grown by at least this fraction since the last "
+        "shrink-and-perturb (or since the first data seen): 1.0 = doubled.",
+    )
+    shrink: float = Field(default=0.8, gt=0.0, le=1.0, description="λ in θ ← λθ + σε.")
+    perturb: float = Field(default=0.01, ge=0.0, description="σ in θ ← λθ + σε.")
+
+    @model_validator(mode="after")
+    def _does_something(self) -> Self:
+        if self.shrink == 1.0 and self.perturb == 0.0:
+            raise ValueError("shrink_perturb: shrink=1 and perturb=0 would change nothing")
+        return self
+
+
 class MemoryConfig(_Section):
     """Estimate of training memory after a growth, checked against a budget (hard limit)."""
 
@@ -223,6 +251,7 @@ class GrowthPolicyConfig(BaseModel):
     saturation: SaturationConfig = Field(default_factory=SaturationConfig)
     guards: GuardsConfig = Field(default_factory=GuardsConfig)
     memory: MemoryConfig = Field(default_factory=MemoryConfig)
+    shrink_perturb: ShrinkPerturbConfig = Field(default_factory=ShrinkPerturbConfig)
     history_size: int = Field(
         default=256, ge=2, description="Observations kept (and checkpointed) by the controller."
     )

@@ -14,7 +14,9 @@ Order of an observation:
 4. the policies, any-of in the configured order; none fires: an idle decision;
 5. the guards: max generations, warm-up (the first pass over the first data), minimum steps per
    generation, cooldown, optional gap;
-6. the plan (what and where, by strategy), within max params, memory and the data cap.
+6. the plan (what and where, by strategy), within max params, memory and the data cap;
+7. where no growth comes of it: shrink-and-perturb, if enabled and the data has grown enough
+   since the last one. It changes no size and starts no cooldown.
 
 A refusal is ``notable`` only when its state differs from the previous decision's, so the event
 stream shows changes, not every observation.
@@ -26,7 +28,7 @@ import hashlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from growth_policy._format import pct
+from growth_policy._format import count, num, pct
 from growth_policy.config import GrowthPolicyConfig
 from growth_policy.planning import Limits, Plan, check_op, plan_deepen, plan_widen
 from growth_policy.policies import (
@@ -87,6 +89,7 @@ class Controller:
         self._last_key: str | None = None
         self._growths = 0
         self._failure: str | None = None
+        self._sp_size: int | None = None  # dataset size at the last shrink-and-perturb
 
     # ------------------------------------------------------------------ public API
 
@@ -120,6 +123,8 @@ class Controller:
         kind = op.op if op is not None else self._pending_kind()
         self._pending = None
         self._generation = generation
+        if kind == "shrink_perturb":  # no new capacity: no cooldown, no growth counted
+            return
         self._last_growth_step = step
         self._last_kind = kind
         self._growths += 1
@@ -171,11 +176,14 @@ class Controller:
         ctx = PolicyContext(obs, (*self._history[:-1], obs), self.config)
         verdicts = [self._run_policy(name, ctx) for name in self.config.policies]
         firing = next((v for v in verdicts if v.grow), None)
+        shrink_perturb = self._shrink_perturb_due(obs)
         if firing is None:
-            return self._idle(obs, verdicts)
+            return self._shrink_perturb(obs) if shrink_perturb else self._idle(obs, verdicts)
 
         guard = self._time_guard(obs)
         if guard is not None:
+            if shrink_perturb:
+                return self._shrink_perturb(obs)
             state, text, numbers = guard
             return self._decide(
                 obs,
@@ -191,6 +199,8 @@ class Controller:
             obs, shape, self._limits(obs), target=firing.target_params, signals=obs.group_signals
         )
         if plan.op is None:
+            if shrink_perturb:
+                return self._shrink_perturb(obs)
             return self._decide(
                 obs,
                 None,
@@ -221,6 +231,7 @@ class Controller:
             "last_key": self._last_key,
             "growths": self._growths,
             "failure": self._failure,
+            "shrink_perturb_size": self._sp_size,
             "summary": self._summary,
             "summary_generation": self._summary_generation,
             "history": [o.model_dump(mode="json") for o in self._history],
@@ -250,6 +261,7 @@ class Controller:
         self._last_key = state.get("last_key")
         self._growths = int(state.get("growths", 0))
         self._failure = state.get("failure")
+        self._sp_size = state.get("shrink_perturb_size")
         self._summary = state.get("summary")
         self._summary_generation = state.get("summary_generation")
         self._shape_cache = None
@@ -266,10 +278,11 @@ class Controller:
             self._generation = obs.generation
         elif obs.generation > self._generation:
             grown_at = obs.step - obs.generation_step
-            if self._last_growth_step is None or grown_at > self._last_growth_step:
-                self._last_growth_step = grown_at
-            self._last_kind = self._pending_kind() or self._last_kind
-            self._growths += obs.generation - self._generation
+            if self._pending_kind() != "shrink_perturb":
+                if self._last_growth_step is None or grown_at > self._last_growth_step:
+                    self._last_growth_step = grown_at
+                self._last_kind = self._pending_kind() or self._last_kind
+                self._growths += obs.generation - self._generation
             self._pending = None
             self._generation = obs.generation
         elif obs.generation < self._generation:  # resumed from an older checkpoint
@@ -377,6 +390,45 @@ class Controller:
                     {"gap": gap, "max_gap": g.max_gap},
                 )
         return None
+
+    def _shrink_perturb_due(self, obs: Observation) -> bool:
+        """Enabled, past the warm-up, below max generations, and the data grew enough since the
+        last shrink-and-perturb (or the first data)."""
+        cfg = self.config.shrink_perturb
+        if not cfg.enabled or obs.dataset_size == 0:
+            return False
+        base = self._sp_size or self._first_dataset_size or obs.dataset_size
+        g = self.config.guards
+        first = self._first_dataset_size or obs.dataset_size
+        return (
+            obs.dataset_size >= (1.0 + cfg.min_data_growth) * base
+            and obs.generation < g.max_generations
+            and obs.samples_seen >= int(g.warmup_passes * first)
+        )
+
+    def _shrink_perturb(self, obs: Observation) -> Decision:
+        """The shrink-and-perturb decision (call when :meth:`_shrink_perturb_due`)."""
+        cfg = self.config.shrink_perturb
+        base = self._sp_size or self._first_dataset_size or obs.dataset_size
+        since = "the last shrink-and-perturb" if self._sp_size else "the first data"
+        self._sp_size = obs.dataset_size
+        op = GrowthOp(op="shrink_perturb", shrink=cfg.shrink, perturb=cfg.perturb)
+        p = obs.param_count
+        numbers: Numbers = {
+            "params_before": p,
+            "params_after": p,
+            "dataset_size": obs.dataset_size,
+            "since_size": base,
+            "shrink": cfg.shrink,
+            "perturb": cfg.perturb,
+        }
+        plan = Plan(op, "shrink_perturb", "", p, p, numbers)
+        reason = (
+            f"the data grew ×{num(obs.dataset_size / base)} since {since} "
+            f"({count(base)} → {count(obs.dataset_size)} samples, >= ×{num(1 + cfg.min_data_growth)}):"
+            f" shrink and perturb, θ ← {num(cfg.shrink)}·θ + {num(cfg.perturb)}·ε"
+        )
+        return self._grow(obs, plan, "shrink_perturb", reason, {})
 
     def _plan(
         self,

@@ -77,9 +77,10 @@ def manual(ctx: PolicyContext) -> Verdict:
 def plateau(ctx: PolicyContext) -> Verdict:
     """Underfitting detector.
 
-    Grows when the smoothed training loss improved by less than ``min_improvement`` (relative) over
+    Grows when the smoothed training loss changed by less than ``min_improvement`` (relative) over
     the last ``window_steps`` steps of this generation (read off a least-squares line through the
-    window's observations), and the relative generalisation gap
+    window's observations; a loss that rose by more is not a plateau), and the relative
+    generalisation gap
     ``(val_loss - train_loss) / train_loss`` is at most ``max_gap``: the model cannot fit the data
     it has, so capacity is the bottleneck. A larger gap means overfitting: it does not grow, it waits
     for data, and says so (a notable state). The window restarts when the dataset grew by more than
@@ -149,6 +150,18 @@ def plateau(ctx: PolicyContext) -> Verdict:
             "improving",
             f"plateau: train loss improved {pct(improvement)} over {span} steps "
             f"(>= {pct(cfg.min_improvement)})",
+            numbers,
+        )
+    if improvement <= -cfg.min_improvement:
+        # A rising loss is no plateau: new data, a spike after growth, or the smoothed loss
+        # still catching up with either (measured: the EMA lags a new stage by a few hundred
+        # steps, and growing there overshot; docs/learning.md).
+        return Verdict(
+            "plateau",
+            False,
+            "rising",
+            f"plateau: train loss rose {pct(-improvement)} over {span} steps: not a plateau, "
+            "waiting for it to settle",
             numbers,
         )
     return Verdict(

@@ -165,4 +165,6 @@ def simulate(
                 k = int(str(d.op.after).removeprefix("act"))
                 ws.insert(k + 1, ws[k])
                 gen, gen_step = gen + 1, 0
+            elif d.op is not None and d.op.op == "shrink_perturb":
+                gen, gen_step = gen + 1, 0
     return run

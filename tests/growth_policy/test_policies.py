@@ -111,6 +111,21 @@ def test_plateau_reason_carries_the_numbers() -> None:
     assert "gap 3% (<= 50%)" in v.reason
 
 
+def test_plateau_does_not_grow_on_a_rising_loss() -> None:
+    # New data lifts the smoothed loss for a while: 1.0 → 1.05 over the window is no plateau;
+    # a flat window with a slight rise (0.5%, within the 1% band) still is.
+    rising = [
+        make_obs(step=100, generation_step=100, train_loss=1.0, val_loss=1.03),
+        make_obs(step=400, generation_step=400, train_loss=1.05, val_loss=1.05 * 1.03),
+    ]
+    v = plateau(PolicyContext(rising[-1], rising, CFG))
+    assert not v.grow
+    assert v.state == "rising"
+    assert "rose 5% over 300 steps" in v.reason
+    flat = [rising[0], rising[1].model_copy(update={"train_loss": 1.005, "val_loss": 1.035})]
+    assert plateau(PolicyContext(flat[-1], flat, CFG)).grow
+
+
 def test_plateau_does_not_grow_while_overfitting_and_says_so() -> None:
     verdicts = run_policy(plateau, trace(linear_then_flat, gap=0.8))
     assert not any(v.grow for _, v in verdicts)

@@ -33,7 +33,8 @@ def test_plateau_on_the_underfitting_trace_fires_late_in_the_later_stages() -> N
     obs = load("narrow")
     verdicts = [plateau(PolicyContext(o, obs[: i + 1], CFG)) for i, o in enumerate(obs)]
     fired = [o.step for o, v in zip(obs, verdicts, strict=True) if v.grow]
-    assert fired == [3000, 3050, 3750, 3800, 3850, 3950, 4450, 4500, 4550, 4600, 4650]
+    # 4550-4650: the fitted loss rose 2-5% over the window there, which is not a plateau.
+    assert fired == [3000, 3050, 3750, 3800, 3850, 3950, 4450, 4500]
     for o, v in zip(obs, verdicts, strict=True):
         assert o.val_loss is not None
         gap = (o.val_loss - o.train_loss) / o.train_loss
