@@ -123,8 +123,14 @@ class GrowthEvent(BaseModel):
     )
     params_before: int = Field(ge=0)
     params_after: int = Field(ge=0)
-    val_loss_before: float | None = None
-    val_loss_after: float | None = None
+    val_loss_before: float | None = Field(
+        default=None,
+        description="Validation loss (eval mode) of the model before the transform: the one the "
+        "deciding observation measured at this step (same weights), else measured right before.",
+    )
+    val_loss_after: float | None = Field(
+        default=None, description="Validation loss (eval mode) of the grown model, right after."
+    )
     val_metric_before: float | None = None
     val_metric_after: float | None = None
     max_abs_error: float | None = Field(
