@@ -72,7 +72,7 @@ def translate(exc: StoreError) -> ServiceError:
     if isinstance(exc, JobTerminalError):
         return ConflictError(f"{exc}; it accepts no more data or commands")
     if isinstance(exc, TooManyJobsError):
-        return ConflictError(f"{exc} (LIFELONG_MAX_JOBS); stop and remove jobs or raise the limit")
+        return ConflictError(f"{exc} (LIFELONG_MAX_JOBS); raise the limit to create more")
     if isinstance(exc, TransitionError):
         return ConflictError(str(exc))
     return ServiceError(str(exc))

@@ -178,8 +178,8 @@ def test_409_job_limit(settings: Settings, client: LifelongClient) -> None:
         client.create_job(JOB_SPEC)
     assert info.value.status_code == 409
     assert info.value.detail == (
-        "this deployment holds its maximum of 20 jobs (LIFELONG_MAX_JOBS); stop and remove jobs "
-        "or raise the limit"
+        "this deployment holds its maximum of 20 jobs (LIFELONG_MAX_JOBS); raise the limit to "
+        "create more"
     )
     assert client.list_jobs().total == settings.max_jobs
 
