@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -157,11 +158,12 @@ def main() -> None:
     manifest.append([*shards, store.write("bench", x[-2000:], y[-2000:], "val")])
     tx, ty = torch.from_numpy(x[: args.samples]), torch.from_numpy(y[: args.samples])
 
+    ray_temp = tempfile.mkdtemp(prefix="rbw-", dir="/tmp")  # short: Ray's socket paths
     ray.init(
         address="local",
         num_cpus=2,
         include_dashboard=False,
-        _temp_dir=tempfile.mkdtemp(prefix="rbw-", dir="/tmp"),
+        _temp_dir=ray_temp,
         log_to_driver=False,
     )
     loads = [os.getloadavg()[0]]
@@ -199,6 +201,9 @@ def main() -> None:
         loads.append(os.getloadavg()[0])
     finally:
         ray.shutdown()
+        # The 10M runs leave about 3 GB of checkpoints.
+        shutil.rmtree(root, ignore_errors=True)
+        shutil.rmtree(ray_temp, ignore_errors=True)
 
     # -- throughput ---------------------------------------------------------------------------
     obs = [r for r in runs["1m-widen"] if r["type"] == "observation" and r["generation"] == 0]

@@ -13,6 +13,7 @@ events from a ``JsonlRecorder`` file.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import tempfile
 import time
@@ -53,8 +54,8 @@ def ray_cluster() -> Iterator[None]:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = "0.2"
     started = False
+    temp = tempfile.mkdtemp(prefix="rwk-", dir="/tmp")  # short: Ray's socket paths
     if not ray.is_initialized():
-        temp = tempfile.mkdtemp(prefix="rwk-", dir="/tmp")  # short: Ray's socket paths
         ray.init(
             address="local",
             num_cpus=2,
@@ -66,6 +67,7 @@ def ray_cluster() -> Iterator[None]:
     yield
     if started:
         ray.shutdown()
+    shutil.rmtree(temp, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
