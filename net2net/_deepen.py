@@ -397,7 +397,7 @@ def deepen_impl(
                 last.bias.zero_()
     block = block.to(device=device, dtype=dtype)
     inserted, renamed = insert_after(student, after, block)
-    err = verify("deepen", model, student, inputs) if check else float("nan")
+    err = verify("deepen", an.output, student, inputs) if check else float("nan")
     sources: dict[str, str | None] = {}
     plans: dict[str, ParamPlan] = {}
     new_names: list[str] = []

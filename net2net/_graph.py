@@ -109,6 +109,7 @@ class Analysis:
     groups: dict[int, GroupInfo]  # by root gid
     calls: dict[str, int]
     output_node: fx.Node
+    output: Any = None  # the traced graph's output on the example input (eval mode)
 
     def find(self, gid: int) -> int:
         return self.state.groups.find(gid)
@@ -136,7 +137,7 @@ def analyse(model: nn.Module, example_input: Any, op: str) -> Analysis:
     prop = _ShapeProp(gm)
     with eval_mode(model):
         try:
-            prop.run(*inputs)
+            teacher_out = prop.run(*inputs)
         except Exception as err:
             raise GrowthError(
                 f"{op}: running {type(model).__name__} on example_input failed: "
@@ -170,7 +171,7 @@ def analyse(model: nn.Module, example_input: Any, op: str) -> Analysis:
             reasons=[r.replace("{group}", name) for r in _dedupe(st.reasons)],
             elements_per_unit=max(st.elements, 1),
         )
-    return Analysis(model, gm, state, groups, calls, output_node)
+    return Analysis(model, gm, state, groups, calls, output_node, teacher_out)
 
 
 def _node_layout(

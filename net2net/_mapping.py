@@ -208,36 +208,52 @@ def grow_tensor(
     gen: torch.Generator,
     scale: str = "matched",
 ) -> torch.Tensor:
-    """The grown parameter: input units taken by the mapping and scaled by their outgoing share,
-    then the module's own units taken by the mapping, new rows filled as the init mode says.
-    Random draws are Gaussian with the old tensor's spread (``scale="matched"``) or the spread of
-    PyTorch's default init at the new size (``"default"``); noise is relative to the old spread."""
+    """The grown parameter: the module's own units (rows) taken by the mapping, input units
+    (columns) taken by the mapping and multiplied by their outgoing share, then new rows and
+    columns filled as the init mode says. Random draws are Gaussian with the old tensor's spread
+    (``scale="matched"``) or the spread of PyTorch's default init at the new size
+    (``"default"``); noise is relative to the old spread. One gather per axis, no unit loops."""
     t = t.detach()
-    std = _std(t, axes.out, "matched")
-    if in_ is not None and axes.in_ is not None:
-        t = gather_in(t, axes.in_, in_, in_groups, in_.share)
-        if bool(in_.random_cols.any()):
-            cstd = _std(t, axes.out, scale)
-            if in_groups == 1:
-                idx = in_.random_cols.nonzero().view(-1).to(t.device)
-                t.index_copy_(axes.in_, idx, _randn_rows(t, axes.in_, idx, gen) * cstd)
-            else:
-                mask = _cols_mask(in_.random_cols.to(t.device), t, axes.in_, in_groups)
-                noise_t = torch.randn(t.shape, generator=gen).to(t.device, t.dtype)
-                t = torch.where(mask, noise_t * cstd, t)
-    if out is not None and axes.out is not None:
-        t = t.index_select(axes.out, out.index.to(t.device))
-        if out_kind == "produce" and axes.fresh != "copy":
-            idx = out.random_rows.nonzero().view(-1).to(t.device)
-            if axes.fresh == "random":
-                if idx.numel():
-                    rstd = std if scale == "matched" else _default_std(t, axes.out)
-                    t.index_copy_(axes.out, idx, _randn_rows(t, axes.out, idx, gen) * rstd)
-                copies = (out.fresh & ~out.random_rows).nonzero().view(-1).to(t.device)
-                if noise > 0 and copies.numel():
-                    t.index_add_(
-                        axes.out, copies, _randn_rows(t, axes.out, copies, gen) * (noise * std)
-                    )
-            elif idx.numel():  # "zero": the biases of random new units
-                t.index_fill_(axes.out, idx, 0.0)
+    o = out if axes.out is not None else None
+    i = in_ if axes.in_ is not None else None
+    rows_random = o is not None and out_kind == "produce" and axes.fresh != "copy"
+    random_idx = o.random_rows.nonzero().view(-1) if rows_random and o is not None else None
+    copies_idx = None
+    if rows_random and o is not None and noise > 0 and axes.fresh == "random":
+        copies_idx = (o.fresh & ~o.random_rows).nonzero().view(-1)
+    need_std = (copies_idx is not None and copies_idx.numel() > 0) or (
+        scale == "matched" and random_idx is not None and random_idx.numel() > 0
+    )
+    std = _std(t, axes.out, "matched") if need_std else 0.0
+    dev = t.device
+    if o is not None and i is not None and in_groups == 1 and (axes.out, axes.in_) == (0, 1):
+        t = t[o.index.to(dev)[:, None], i.index.to(dev)[None, :]]  # both axes in one gather
+        t.mul_(_view(i.share.to(device=dev, dtype=t.dtype), 1, t.dim()))
+    else:
+        if o is not None:
+            assert axes.out is not None
+            t = t.index_select(axes.out, o.index.to(dev))
+        if i is not None:
+            assert axes.in_ is not None
+            t = gather_in(t, axes.in_, i, in_groups, i.share)
+    if i is not None and axes.in_ is not None and bool(i.random_cols.any()):
+        cstd = _std(t, axes.out, scale)
+        if in_groups == 1:
+            idx = i.random_cols.nonzero().view(-1).to(dev)
+            t.index_copy_(axes.in_, idx, _randn_rows(t, axes.in_, idx, gen) * cstd)
+        else:
+            mask = _cols_mask(i.random_cols.to(dev), t, axes.in_, in_groups)
+            draw = torch.randn(t.shape, generator=gen).to(dev, t.dtype)
+            t = torch.where(mask, draw * cstd, t)
+    if o is not None and axes.out is not None and random_idx is not None:
+        idx = random_idx.to(dev)
+        if axes.fresh == "random":
+            if idx.numel():
+                rstd = std if scale == "matched" else _default_std(t, axes.out)
+                t.index_copy_(axes.out, idx, _randn_rows(t, axes.out, idx, gen) * rstd)
+            if copies_idx is not None and copies_idx.numel():
+                cidx = copies_idx.to(dev)
+                t.index_add_(axes.out, cidx, _randn_rows(t, axes.out, cidx, gen) * (noise * std))
+        elif idx.numel():  # "zero": the biases of random new units
+            t.index_fill_(axes.out, idx, 0.0)
     return t.contiguous()

@@ -59,15 +59,26 @@ def remap_state(value: torch.Tensor, plan: ParamPlan, power: int) -> torch.Tenso
     axes = plan.axes
     if axes is None:
         return t.clone()
-    if plan.in_ is not None and axes.in_ is not None:
-        t = gather_in(t, axes.in_, plan.in_, plan.in_groups, None)
-    if plan.out is not None and axes.out is not None:
-        amap: AxisMap = plan.out
-        t = t.index_select(axes.out, amap.index.to(t.device))
-        scale = amap.share.to(device=t.device, dtype=t.dtype) ** power
+    o = plan.out if axes.out is not None else None
+    i = plan.in_ if axes.in_ is not None else None
+    if o is None and i is None:
+        return t.clone()
+    dev = t.device
+    if o is not None and i is not None and plan.in_groups == 1 and (axes.out, axes.in_) == (0, 1):
+        t = t[o.index.to(dev)[:, None], i.index.to(dev)[None, :]]  # both axes in one gather
+    else:
+        if i is not None:
+            assert axes.in_ is not None
+            t = gather_in(t, axes.in_, i, plan.in_groups, None)
+        if o is not None:
+            assert axes.out is not None
+            t = t.index_select(axes.out, o.index.to(dev))
+    if o is not None and axes.out is not None:
+        amap: AxisMap = o
+        scale = amap.share.to(device=dev, dtype=t.dtype) ** power
         shape = [1] * t.dim()
         shape[axes.out] = -1
-        t = t * scale.view(shape)
+        t.mul_(scale.view(shape))
     return t.contiguous()
 
 

@@ -1,0 +1,472 @@
+"""Net2Net growth benchmarks: how long growth takes, and what each init mode and depth style learns.
+
+``python -m bench.net2net_growth`` runs three parts and writes each to its own section of
+``docs/benchmarks.md``:
+
+* ``speed``: widening every width group of a ~10M-parameter CNN (ResNet-18 layout, 32×32 inputs)
+  and a ~10M-parameter MLP (BatchNorm) by 2×, including tracing and verification, against one
+  forward+backward pass of the grown model on a batch of 128; plus ``transfer_optimizer`` (Adam).
+* ``modes``: every ``init=`` mode of ``net2net.widen`` on MNIST-1D (generated offline): the loss
+  spike after growth with the optimizer state carried or reset, validation accuracy after further
+  training, and whether the new units diverge from their sources (cosine similarity of incoming
+  weights), under Adam and under SGD.
+* ``depth``: ``deepen(style="identity")`` against ``style="residual"`` on the same problem.
+
+``--only speed`` (or modes, depth) runs one part; ``--quick`` shrinks everything for a smoke run
+(and writes nothing unless ``--write`` is given).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F  # noqa: N812
+
+import net2net
+from bench._report import table, write_section
+
+# -- models ------------------------------------------------------------------------------------
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class ResNet18(nn.Module):
+    """ResNet-18 for 32×32 inputs (11.2M parameters at width 64)."""
+
+    def __init__(self, width: int = 64, classes: int = 10) -> None:
+        super().__init__()
+        w = width
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU()
+        )
+        chans = [(w, w, 1), (w, w, 1), (w, 2 * w, 2), (2 * w, 2 * w, 1)]
+        chans += [(2 * w, 4 * w, 2), (4 * w, 4 * w, 1), (4 * w, 8 * w, 2), (8 * w, 8 * w, 1)]
+        self.layers = nn.Sequential(*(BasicBlock(a, b, s) for a, b, s in chans))
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(8 * w, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.pool(self.layers(self.stem(x))), 1))
+
+
+def big_mlp(hidden: int = 2048) -> nn.Module:
+    """784 → 3 × (Linear, BatchNorm, ReLU) → 10: 10.0M parameters at hidden 2048."""
+    layers: list[nn.Module] = []
+    width = 784
+    for _ in range(3):
+        layers += [nn.Linear(width, hidden), nn.BatchNorm1d(hidden), nn.ReLU()]
+        width = hidden
+    layers.append(nn.Linear(width, 10))
+    return nn.Sequential(*layers)
+
+
+def small_mlp(width: int, act: type[nn.Module] = nn.ReLU, bn: bool = False) -> nn.Module:
+    """MNIST-1D classifier: 40 → width → width → 10."""
+    layers: list[nn.Module] = [nn.Linear(40, width)]
+    layers += [nn.BatchNorm1d(width)] if bn else []
+    layers += [act(), nn.Linear(width, width)]
+    layers += [nn.BatchNorm1d(width)] if bn else []
+    layers += [act(), nn.Linear(width, 10)]
+    return nn.Sequential(*layers)
+
+
+# -- speed -------------------------------------------------------------------------------------------
+
+
+def _timed(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
+    times, result = [], None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), result
+
+
+def _fwd_bwd(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
+    model.zero_grad(set_to_none=True)
+    F.cross_entropy(model(x), y).backward()
+
+
+def speed(quick: bool) -> str:
+    torch.manual_seed(0)
+    cases: list[tuple[str, nn.Module, Callable[[int], torch.Tensor]]] = [
+        (
+            "MLP 784-2048×3-10, BatchNorm",
+            big_mlp(512 if quick else 2048),
+            lambda b: torch.randn(b, 784),
+        ),
+        (
+            "ResNet-18, 32×32 inputs",
+            ResNet18(16 if quick else 64),
+            lambda b: torch.randn(b, 3, 32, 32),
+        ),
+    ]
+    repeats = 1 if quick else 3
+    rows = []
+    for name, model, make in cases:
+        model.train()
+        example = make(8)  # the batch growth traces and verifies on
+        batch = make(32 if quick else 128)
+        labels = torch.randint(0, 10, (batch.shape[0],))
+        groups_s, groups = _timed(lambda m=model, e=example: net2net.width_groups(m, e), repeats)
+        widen_s, grown = _timed(lambda m=model, e=example: net2net.widen(m, e, factor=2.0), repeats)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        _fwd_bwd(model, batch[:8], labels[:8])
+        opt.step()
+        transfer_s, _ = _timed(
+            lambda o=opt, m=model, g=grown: net2net.transfer_optimizer(o, m, g), repeats
+        )
+        student = grown.model.train()
+        _fwd_bwd(student, batch, labels)  # warm-up
+        step_s, _ = _timed(lambda s=student, b=batch, y=labels: _fwd_bwd(s, b, y), repeats)
+        rows.append(
+            [
+                name,
+                f"{net2net.count_params(model) / 1e6:.1f}M → {net2net.count_params(student) / 1e6:.1f}M",
+                str(len(groups)),
+                f"{groups_s:.2f}",
+                f"{widen_s:.2f}",
+                f"{transfer_s:.2f}",
+                f"{step_s:.2f}",
+                f"{widen_s / step_s:.2f}",
+                f"{grown.max_abs_error:.1e}",
+            ]
+        )
+        print(rows[-1], flush=True)
+    headers = [
+        "model",
+        "parameters",
+        "groups",
+        "width_groups s",
+        "widen ×2 s",
+        "transfer_optimizer s",
+        f"fwd+bwd grown, batch {batch.shape[0]} s",
+        "widen / step",
+        "max abs error",
+    ]
+    return (
+        'Every width group widened by 2× (`init="net2net"`), timed end to end: tracing with '
+        "torch.fx, the shape pass, the weight surgery and the verification forward, on an "
+        "example batch of 8. `width_groups` is the tracing and group inference alone. The step is "
+        "one forward+backward pass of the *grown* model in train mode. Medians of "
+        f"{repeats} runs.\n\n" + table(headers, rows)
+    )
+
+
+# -- MNIST-1D training helpers --------------------------------------------------------------------
+
+
+@dataclass
+class Data:
+    x: torch.Tensor
+    y: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+
+
+def mnist1d(samples: int) -> Data:
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    args = get_dataset_args()
+    args.num_samples = samples
+    d = make_dataset(args)  # offline, deterministic
+    x = torch.tensor(np.asarray(d["x"]), dtype=torch.float32)
+    xv = torch.tensor(np.asarray(d["x_test"]), dtype=torch.float32)
+    mu, sd = x.mean(0), x.std(0)
+    return Data(
+        (x - mu) / sd,
+        torch.tensor(np.asarray(d["y"])).long(),
+        (xv - mu) / sd,
+        torch.tensor(np.asarray(d["y_test"])).long(),
+    )
+
+
+def train_loss(model: nn.Module, data: Data) -> float:
+    with torch.no_grad():
+        return F.cross_entropy(model(data.x), data.y).item()
+
+
+def accuracy(model: nn.Module, data: Data) -> float:
+    flag = model.training
+    model.eval()
+    with torch.no_grad():
+        acc = (model(data.x_val).argmax(1) == data.y_val).float().mean().item()
+    model.train(flag)
+    return 100.0 * acc
+
+
+def train(
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    data: Data,
+    steps: int,
+    gen: torch.Generator,
+    *,
+    track: int = 0,
+) -> list[float]:
+    """``steps`` minibatch steps (batch 128); the full training loss after each of the first
+    ``track`` steps (eval mode: no dropout noise, running statistics)."""
+    losses = []
+    model.train()
+    for s in range(steps):
+        idx = torch.randint(0, len(data.x), (128,), generator=gen)
+        opt.zero_grad()
+        F.cross_entropy(model(data.x[idx]), data.y[idx]).backward()
+        opt.step()
+        if s < track:
+            model.eval()
+            losses.append(train_loss(model, data))
+            model.train()
+    return losses
+
+
+def new_unit_cosines(grown: net2net.Grown, before: nn.Module) -> torch.Tensor:
+    """Cosine similarity between each new unit's incoming weights and its source unit's."""
+    out = []
+    for name, src in grown.mappings.items():
+        w = grown.model.get_submodule(name).weight.detach().flatten(1)
+        n_old = before.get_submodule(name).weight.shape[0]
+        new = torch.arange(n_old, len(src))
+        out.append(F.cosine_similarity(w[new], w[src[new]], dim=1))
+    return torch.cat(out)
+
+
+def _ms(values: Sequence[float], fmt: str = "{:.1f}") -> str:
+    mean = statistics.mean(values)
+    sd = statistics.pstdev(values) if len(values) > 1 else 0.0
+    return f"{fmt.format(mean)} ± {fmt.format(sd)}"
+
+
+# -- init modes ------------------------------------------------------------------------------------
+
+MODES: list[tuple[str, dict[str, Any]]] = [
+    ("net2net (exact)", {"init": "net2net"}),
+    ("net2net, split=random", {"init": "net2net", "split": "random"}),
+    ("net2net, noise 0.1", {"init": "net2net", "noise": 0.1}),
+    ("copy_zero", {"init": "copy_zero"}),
+    ("copy_zero, noise 0.1", {"init": "copy_zero", "noise": 0.1}),
+    ("random_zero", {"init": "random_zero"}),
+    ("random_pad", {"init": "random_pad"}),
+]
+
+
+def modes(quick: bool) -> str:
+    torch.set_num_threads(1)
+    data = mnist1d(2000 if quick else 6000)
+    seeds = [0] if quick else [0, 1, 2]
+    pre, post, track = (200, 200, 20) if quick else (1500, 1500, 50)
+    teacher_w, factor = 32, 4.0
+    results: dict[tuple[str, str], list[tuple[float, float, float, float, float]]] = {}
+    baseline: list[float] = []
+    before_acc: list[float] = []
+    for seed in seeds:
+        torch.manual_seed(seed)
+        gen = torch.Generator().manual_seed(seed)
+        model = small_mlp(teacher_w)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        train(model, opt, data, pre, gen)
+        before = train_loss(model, data)
+        before_acc.append(accuracy(model, data))
+        for label, kwargs in MODES:
+            for state in ("carry", "reset"):
+                grown = net2net.widen(model, data.x[:256], factor=factor, seed=seed, **kwargs)
+                opt2 = net2net.transfer_optimizer(opt, model, grown, state=state)
+                g2 = torch.Generator().manual_seed(1000 + seed)
+                losses = train(grown.model, opt2, data, post, g2, track=track)
+                cos = new_unit_cosines(grown, model)
+                results.setdefault((label, state), []).append(
+                    (
+                        max(losses) / before,
+                        accuracy(grown.model, data),
+                        float(cos.max()),
+                        float(cos.min()),
+                        grown.max_abs_error,
+                    )
+                )
+        cont = small_mlp(teacher_w)
+        cont.load_state_dict(model.state_dict())
+        opt_c = torch.optim.Adam(cont.parameters(), lr=1e-3)
+        opt_c.load_state_dict(opt.state_dict())
+        train(cont, opt_c, data, post, torch.Generator().manual_seed(1000 + seed))
+        baseline.append(accuracy(cont, data))
+        print(f"seed {seed} done", flush=True)
+    rows = []
+    for label, _ in MODES:
+        for state in ("carry", "reset"):
+            r = results[(label, state)]
+            rows.append(
+                [
+                    label,
+                    state,
+                    f"{max(x[4] for x in r):.1e}",
+                    _ms([x[0] for x in r], "{:.3f}"),
+                    _ms([x[1] for x in r]),
+                    f"{max(x[2] for x in r):.4f}",
+                    f"{min(x[3] for x in r):.4f}",
+                ]
+            )
+    head = [
+        "init",
+        "optimizer state",
+        "max abs error at growth",
+        f"spike: max loss in {track} steps / loss before",
+        f"val. acc. after {post} steps",
+        "max cos(new, source)",
+        "min cos(new, source)",
+    ]
+    sym = symmetry(data, quick)
+    return (
+        f"MNIST-1D ({len(data.x)} training samples, validation {len(data.x_val)}), MLP 40-"
+        f"{teacher_w}-{teacher_w}-10 (ReLU) trained {pre} Adam steps (lr 1e-3, batch 128), then "
+        f"every hidden group widened ×{factor:g} ({teacher_w}→{int(teacher_w * factor)}) and "
+        f"trained {post} more steps; {len(seeds)} seed(s), mean ± std. The spike is the highest "
+        f"full training loss over the first {track} steps after growth relative to the loss just "
+        "before. 'carry' is `transfer_optimizer`'s rule; 'reset' a fresh Adam with the same "
+        "hyper-parameters. Cosines compare each new unit's incoming weights with its source "
+        f"unit's after the {post} steps (1.0: still a copy). Teacher accuracy at growth: "
+        f"{_ms(before_acc)}; teacher trained on for the same steps: {_ms(baseline)}.\n\n"
+        + table(head, rows)
+        + "\n\n"
+        + sym
+    )
+
+
+def symmetry(data: Data, quick: bool) -> str:
+    """Do copies diverge? Min/max cosine of new units after training, Adam against SGD."""
+    steps = 200 if quick else 1500
+    rows = []
+    optimizers: dict[str, Callable[[Any], torch.optim.Optimizer]] = {
+        "Adam lr 1e-3": lambda p: torch.optim.Adam(p, lr=1e-3),
+        "SGD lr 0.05, momentum 0.9": lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9),
+    }
+    for opt_name, make in optimizers.items():
+        torch.manual_seed(0)
+        gen = torch.Generator().manual_seed(0)
+        model = small_mlp(32)
+        opt = make(model.parameters())
+        train(model, opt, data, steps, gen)
+        for label, kwargs in MODES[:2] + MODES[3:4]:
+            grown = net2net.widen(model, data.x[:256], factor=2.0, seed=0, **kwargs)
+            opt2 = net2net.transfer_optimizer(opt, model, grown)
+            train(grown.model, opt2, data, steps, torch.Generator().manual_seed(7))
+            cos = new_unit_cosines(grown, model)
+            rows.append([opt_name, label, f"{float(cos.min()):.4f}", f"{float(cos.max()):.4f}"])
+    return (
+        f"Symmetry of copies (×2, {steps} steps before and after growth, seed 0): cosine of each "
+        "new unit's incoming weights with its source's.\n\n"
+        + table(["optimizer", "init", "min cos", "max cos"], rows)
+    )
+
+
+# -- depth -------------------------------------------------------------------------------------------
+
+
+def depth(quick: bool) -> str:
+    torch.set_num_threads(1)
+    data = mnist1d(2000 if quick else 6000)
+    seeds = [0] if quick else [0, 1, 2]
+    pre, post, track = (200, 200, 20) if quick else (1500, 1500, 50)
+    variants: list[tuple[str, type[nn.Module], bool, str | None]] = [
+        ("ReLU MLP: keep training", nn.ReLU, False, None),
+        ("ReLU MLP: deepen identity after act 1", nn.ReLU, False, "identity"),
+        ("ReLU MLP: deepen residual after act 1", nn.ReLU, False, "residual"),
+        ("BN-ReLU MLP: keep training", nn.ReLU, True, None),
+        ("BN-ReLU MLP: deepen identity (+calibrated BN)", nn.ReLU, True, "identity"),
+        ("BN-ReLU MLP: deepen residual", nn.ReLU, True, "residual"),
+        ("GELU MLP: keep training", nn.GELU, False, None),
+        ("GELU MLP: deepen residual after act 1", nn.GELU, False, "residual"),
+    ]
+    rows = []
+    for label, act, bn, style in variants:
+        res = []
+        for seed in seeds:
+            torch.manual_seed(seed)
+            gen = torch.Generator().manual_seed(seed)
+            model = small_mlp(32, act, bn)
+            opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+            train(model, opt, data, pre, gen)
+            before, acc0 = train_loss(model, data), accuracy(model, data)
+            student, opt2, err = model, opt, 0.0
+            if style is not None:
+                after = "2"  # the first hidden activation (Linear, [BN,] act)
+                grown = net2net.deepen(
+                    model, data.x[:256], after=after, style=style, calibration=data.x[:512]
+                )
+                student, err = grown.model, grown.max_abs_error
+                opt2 = net2net.transfer_optimizer(opt, model, grown)
+            g2 = torch.Generator().manual_seed(1000 + seed)
+            losses = train(student, opt2, data, post, g2, track=track)
+            res.append((acc0, max(losses) / before, accuracy(student, data), err))
+        rows.append(
+            [
+                label,
+                f"{max(r[3] for r in res):.1e}",
+                _ms([r[0] for r in res]),
+                _ms([r[1] for r in res], "{:.3f}"),
+                _ms([r[2] for r in res]),
+            ]
+        )
+        print(rows[-1], flush=True)
+    head = [
+        "variant",
+        "max abs error at growth",
+        "val. acc. at growth",
+        f"spike (max loss in {track} steps / before)",
+        f"val. acc. after {post} steps",
+    ]
+    return (
+        f"MNIST-1D, MLP 40-32-32-10 trained {pre} Adam steps (lr 1e-3), then one layer inserted "
+        f"after the first hidden activation and {post} more steps with the optimizer state "
+        f"carried (new layers start without state); {len(seeds)} seed(s), mean ± std.\n\n"
+        + table(head, rows)
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", choices=["speed", "modes", "depth"], action="append")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke run")
+    parser.add_argument("--write", action="store_true", help="write even with --quick")
+    args = parser.parse_args(argv)
+    parts = args.only or ["speed", "modes", "depth"]
+    write = args.write or not args.quick
+    sections = {
+        "speed": ("net2net-growth", "net2net: growth cost", speed),
+        "modes": ("net2net-init-modes", "net2net: init modes under Adam", modes),
+        "depth": ("net2net-depth", "net2net: identity layer vs zero-initialised residual", depth),
+    }
+    for part in parts:
+        name, title, fn = sections[part]
+        body = fn(args.quick)
+        if write:
+            write_section(name, title, body)
+        else:
+            print(f"## {title}\n\n{body}\n")
+
+
+if __name__ == "__main__":
+    main()
