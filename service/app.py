@@ -26,13 +26,15 @@ from service import __version__
 from service.api.limits import BodyLimitMiddleware
 from service.api.metrics import Metrics, MetricsMiddleware
 from service.api.models import ErrorBody, JobCreate
-from service.api.routes import commands, data, events, health, jobs
+from service.api.routes import commands, data, events, generations, health, jobs
 from service.control import ControlPlane, translate
 from service.embedded import EmbeddedRedis
 from service.errors import ServiceError
+from service.launcher import SupervisorLauncher
 from service.settings import Settings
 from service.spec import SpecProblem
 from service.store import RedisStore, StoreError
+from service.supervisor import SupervisorConfig
 from workers.shards import ShardStore
 
 log = logging.getLogger("lifelong.service")
@@ -72,12 +74,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # Job creation builds the base model on torch's meta device: import torch now, not in
         # the first request.
         await run_in_threadpool(_warm_up)
-        app.state.plane = ControlPlane(
+        plane = ControlPlane(
             settings, store, ShardStore(settings.data_root_uri), on_ingest=metrics.ingested
         )
+        app.state.plane = plane
+        launcher = _launcher(settings, store, url) if settings.supervise else None
+        if launcher is not None:
+            plane.on_job_created = lambda job: launcher.ensure(job.id)
+            plane.readiness_checks["ray"] = launcher.readiness
+            launcher.start()
+        app.state.launcher = launcher
         try:
             yield
         finally:
+            if launcher is not None:
+                launcher.stop()  # supervisors are detached: they go on without the API
             store.close()
             await store.aclose()
             if embedded is not None:
@@ -92,7 +103,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.metrics = metrics
-    for router in (jobs.router, data.router, commands.router, events.router, health.router):
+    routers = (jobs, data, commands, events, generations, health)
+    for router in (module.router for module in routers):
         app.include_router(router)
     _install_error_handlers(app)
     app.add_middleware(
@@ -103,6 +115,30 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(MetricsMiddleware, metrics=metrics, root=app)
     app.openapi = _openapi_with(app)  # type: ignore[method-assign]
     return app
+
+
+def _launcher(settings: Settings, store: RedisStore, redis_url: str) -> SupervisorLauncher:
+    def config_for(job_id: str) -> SupervisorConfig:
+        return SupervisorConfig(
+            job_id=job_id,
+            redis_url=redis_url,
+            key_prefix=settings.key_prefix,
+            data_root=settings.data_root_uri,
+            ray_storage=settings.ray_storage_uri,
+            mlflow_uri=settings.mlflow_uri,
+            events_maxlen=settings.events_maxlen,
+            commands_maxlen=settings.commands_maxlen,
+            observe_every=settings.observe_every,
+            checkpoint_every=settings.checkpoint_every,
+            max_restarts=settings.max_restarts,
+        )
+
+    return SupervisorLauncher(
+        store,
+        config_for,
+        ray_address=settings.ray_address,
+        interval=settings.reconcile_interval_s,
+    )
 
 
 def _warm_up() -> None:

@@ -31,6 +31,7 @@ from service.errors import (
     UnavailableError,
 )
 from service.records import CommandRecord, DatasetSummary, EventRecord, JobRecord, PushRecord
+from service.serving import ModelServer
 from service.settings import Settings
 from service.spec import SpecError, base_param_count, validate_job_spec
 from service.states import CommandKind, JobStatus
@@ -98,6 +99,7 @@ class ControlPlane:
         # the job is stored, and whatever reconciles jobs with supervisors picks it up.
         self.on_job_created = on_job_created
         self.readiness_checks: dict[str, Callable[[], str]] = {"storage": self._storage_check}
+        self.serving = ModelServer(store, settings.data_root_uri)
 
     # --- jobs ------------------------------------------------------------------------------
 

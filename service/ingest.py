@@ -258,12 +258,11 @@ def check(batch: Batch, task: TaskSpec, *, max_samples: int) -> CheckedBatch:
             f"{n:,} samples in one push, above the limit of {max_samples:,} "
             f"(LIFELONG_MAX_SAMPLES_PER_PUSH); split the batch"
         )
-    return CheckedBatch(
-        features=_check_features(features, task), labels=_check_labels(labels, task)
-    )
+    return CheckedBatch(features=check_features(features, task), labels=_check_labels(labels, task))
 
 
-def _check_features(features: np.ndarray, task: TaskSpec) -> np.ndarray:
+def check_features(features: np.ndarray, task: TaskSpec) -> np.ndarray:
+    """Features in the job's input shape (flattened samples reshaped), as finite float32."""
     if features.dtype.kind not in "iuf":
         raise InvalidError(
             f"'features' has dtype {features.dtype}; send real numbers (float32 preferred)"

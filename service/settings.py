@@ -73,6 +73,38 @@ class Settings(BaseSettings):
         "an acknowledged push durable in Redis too, at the cost of one fsync per write.",
     )
 
+    # --- training on Ray ---------------------------------------------------------------------
+    supervise: bool = Field(
+        default=True,
+        description="Start and re-attach the per-job supervisors on Ray. Off: the API only "
+        "stores jobs, data and commands (for tests and read replicas).",
+    )
+    ray_address: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("ray_address", "LIFELONG_RAY_ADDRESS", "RAY_ADDRESS"),
+        description="The Ray cluster to run jobs on, e.g. '127.0.0.1:6380'. Unset: a local Ray "
+        "started inside the API process (it ends with the API; 'lifelong up' starts its own).",
+    )
+    ray_storage: str | None = Field(
+        default=None,
+        description="Ray Train's storage_path for the jobs' runs and checkpoints; every node must "
+        "see it. Unset: '<data_root>/_ray'.",
+    )
+    observe_every: int = Field(
+        default=50, ge=1, description="Training steps between observations (and decisions)."
+    )
+    checkpoint_every: int = Field(
+        default=500, ge=0, description="Training steps between periodic checkpoints (0: none)."
+    )
+    max_restarts: int = Field(
+        default=5, ge=0, description="Failed trainer runs in a row before a job is failed."
+    )
+    reconcile_interval_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="How often the API checks that every live job has a supervisor.",
+    )
+
     # --- serving -----------------------------------------------------------------------------
     host: str = Field(
         default="127.0.0.1",
@@ -144,6 +176,10 @@ class Settings(BaseSettings):
         # Fail at start-up, not at the first request, on a malformed key.
         _ = self.api_key_hashes
         return self
+
+    @property
+    def ray_storage_uri(self) -> str:
+        return self.ray_storage or f"{self.data_root_uri.rstrip('/')}/_ray"
 
     @property
     def data_root_uri(self) -> str:

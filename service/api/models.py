@@ -171,3 +171,56 @@ class Health(_Public):
 class Readiness(_Public):
     status: str = Field(examples=["ready"])
     checks: dict[str, str] = Field(examples=[{"redis": "ok (0.3 ms)"}])
+
+
+class GenerationPublic(_Public):
+    """One generation of a job's model: how it came to be, and where it is tracked."""
+
+    generation: int = Field(examples=[1])
+    parent: int | None = Field(examples=[0])
+    op: dict[str, Any] | None = Field(
+        description="The growth that opened it (None for the base model).",
+        examples=[{"op": "widen", "factor": 2.0, "init": "random_zero"}],
+    )
+    policy: str = Field(examples=["data_scaling"])
+    reason: str = Field(examples=["dataset 4,000 samples wants 10k parameters: widening ×2"])
+    started_step: int
+    closed_step: int | None
+    param_count: int | None
+    max_abs_error: float | None = Field(description="Measured preservation error of the growth.")
+    val_metric_before: float | None
+    val_metric_after: float | None
+    metrics: dict[str, Any] = Field(description="The latest (or, once closed, final) metrics.")
+    checkpoint_step: int | None
+    mlflow_run_id: str | None
+    model_version: str | None = Field(description="The registered MLflow model version.")
+
+
+class GenerationList(_Public):
+    job_id: str
+    experiment: str | None = Field(description="The job's MLflow experiment id.")
+    model_name: str | None = Field(description="The job's registered MLflow model.")
+    generations: list[GenerationPublic]
+
+
+class PredictRequest(_Public):
+    features: list[Any] = Field(
+        min_length=1,
+        description="A batch of samples, each in the job's input shape (or flattened).",
+        examples=[[[0.0, 0.5, 1.0, 0.25]]],
+    )
+    generation: int | None = Field(
+        default=None, ge=0, description="A given generation; default the newest."
+    )
+
+
+class PredictResult(_Public):
+    generation: int
+    step: int = Field(description="The training step of the checkpoint that answered.")
+    kind: str = Field(examples=["classification"])
+    predictions: list[Any] = Field(
+        description="Class indices (classification) or output vectors (regression)."
+    )
+    probabilities: list[list[float]] | None = Field(
+        default=None, description="Classification: softmax probabilities per class."
+    )

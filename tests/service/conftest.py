@@ -82,6 +82,7 @@ def settings(redis_url: str, redis_prefix: str, tmp_path: Path) -> Settings:
         max_request_bytes=64 << 10,
         max_samples_per_push=5000,
         max_jobs=20,
+        supervise=False,  # these tests exercise the control plane alone, without Ray
     )
 
 

@@ -148,7 +148,7 @@ def test_a_push_that_loses_the_race_deletes_its_shards(
     x, y = batch(100)
     first = client.push(job.id, x, y, idempotency_key="race")
     plane = ControlPlane(
-        Settings(redis_url=store.url, key_prefix=store.prefix),
+        Settings(redis_url=store.url, key_prefix=store.prefix, supervise=False),
         store,
         Shards(server.settings.data_root_uri),
     )

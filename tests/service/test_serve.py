@@ -27,6 +27,7 @@ def _env(redis_url: str, redis_prefix: str, tmp_path: Path, port: int) -> dict[s
         LIFELONG_KEY_PREFIX=redis_prefix,
         LIFELONG_DATA_ROOT=str(tmp_path / "data"),
         LIFELONG_STATE_DIR=str(tmp_path / "state"),
+        LIFELONG_SUPERVISE="false",
         LIFELONG_PORT=str(port),
     )
     return env
@@ -80,7 +81,9 @@ def test_serve_refuses_a_public_address_without_keys(tmp_path: Path) -> None:
 
 
 def test_embedded_redis_when_no_url_is_given(tmp_path: Path) -> None:
-    settings = Settings(redis_url=None, state_dir=tmp_path / "state", key_prefix="embedded:")
+    settings = Settings(
+        redis_url=None, state_dir=tmp_path / "state", key_prefix="embedded:", supervise=False
+    )
     with live_server(settings) as server, LifelongClient(server.url) as client:
         job = client.create_job(JOB_SPEC)
         client.push(job.id, *batch(30))

@@ -1,0 +1,128 @@
+"""A job's generations: their lineage, their weights, and predictions from them."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import APIRouter, Query, Response
+from starlette.concurrency import run_in_threadpool
+
+from service.api.deps import ExistingJob, JobId, Plane, Reader
+from service.api.models import (
+    ErrorBody,
+    GenerationList,
+    GenerationPublic,
+    PredictRequest,
+    PredictResult,
+)
+from service.errors import InvalidError
+from service.ingest import SAFETENSORS, check_features
+
+router = APIRouter(prefix="/v1/jobs/{job_id}", tags=["generations"])
+
+_NOT_READY: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorBody, "description": "No such job or generation."},
+    409: {"model": ErrorBody, "description": "No checkpoint of that generation exists yet."},
+}
+Generation = Annotated[
+    int | None, Query(ge=0, description="A generation number; default the newest.")
+]
+
+
+@router.get("/generations", dependencies=[Reader], responses=_NOT_READY)
+def list_generations(job: ExistingJob, plane: Plane) -> GenerationList:
+    """Every generation of the job's model, with its growth op and reason, preservation error,
+    parameter count, latest metrics, MLflow run and registered model version."""
+    serving = plane.serving
+    runs = serving.tracker_ids(job.id)
+    generations = [
+        GenerationPublic(
+            generation=r.generation,
+            parent=r.parent,
+            op=r.op,
+            policy=r.policy,
+            reason=r.reason,
+            started_step=r.started_step,
+            closed_step=r.closed_step,
+            param_count=r.param_count,
+            max_abs_error=r.max_abs_error,
+            val_metric_before=r.val_metric_before,
+            val_metric_after=r.val_metric_after,
+            metrics=r.metrics,
+            checkpoint_step=r.checkpoint_step,
+            mlflow_run_id=runs.runs.get(r.generation),
+            model_version=runs.versions.get(r.generation),
+        )
+        for r in serving.generations(job.id)
+    ]
+    return GenerationList(
+        job_id=job.id,
+        experiment=runs.experiment_id,
+        model_name=runs.model_name,
+        generations=generations,
+    )
+
+
+@router.get(
+    "/model",
+    dependencies=[Reader],
+    responses={
+        **_NOT_READY,
+        200: {
+            "content": {SAFETENSORS: {}},
+            "description": "The weights as safetensors; the architecture (base spec and growth "
+            "records) is in the file's metadata under 'lifelong.architecture' and in the "
+            "'Lifelong-Generation' header.",
+        },
+    },
+    response_class=Response,
+)
+async def model_weights(job_id: JobId, plane: Plane, generation: Generation = None) -> Response:
+    """A generation's weights (safetensors) with its architecture. Rebuild it with
+    ``workers.checkpoint.rebuild_model(task, model, records)`` and ``load_state_dict``."""
+    plane.require_job(job_id)
+    payload, architecture = await run_in_threadpool(plane.serving.weights, job_id, generation)
+    return Response(
+        payload,
+        media_type=SAFETENSORS,
+        headers={
+            "Lifelong-Generation": str(architecture["generation"]),
+            "Content-Disposition": (
+                f'attachment; filename="{job_id}-gen{architecture["generation"]}.safetensors"'
+            ),
+        },
+    )
+
+
+@router.get("/model/architecture", dependencies=[Reader], responses=_NOT_READY)
+async def model_architecture(
+    job_id: JobId, plane: Plane, generation: Generation = None
+) -> dict[str, Any]:
+    """A generation's architecture: the task, the base model spec and the growth records that
+    replay onto it (``net2net.replay``), with its parameter count."""
+    plane.require_job(job_id)
+    architecture: dict[str, Any] = await run_in_threadpool(
+        plane.serving.architecture, job_id, generation
+    )
+    return architecture
+
+
+@router.post(
+    "/predict",
+    dependencies=[Reader],
+    responses={**_NOT_READY, 422: {"model": ErrorBody, "description": "Features do not fit."}},
+)
+async def predict(job: ExistingJob, body: PredictRequest, plane: Plane) -> PredictResult:
+    """Predictions from the newest generation (or a given one) for a batch of inputs."""
+    try:
+        features = np.asarray(body.features, dtype=np.float64)
+    except (ValueError, TypeError):
+        raise InvalidError(
+            "'features' must be a rectangular array of numbers, one row per sample"
+        ) from None
+    if features.ndim < 2:
+        raise InvalidError("'features' must hold a list of samples (at least 2 dimensions)")
+    checked = check_features(features, job.spec.task)
+    answer = await run_in_threadpool(plane.serving.predict, job.id, checked, body.generation)
+    return PredictResult(**answer)

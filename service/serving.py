@@ -1,0 +1,162 @@
+"""Serving a job's generations: their records, their weights, and predictions from them.
+
+A generation's newest checkpoint is named in its record (kept by the supervisor). Ray Train keeps
+only its latest periodic checkpoints, so when that one is gone the newest durable copy of the same
+generation under ``<data_root>/<job>/checkpoints`` serves instead. Loaded models are cached by
+checkpoint path (checkpoints are immutable), a few at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from service.errors import ConflictError, InvalidError, NotFoundError, TooLargeError
+from service.store import RedisStore
+from service.supervisor import GenerationRecord, read_generations
+from workers.checkpoint import LoadedCheckpoint, is_remote, load_checkpoint
+
+MAX_PREDICT_SAMPLES = 10_000
+
+
+@dataclass(frozen=True)
+class TrackedIds:
+    """Where a job is in MLflow: experiment, registered model, run and version per generation."""
+
+    experiment_id: str | None
+    model_name: str | None
+    runs: dict[int, str]
+    versions: dict[int, str]
+
+
+class ModelServer:
+    """Generation records, weights and predictions for the jobs of one deployment."""
+
+    def __init__(self, store: RedisStore, data_root: str, *, cache_size: int = 4) -> None:
+        # Keys under the job's key: ``:generations`` (supervisor), ``:mlflow*`` (tracker).
+        self.store = store
+        self.data_root = data_root
+        self.cache_size = cache_size
+        self._cache: OrderedDict[str, LoadedCheckpoint] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def generations(self, job_id: str) -> list[GenerationRecord]:
+        return read_generations(self.store, job_id)
+
+    def tracker_ids(self, job_id: str) -> TrackedIds:
+        key = self.store.keys.job(job_id)
+        client = self.store.client
+        info = {str(k): str(v) for k, v in client.hgetall(f"{key}:mlflow").items()}
+        runs = {int(k): str(v) for k, v in client.hgetall(f"{key}:mlflow:runs").items()}
+        versions = {int(k): str(v) for k, v in client.hgetall(f"{key}:mlflow:versions").items()}
+        return TrackedIds(info.get("experiment_id"), info.get("model_name"), runs, versions)
+
+    def resolve(self, job_id: str, generation: int | None) -> tuple[GenerationRecord, str]:
+        """The generation (default: the newest) and the checkpoint that serves it."""
+        records = self.generations(job_id)
+        if not records:
+            raise ConflictError(f"job '{job_id}' has no generation yet: it has not started")
+        if generation is None:
+            record = records[-1]
+        else:
+            found = [r for r in records if r.generation == generation]
+            if not found:
+                newest = records[-1].generation
+                raise NotFoundError(
+                    f"job '{job_id}' has no generation {generation} (generations 0 to {newest})"
+                )
+            record = found[0]
+        path = self._checkpoint_path(job_id, record)
+        if path is None:
+            raise ConflictError(
+                f"generation {record.generation} of job '{job_id}' has no checkpoint yet; "
+                "the first is written after the first training steps"
+            )
+        return record, path
+
+    def _checkpoint_path(self, job_id: str, record: GenerationRecord) -> str | None:
+        if record.checkpoint and (is_remote(record.checkpoint) or Path(record.checkpoint).exists()):
+            return record.checkpoint
+        if is_remote(self.data_root):
+            return None
+        durable = Path(self.data_root.removeprefix("file://")) / job_id / "checkpoints"
+        prefix = f"gen-{record.generation:04d}-"
+        candidates = sorted(
+            p for p in durable.glob(f"{prefix}*") if (p / "meta.json").exists()
+        ) if durable.exists() else []  # fmt: skip
+        return str(candidates[-1]) if candidates else None
+
+    def load(self, path: str) -> LoadedCheckpoint:
+        with self._lock:
+            if path in self._cache:
+                self._cache.move_to_end(path)
+                return self._cache[path]
+        loaded = load_checkpoint(path, with_optimizer=False)
+        with self._lock:
+            self._cache[path] = loaded
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        return loaded
+
+    def architecture(self, job_id: str, generation: int | None) -> dict[str, Any]:
+        record, path = self.resolve(job_id, generation)
+        meta = self.load(path).meta
+        return {
+            "generation": record.generation,
+            "step": meta.step,
+            "task": meta.task.model_dump(mode="json"),
+            "model": meta.model.model_dump(mode="json"),
+            "records": meta.records,
+            "param_count": meta.param_count,
+        }
+
+    def weights(self, job_id: str, generation: int | None) -> tuple[bytes, dict[str, Any]]:
+        """The generation's weights as safetensors, the architecture in its metadata."""
+        from safetensors.torch import save
+
+        record, path = self.resolve(job_id, generation)
+        loaded = self.load(path)
+        architecture = self.architecture(job_id, record.generation)
+        state = {k: v.detach().contiguous() for k, v in loaded.model.state_dict().items()}
+        payload = save(state, metadata={"lifelong.architecture": json.dumps(architecture)})
+        return payload, architecture
+
+    def predict(self, job_id: str, features: np.ndarray, generation: int | None) -> dict[str, Any]:
+        record, path = self.resolve(job_id, generation)
+        loaded = self.load(path)
+        task = loaded.meta.task
+        expected = tuple(task.input_shape)
+        if features.ndim != len(expected) + 1 or tuple(features.shape[1:]) != expected:
+            raise_shape(features.shape, expected)
+        if features.shape[0] > MAX_PREDICT_SAMPLES:
+            raise TooLargeError(
+                f"{features.shape[0]} samples to predict; at most {MAX_PREDICT_SAMPLES} per call"
+            )
+        with torch.no_grad():
+            out = loaded.model(torch.from_numpy(np.ascontiguousarray(features, np.float32)))
+        answer: dict[str, Any] = {
+            "generation": record.generation,
+            "step": loaded.meta.step,
+            "kind": task.kind,
+        }
+        if task.kind == "classification":
+            probs = torch.softmax(out, dim=-1)
+            answer["predictions"] = out.argmax(dim=-1).tolist()
+            answer["probabilities"] = probs.tolist()
+        else:
+            answer["predictions"] = out.tolist()
+        return answer
+
+
+def raise_shape(got: tuple[int, ...], expected: tuple[int, ...]) -> None:
+    raise InvalidError(
+        f"features have shape {list(got)}; this job's model takes [n, "
+        f"{', '.join(map(str, expected))}]"
+    )
