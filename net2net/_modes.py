@@ -39,8 +39,10 @@ INIT_MODES: dict[str, InitMode] = {
             noise=True,
             exact="yes with noise=0 (any split); noise > 0 perturbs the copies, not exact",
             symmetry=(
-                "only through noise (or dropout); split='random' breaks it under SGD but not "
-                "under Adam, which normalises the constant factor between the copies' gradients"
+                "only through noise (or dropout): with split='equal' the copies receive identical "
+                "updates under any optimizer and stay copies; split='random' breaks it slowly "
+                "under Adam and SGD alike (the copies' outgoing weights receive equal additive "
+                "updates and stop being proportional; see docs/net2net.md)"
             ),
             learns_under_adam=False,
             optimizer="carry",
