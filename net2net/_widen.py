@@ -296,6 +296,12 @@ def widen_impl(
     targets = resolve_widths([group_spec(g) for g in growable], blocked, factor, widths)
     maps: dict[int, GroupMap] = {}
     notes: list[str] = []
+    if factor is not None:
+        notes += [
+            f"kept its width: {b['reason']}"
+            for b in blocked
+            if "is an output of the model" not in str(b["reason"])
+        ]
     inexact_noise = False
     for g in growable:
         if g.name not in targets:

@@ -358,3 +358,22 @@ def test_messages_start_with_the_op() -> None:
         with pytest.raises(net2net.GrowthError) as info:
             call()
         assert re.match(r"^(widen|deepen|width_groups|summarize): ", str(info.value))
+
+
+def test_factor_leaves_blocked_groups_and_says_so() -> None:
+    class Mixed(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Linear(4, 6)
+            self.gn = nn.GroupNorm(2, 6)
+            self.b = nn.Linear(6, 5)
+            self.head = nn.Linear(5, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(torch.relu(self.b(self.gn(self.a(x)))))
+
+    model = Mixed()
+    grown = net2net.widen(model, X4, factor=2.0)
+    assert grown.widths == {"b": (5, 10)}
+    assert any("norm 'gn' (GroupNorm) in group 'a'" in n for n in grown.notes)
+    refuse(model, lambda m: net2net.widen(m, X4, widths={"a": 12}), "norm 'gn' (GroupNorm)")
