@@ -154,3 +154,15 @@ def test_grown_model_trains(case: Case) -> None:
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.7 * losses[0]
+
+
+@pytest.mark.parametrize("init", ["net2net", "copy_zero", "random_zero", "random_pad"])
+def test_replay_on_the_base_weights_reproduces_the_grown_weights(init: str) -> None:
+    model, x = build(ZOO[3])  # the ResNet
+    noise = 0.05 if init in ("net2net", "copy_zero") else 0.0
+    grown = net2net.widen(model, x, factor=2.0, init=init, noise=noise, seed=11)
+    deeper = net2net.deepen(grown.model, x, after="layer1", style="residual", seed=3)
+    rebuilt = net2net.replay(model, [grown.record, deeper.record])
+    expected = deeper.model.state_dict()
+    for name, value in rebuilt.state_dict().items():
+        torch.testing.assert_close(value, expected[name], rtol=0, atol=0)
