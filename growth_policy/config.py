@@ -1,8 +1,10 @@
 """The growth-policy section of a job spec: which policies decide, how much to grow, and the guards.
 
 Every field has a default that works for the demo (a small classifier fed in about six stages over a
-few thousand steps). The defaults and their reasons are in ``docs/growth_policy.md``; they are meant to
-be re-tuned by measurement on the stream benchmark, so each one lives in exactly one place here.
+few thousand steps). The defaults that shape learning (the data-scaling coefficient, the policies,
+shrink-and-perturb, the init) were chosen by measurement on the stream benchmark
+(``bench/stream.py``; figures and reasons in ``docs/learning.md`` and ``docs/growth_policy.md``),
+and each one lives in exactly one place here.
 
 Unknown keys are rejected everywhere (``extra="forbid"``) and every cross-field problem is collected
 into one error message, so that a bad job spec fails before anything starts and says what to change.
@@ -57,7 +59,7 @@ class DataScalingConfig(_Section):
     """Capacity follows data: target parameters = coefficient × dataset_size ** exponent."""
 
     coefficient: float = Field(
-        default=2.5, gt=0.0, description="Target parameters for one sample (at exponent 1)."
+        default=3.0, gt=0.0, description="Target parameters for one sample (at exponent 1)."
     )
     exponent: float = Field(
         default=1.0, gt=0.0, le=2.0, description="How fast the target grows with the data."
@@ -143,7 +145,12 @@ class GuardsConfig(_Section):
         default=100, ge=0, description="Steps a generation trains before it may grow."
     )
     max_params: int = Field(default=10_000_000, ge=1, description="Hard limit, manual included.")
-    max_generations: int = Field(default=10, ge=0, description="Hard limit, manual included.")
+    max_generations: int = Field(
+        default=20,
+        ge=0,
+        description="Hard limit, manual included. Shrink-and-perturb opens generations too (one "
+        "per doubling of the data), so a six-stage stream uses about 11.",
+    )
     apply_timeout_steps: int = Field(
         default=500,
         ge=1,
@@ -169,14 +176,17 @@ class GuardsConfig(_Section):
 class ShrinkPerturbConfig(_Section):
     """Shrink and perturb (Ash & Adams, NeurIPS 2020) when much new data has arrived.
 
+    An automatic action: with ``policies=["manual"]`` it never happens by itself either.
+
     A warm-started network generalises worse than a fresh one trained on the same data; the remedy
     is ``θ ← shrink·θ + perturb·ε`` (ε ~ N(0, 1)) when the data grows, keeping what was learned
     while restoring some of a fresh network's plasticity. It changes no size and is not exact.
     """
 
     enabled: bool = Field(
-        default=False,
-        description="Off by default: on the MNIST-1D stream it did not help (docs/learning.md).",
+        default=True,
+        description="On by default: on the MNIST-1D stream it raised the grown model's final "
+        "accuracy by about 3.5 points at no extra compute (docs/learning.md).",
     )
     min_data_growth: float = Field(
         default=1.0,
@@ -234,9 +244,10 @@ class GrowthPolicyConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     policies: list[str] = Field(
-        default_factory=lambda: ["data_scaling", "plateau"],
+        default_factory=lambda: ["data_scaling"],
         description="Policies combined any-of, in this order. Manual requests are always "
-        "accepted; ['manual'] alone means no automatic growth.",
+        "accepted; ['manual'] alone means no automatic growth. Adding 'plateau' grows further "
+        "when training stalls: on the MNIST-1D stream +1.3 points for 15-50% more compute.",
     )
     strategy: Strategy = Field(
         default="auto",

@@ -15,8 +15,9 @@ Order of an observation:
 5. the guards: max generations, warm-up (the first pass over the first data), minimum steps per
    generation, cooldown, optional gap;
 6. the plan (what and where, by strategy), within max params, memory and the data cap;
-7. where no growth comes of it: shrink-and-perturb, if enabled and the data has grown enough
-   since the last one. It changes no size and starts no cooldown.
+7. when no policy wants growth, or the plan refuses it (size limits): shrink-and-perturb, if
+   enabled and the data has grown enough since the last one. It changes no size and starts no
+   cooldown; a growth that is wanted but waiting for a guard goes first.
 
 A refusal is ``notable`` only when its state differs from the previous decision's, so the event
 stream shows changes, not every observation.
@@ -182,8 +183,8 @@ class Controller:
 
         guard = self._time_guard(obs)
         if guard is not None:
-            if shrink_perturb:
-                return self._shrink_perturb(obs)
+            # A growth is wanted but must wait (warm-up, cooldown, ...): shrink-and-perturb waits
+            # too, so that it follows the growth, as measured (docs/learning.md).
             state, text, numbers = guard
             return self._decide(
                 obs,
@@ -392,11 +393,12 @@ class Controller:
         return None
 
     def _shrink_perturb_due(self, obs: Observation) -> bool:
-        """Enabled, past the warm-up, below max generations, and the data grew enough since the
-        last shrink-and-perturb (or the first data)."""
+        """Enabled, some automatic policy configured (not ``["manual"]`` alone), past the
+        warm-up, below max generations, and the data grew enough since the last
+        shrink-and-perturb (or the first data)."""
         cfg = self.config.shrink_perturb
-        if not cfg.enabled or obs.dataset_size == 0:
-            return False
+        if not cfg.enabled or obs.dataset_size == 0 or self.config.policies == ["manual"]:
+            return False  # manual only: nothing happens by itself
         base = self._sp_size or self._first_dataset_size or obs.dataset_size
         g = self.config.guards
         first = self._first_dataset_size or obs.dataset_size

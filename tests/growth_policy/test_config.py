@@ -10,7 +10,13 @@ from growth_policy import GrowthPolicyConfig
 
 def test_defaults_are_valid_and_round_trip_through_json() -> None:
     cfg = GrowthPolicyConfig()
-    assert cfg.policies == ["data_scaling", "plateau"]
+    # Chosen by measurement on the stream benchmark (docs/learning.md).
+    assert cfg.policies == ["data_scaling"]
+    assert cfg.data_scaling.coefficient == 3.0
+    assert cfg.shrink_perturb.enabled
+    assert (cfg.shrink_perturb.shrink, cfg.shrink_perturb.perturb) == (0.8, 0.01)
+    assert cfg.widen.init == "random_zero"
+    assert cfg.guards.max_generations == 20
     assert cfg.strategy == "auto"
     assert cfg.guards.warmup_passes == 1.0
     again = GrowthPolicyConfig.model_validate_json(cfg.model_dump_json())

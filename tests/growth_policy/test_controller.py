@@ -35,8 +35,13 @@ def cfg(**kw: Any) -> GrowthPolicyConfig:
 
 def test_default_policy_on_a_staged_stream() -> None:
     run = simulate(Controller(), stages=STAGES, steps_per_stage=1500)
-    growths = run.growths
+    growths = [(o, d) for o, d in run.growths if d.op is not None and d.op.op == "widen"]
+    sp = [(o, d) for o, d in run.growths if d.op is not None and d.op.op == "shrink_perturb"]
     assert len(growths) >= 3
+    # One widen per stage, each followed by a shrink-and-perturb (the data doubled) from stage 2.
+    assert [o.dataset_size for o, _ in growths] == STAGES
+    assert [o.dataset_size for o, _ in sp] == STAGES[1:]
+    assert [o.step for o, _ in sp] == [o.step + 50 for o, _ in growths[1:]]
     # Never during the first pass over the first stage.
     first_stage = STAGES[0]
     assert all(o.samples_seen >= first_stage for o, _ in growths)
@@ -49,12 +54,12 @@ def test_default_policy_on_a_staged_stream() -> None:
         assert d.numbers["params_before"] == o.param_count
         assert d.numbers["params_after"] <= 10_000_000
         assert "→" in d.reason and "parameters" in d.reason
-    # Growth follows the data: never more than twice the data-scaling target (2.5 per sample).
+    # Growth follows the data: never more than twice the data-scaling target (3 per sample).
     for o, d in growths:
-        assert int(d.numbers["params_after"]) <= 2 * 2.5 * o.dataset_size
-    # The model ends near the target for 32k samples (80k), not at a blind ×2 per stage (16 → 512).
+        assert int(d.numbers["params_after"]) <= 2 * 3 * o.dataset_size
+    # The model ends near the target for 32k samples (96k), not at a blind ×2 per stage (16 → 512).
     final = mlp_params(40, run.widths, 10)
-    assert 60_000 <= final <= 160_000
+    assert 90_000 <= final <= 110_000
 
 
 def test_growth_reason_names_policy_and_numbers() -> None:
@@ -68,12 +73,12 @@ def test_growth_reason_names_policy_and_numbers() -> None:
     )
     assert d.grows and d.op is not None
     assert d.policy == "data_scaling"
-    assert d.op.factor == 1.88
+    assert d.op.factor == 2.13
     assert d.reason == (
-        "1,000 samples call for 2.5k parameters (2.5 × 1,000^1), the model has 1.1k "
-        "(target ×2.28 >= ×1.5): widening all groups ×1.88, 1.1k → 2.6k parameters"
+        "1,000 samples call for 3.0k parameters (3 × 1,000^1), the model has 1.1k "
+        "(target ×2.73 >= ×1.5): widening all groups ×2.13, 1.1k → 3.1k parameters"
     )
-    assert d.numbers["params_after"] == mlp_params(40, [31, 31], 10)
+    assert d.numbers["params_after"] == mlp_params(40, [35, 35], 10)
     assert d.op.seed == derive_seed(0, 1)
 
 
@@ -223,7 +228,7 @@ def test_no_growth_while_overfitting_with_plateau() -> None:
     def overfit(step: int, gen_step: int, size: int, params: int) -> tuple[float, float]:
         return 0.1, 0.9  # flat train loss, gap 800%
 
-    c = Controller(cfg(policies=["plateau"]))
+    c = Controller(cfg(policies=["plateau"], shrink_perturb={"enabled": False}))
     run = simulate(c, stages=[1000, 2000], steps_per_stage=1500, loss=overfit)
     assert not run.growths
     notable = [d for _, d in run.decisions if d.notable]
@@ -310,7 +315,13 @@ def test_manual_only_never_grows_by_itself() -> None:
 
 
 def test_alternate_strategy_widens_then_deepens() -> None:
-    c = Controller(cfg(strategy="alternate", data_scaling={"coefficient": 40}))
+    c = Controller(
+        cfg(
+            strategy="alternate",
+            data_scaling={"coefficient": 40},
+            shrink_perturb={"enabled": False},
+        )
+    )
     run = simulate(c, stages=STAGES[:4], steps_per_stage=900)
     kinds = [d.op.op for _, d in run.growths if d.op is not None]
     assert kinds[:4] == ["widen", "deepen", "widen", "deepen"]
@@ -329,7 +340,7 @@ def test_refusal_from_the_plan_names_the_policy_that_wanted_growth() -> None:
     assert not d.grows
     assert d.policy == "max_params"
     assert d.reason.startswith(
-        "max params 1.2k would be exceeded: 1.1k → 2.6k; data_scaling would grow: 1,000 samples"
+        "max params 1.2k would be exceeded: 1.1k → 3.1k; data_scaling would grow: 1,000 samples"
     )
 
 

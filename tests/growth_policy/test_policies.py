@@ -166,8 +166,12 @@ def test_plateau_window_stays_inside_the_generation() -> None:
     assert all(s >= 1500 for s in fired)
 
 
+# The data-scaling mechanics at the original coefficient (the default is 3.0, docs/learning.md).
+CFG25 = GrowthPolicyConfig.model_validate({"data_scaling": {"coefficient": 2.5}})
+
+
 def test_data_scaling_grows_when_far_enough_below_target() -> None:
-    ctx = PolicyContext(make_obs(dataset_size=1000, param_count=1098), [], CFG)
+    ctx = PolicyContext(make_obs(dataset_size=1000, param_count=1098), [], CFG25)
     v = data_scaling(ctx)
     assert v.grow
     assert v.target_params == 2500
@@ -191,7 +195,7 @@ def test_data_scaling_grows_when_far_enough_below_target() -> None:
 )
 def test_data_scaling_threshold(dataset_size: int, params: int, grows: bool) -> None:
     v = data_scaling(
-        PolicyContext(make_obs(dataset_size=dataset_size, param_count=params), [], CFG)
+        PolicyContext(make_obs(dataset_size=dataset_size, param_count=params), [], CFG25)
     )
     assert v.grow is grows
 

@@ -20,10 +20,16 @@ def cfg(**kw: Any) -> GrowthPolicyConfig:
     return GrowthPolicyConfig.model_validate(kw)
 
 
-def test_off_by_default() -> None:
-    assert GrowthPolicyConfig().shrink_perturb.enabled is False
+def test_on_by_default_but_never_with_manual_policies_only() -> None:
+    assert GrowthPolicyConfig().shrink_perturb.enabled is True
     run = simulate(Controller(), stages=STAGES, steps_per_stage=1500)
-    assert all(d.op.op != "shrink_perturb" for _, d in run.growths if d.op is not None)
+    assert sum(d.op.op == "shrink_perturb" for _, d in run.growths if d.op is not None) == 5
+    manual = simulate(Controller(cfg(policies=["manual"])), stages=STAGES, steps_per_stage=1500)
+    assert not manual.growths
+    off = simulate(
+        Controller(cfg(shrink_perturb={"enabled": False})), stages=STAGES, steps_per_stage=1500
+    )
+    assert all(d.op.op != "shrink_perturb" for _, d in off.growths if d.op is not None)
 
 
 def test_once_per_doubling_of_the_data_after_the_growth_it_brings() -> None:
@@ -43,7 +49,9 @@ def test_once_per_doubling_of_the_data_after_the_growth_it_brings() -> None:
         assert "shrink and perturb" in d.reason and "×2" in d.reason
         assert d.numbers["params_before"] == d.numbers["params_after"] == o.param_count
     # It does not hold back growth: the same widths as without it, each stage's growth first.
-    plain = simulate(Controller(), stages=STAGES, steps_per_stage=1500)
+    plain = simulate(
+        Controller(cfg(shrink_perturb={"enabled": False})), stages=STAGES, steps_per_stage=1500
+    )
     assert run.widths == plain.widths
     assert [o.step for o, _ in widen] == [o.step for o, _ in plain.growths]
     # Growth cooldowns are counted between growths only.
@@ -55,7 +63,10 @@ def test_once_per_doubling_of_the_data_after_the_growth_it_brings() -> None:
 
 
 def test_waits_for_the_warm_up_and_a_large_enough_push() -> None:
-    config = cfg(policies=["manual"], shrink_perturb={"enabled": True, "min_data_growth": 0.5})
+    config = cfg(
+        data_scaling={"coefficient": 1e-3},  # automatic, but never below its target
+        shrink_perturb={"enabled": True, "min_data_growth": 0.5},
+    )
     c = Controller(config)
     summary = mlp_summary(40, [16, 16], 10)
     d = c.observe(make_obs(step=50, samples_seen=500, dataset_size=1000, summary=summary))
@@ -75,7 +86,7 @@ def test_waits_for_the_warm_up_and_a_large_enough_push() -> None:
 
 
 def test_state_round_trip_keeps_the_reference_size() -> None:
-    config = cfg(policies=["manual"], shrink_perturb={"enabled": True})
+    config = cfg(data_scaling={"coefficient": 1e-3}, shrink_perturb={"enabled": True})
     c = Controller(config)
     c.observe(make_obs(step=50, samples_seen=2000, dataset_size=1000))
     d = c.observe(make_obs(step=100, samples_seen=3000, dataset_size=2000))
