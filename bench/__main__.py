@@ -1,0 +1,61 @@
+"""Run every benchmark under ``bench/``: ``python -m bench`` (or ``make bench``).
+
+By default each runs its quick version (a smoke run of the same code, under 15 minutes in all on
+2 cores); ``--full`` runs the full versions (about 1.5 hours here: most of it the stream's 3 seeds
+× 11 methods through Ray). ``--only NAME`` (repeatable) picks benchmarks; ``--write`` also lets
+the quick versions that support it write their tables into ``docs/benchmarks.md`` (full versions
+always write; some quick versions write anyway, see each module's docstring). Each benchmark runs
+in its own process, one after the other; a failure is reported and the others still run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# name -> (quick arguments, full arguments, arguments that make a quick run write its table)
+BENCHMARKS: dict[str, tuple[list[str], list[str], list[str]]] = {
+    "shard_format": (["--repeats", "5"], [], []),
+    "ingest": (["--quick"], [], []),
+    "worker_throughput": (["--steps", "300", "--bare-steps", "200", "--samples", "20000"], [], []),
+    "net2net_growth": (["--quick"], [], ["--write"]),
+    "paper": (["--quick"], [], ["--write"]),
+    "spike": (["--quick"], [], ["--write"]),
+    "stream": (["--quick"], [], ["--write"]),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--full", action="store_true", help="the full versions (slow)")
+    parser.add_argument("--only", action="append", choices=sorted(BENCHMARKS), default=None)
+    parser.add_argument("--write", action="store_true", help="quick runs write their tables too")
+    args = parser.parse_args()
+    names = [n for n in BENCHMARKS if args.only is None or n in args.only]
+    present = [n for n in names if (ROOT / "bench" / f"{n}.py").exists()]
+    times: list[tuple[str, float, int]] = []
+    for name in present:
+        quick, full, write = BENCHMARKS[name]
+        argv = full if args.full else quick + (write if args.write else [])
+        command = [sys.executable, "-m", f"bench.{name}", *argv]
+        print(f"\n=== {' '.join(['python', *command[1:]])}", flush=True)
+        started = time.perf_counter()
+        code = subprocess.call(command, cwd=ROOT)
+        times.append((name, time.perf_counter() - started, code))
+    print("\n=== summary")
+    for name, seconds, code in times:
+        print(f"{name:20s} {seconds:7.0f} s  {'ok' if code == 0 else f'FAILED (exit {code})'}")
+    print(f"{'total':20s} {sum(t for _, t, _ in times):7.0f} s")
+    for name in names:
+        if name not in present:
+            print(f"{name:20s} not present under bench/ (skipped)")
+    sys.exit(max((c for _, _, c in times), default=0))
+
+
+if __name__ == "__main__":
+    main()
