@@ -181,6 +181,42 @@ FULL = ("default", "default-no-sp", "default-plateau",
 QUICK = ("default", "fixed-small", "fixed-large", "retrain-large")
 
 
+def sweep() -> dict[str, Method]:
+    """The variants behind the defaults (``--sweep``), each a change of one thing from the
+    default: how much capacity per sample, shrink-and-perturb, where to start, the optimizer
+    state, the plateau policy, the scaling exponent; and the fixed large model for reference."""
+    s = default_start()
+    ds = "data_scaling"
+
+    def m(name: str, label: str, growth: dict[str, Any] | None, **kw: Any) -> Method:
+        return Method(name, label, kw.pop("hidden", s), growth, **kw)
+
+    out = [
+        m("default", "default (c=3, shrink-and-perturb 0.8/0.01)", {}),
+        *(
+            m(f"c{c:g}", f"coefficient {c:g} parameters per sample", {ds: {"coefficient": c}})
+            for c in (2.0, 2.5, 4.0, 5.0)
+        ),
+        m("exp0.75", "target 40.4 × n^0.75 (96k at 32k, like c=3)", {ds: {"coefficient": 40.4, "exponent": 0.75}}),
+        m("no-sp", "no shrink-and-perturb", {"shrink_perturb": {"enabled": False}}),
+        m("no-sp-c4", "no shrink-and-perturb, coefficient 4", {"shrink_perturb": {"enabled": False}, ds: {"coefficient": 4.0}}),
+        *(
+            m(f"sp{lam:g}", f"shrink {lam:g}, perturb 0.01", {"shrink_perturb": {"shrink": lam}})
+            for lam in (0.9, 0.7, 0.6)
+        ),
+        m("shrink-only", "shrink 0.8, perturb 0", {"shrink_perturb": {"perturb": 0.0}}),
+        m("perturb-only", "shrink 1, perturb 0.01", {"shrink_perturb": {"shrink": 1.0}}),
+        m("start-w64", "start at w64 instead of w16", {}, hidden=64),
+        m("opt-reset", "optimizer state reset at growth", {}, optimizer_state="reset"),
+        m("plateau", "+ plateau policy", {"policies": [ds, "plateau"]}),
+        m("plateau-c2.5", "+ plateau policy, coefficient 2.5", {"policies": [ds, "plateau"], ds: {"coefficient": 2.5}}),
+        m("copy_zero", "init copy_zero", {"widen": {"init": "copy_zero"}}),
+        m("fixed-large", f"fixed w{LARGE} (reference)", None, hidden=LARGE),
+        m("fixed-large-sp", f"fixed w{LARGE} + shrink-and-perturb", {ds: {"coefficient": 1e-3}}, hidden=LARGE),
+    ]  # fmt: skip
+    return {x.name: x for x in out}
+
+
 def parse_custom(text: str) -> Method:
     """``NAME:{"hidden": 32, "growth": {...}, "retrain": false, "label": "..."}``."""
     name, _, spec = text.partition(":")
@@ -361,7 +397,7 @@ class Stream:
     def __init__(self, root: Path, stages: Sequence[int] = STAGES) -> None:
         self.root = root
         self.stages = tuple(stages)
-        x, y, xv, yv = mnist1d(train=self.stages[-1])
+        x, y, xv, yv = mnist1d()  # always the same generation: a shorter stream is its prefix
         self.store = ShardStore(str(root / "data"))
         bounds = [0, *self.stages]
         self.shards = [
@@ -463,6 +499,7 @@ def run_one(
         steps_per_stage=steps_per_stage,
         segments=segments,
         val_size=stream.val_size,
+        n_stages=len(stream.stages),
     )
     result.wall_s = time.perf_counter() - started
     return result
@@ -476,6 +513,7 @@ def summarise(
     steps_per_stage: int,
     segments: Sequence[Sequence[dict[str, Any]]],
     val_size: int,
+    n_stages: int = len(STAGES),
 ) -> RunResult:
     """Stage-end accuracies, FLOPs and growths from the recorded events of one run (or of one run
     per stage, for retraining)."""
@@ -484,7 +522,7 @@ def summarise(
     curve: list[tuple[int, float, int]] = []
     growths: list[dict[str, Any]] = []
     final_params = 0
-    n = len(STAGES)
+    n = n_stages
     for k, records in enumerate(segments):
         obs = [r for r in records if r["type"] == "observation"]
         offset = k * steps_per_stage if method.retrain else 0
@@ -646,6 +684,7 @@ def report(
     plot_name: str,
     extra: str = "",
     write: bool = True,
+    curves: bool = True,
 ) -> str:
     from bench._report import table, write_section
 
@@ -715,7 +754,7 @@ def report(
     if not write:
         print(text)
         return text
-    plot(groups, names, all_methods, plot_name)
+    plot(groups, names, all_methods, plot_name, curves=curves)
     write_section(section, title, text)
     return text
 
@@ -736,9 +775,15 @@ def plot(
     names: Sequence[str],
     all_methods: dict[str, Method],
     name: str,
+    *,
+    curves: bool = True,
 ) -> None:
     plt: Any = pyplot()
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(13, 4.8), gridspec_kw={"width_ratios": [3, 2]})
+    if curves:
+        fig, (ax, ax2) = plt.subplots(1, 2, figsize=(13, 4.8), gridspec_kw={"width_ratios": [3, 2]})
+    else:
+        fig, ax2 = plt.subplots(figsize=(8, 5.5))
+        ax = None
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, m in enumerate(names):
         rs = groups[m]
@@ -749,21 +794,24 @@ def plot(
         for s in steps:
             v = [a for r in rs for st, a, _ in r.curve if st == s]
             accs.append(100 * float(np.mean(v)) if v else math.nan)
-        ax.plot(steps, accs, color=c, lw=1.3, label=label)
-        first = rs[0]
-        for g in first.growths:
-            ax.plot(g["step"], 100 * (g["acc_after"] or 0), marker="^", color=c, ms=6, ls="none")
+        if ax is not None:
+            ax.plot(steps, accs, color=c, lw=1.3, label=label)
+            for g in rs[0].growths:
+                marker = "^" if g["op"] in GROW else "v"
+                acc = 100 * (g["acc_after"] or 0)
+                ax.plot(g["step"], acc, marker=marker, color=c, ms=5, ls="none")
         f_m, f_s = mean_std(r.final for r in rs)
         g_m, g_s = mean_std(r.train_flops / 1e9 for r in rs)
         ax2.errorbar(g_m, 100 * f_m, xerr=g_s, yerr=100 * f_s, fmt="o", color=c, capsize=3)
         ax2.annotate(m, (g_m, 100 * f_m), fontsize=7, xytext=(4, 3), textcoords="offset points")
-    spst = groups[names[0]][0].steps_per_stage
-    for k in range(1, len(STAGES)):
-        ax.axvline(k * spst, color="0.85", lw=0.8, zorder=0)
-    ax.set_xlabel("step (grey lines: new data; ▲ growths of the first seed)")
-    ax.set_ylabel("validation accuracy (%)")
-    ax.set_title("MNIST-1D stream, mean over seeds")
-    ax.legend(fontsize=7, loc="lower right")
+    if ax is not None:
+        spst = groups[names[0]][0].steps_per_stage
+        for k in range(1, len(STAGES)):
+            ax.axvline(k * spst, color="0.85", lw=0.8, zorder=0)
+        ax.set_xlabel("step (grey lines: new data; first seed's ▲ growths, ▼ shrink-and-perturbs)")
+        ax.set_ylabel("validation accuracy (%)")
+        ax.set_title("MNIST-1D stream, mean over seeds")
+        ax.legend(fontsize=7, loc="lower right")
     ax2.set_xscale("log")
     ax2.set_xlabel("training GFLOP (log)")
     ax2.set_ylabel("final validation accuracy (%)")
@@ -820,16 +868,25 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--no-write", action="store_true", help="do not write docs/benchmarks.md")
     parser.add_argument("--write", action="store_true", help="write the table even with --quick")
     parser.add_argument("--section", default=None)
+    parser.add_argument(
+        "--sweep",
+        action="store_true",
+        help="the variants behind the defaults (in-process, 3 seeds)",
+    )
     args = parser.parse_args(argv)
 
     set_threads(1)
     steps = args.steps or (200 if args.quick else 1500)
     n_seeds = args.seeds or (1 if args.quick else 3)
-    registry = methods()
+    registry = sweep() if args.sweep else methods()
+    if args.sweep:
+        args.engine = "local" if args.engine == "ray" else args.engine
     for text in args.custom:
         m = parse_custom(text)
         registry[m.name] = m
     names = list(args.methods) if args.methods else list(QUICK if args.quick else FULL)
+    if args.sweep and not args.methods:
+        names = list(registry)
     names += [parse_custom(t).name for t in args.custom if parse_custom(t).name not in names]
     unknown = [n for n in names if n not in registry]
     if unknown:
@@ -841,7 +898,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         # two engines agree (a Ray Train run costs ~30 s to start, the whole quick run ~2 min).
         engines = ["local"]
         plan = [*_iter_runs(names, range(n_seeds), ["local"]), ("default", 0, "ray")]
-    tag = args.tag or f"{'quick' if args.quick else 'full'}-{steps}"
+    tag = args.tag or f"{'sweep' if args.sweep else 'quick' if args.quick else 'full'}-{steps}"
     folder = results_dir(tag)
     started = time.perf_counter()
     if not args.report_only:
@@ -876,9 +933,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         if consistency:
             print(consistency)
         write = not (args.no_write or (args.quick and not args.write))
-        section = args.section or ("stream-quick" if args.quick else "stream")
+        section = args.section or (
+            "stream-sweep" if args.sweep else "stream-quick" if args.quick else "stream"
+        )
         title = (
-            "Lifelong stream (quick)"
+            "Lifelong stream: the sweep behind the defaults"
+            if args.sweep
+            else "Lifelong stream (quick)"
             if args.quick
             else "Lifelong stream: growth against fixed and retrained models"
         )
@@ -897,6 +958,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             section=section if engine == "ray" else f"{section}-local",
             title=title if engine == "ray" else f"{title} (in-process engine)",
             plot_name=section if engine == "ray" else f"{section}-local",
+            curves=not args.sweep,
             extra="\n\n".join(
                 x
                 for x in (
