@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import pydantic_core
+import redis
 from starlette.concurrency import run_in_threadpool
 
 from growth_policy import GrowthOp
@@ -181,12 +182,6 @@ class ControlPlane:
                             job_id, checked.features[mask], checked.labels[mask], split
                         )
                     )
-            outcome = self.store.append_shards(
-                job_id, written, idempotency_key=idempotency_key, fingerprint=fingerprint
-            )
-        except StoreError as exc:
-            self._discard(written)
-            raise translate(exc) from None
         except OSError as exc:  # the shard store (disk full, permissions, object store down)
             self._discard(written)
             log.error("writing a shard of job %s failed: %s", job_id, exc)
@@ -194,6 +189,23 @@ class ControlPlane:
                 f"the data store could not write the batch ({exc.strerror or exc}); nothing "
                 "was stored, retry later"
             ) from None
+        except BaseException:
+            self._discard(written)
+            raise
+        try:
+            outcome = self.store.append_shards(
+                job_id, written, idempotency_key=idempotency_key, fingerprint=fingerprint
+            )
+        except StoreError as exc:  # the script answered: it appended nothing
+            self._discard(written)
+            raise translate(exc) from None
+        except (redis.ConnectionError, redis.TimeoutError):
+            # The connection broke with the append on its way: the script may have run (the
+            # manifest lists these shards, only the answer was lost) or not. Keep the files: an
+            # unlisted file is harmless, a listed one deleted would be acknowledged data lost.
+            # The 503 asks for a retry with the same Idempotency-Key, which finds out which.
+            log.warning("job %s: Redis went away during a manifest append; shards kept", job_id)
+            raise
         except BaseException:
             self._discard(written)
             raise
