@@ -31,9 +31,11 @@ from service.api.models import (
     CommandPublic,
     DatasetDetail,
     EventPublic,
+    GenerationList,
     Health,
     JobList,
     JobPublic,
+    PredictResult,
     PushResult,
     Readiness,
 )
@@ -258,6 +260,31 @@ class LifelongClient:
             if time.monotonic() >= deadline:
                 raise TimeoutError(f"command {command_id} still {command.status} after {timeout}s")
             time.sleep(interval)
+
+    # --- generations and models --------------------------------------------------------------
+
+    def generations(self, job_id: str) -> GenerationList:
+        return self._get(f"/v1/jobs/{job_id}/generations", GenerationList)
+
+    def architecture(self, job_id: str, generation: int | None = None) -> dict[str, Any]:
+        params = {} if generation is None else {"generation": generation}
+        response = self._request(
+            "GET", f"/v1/jobs/{job_id}/model/architecture", retry=True, params=params
+        )
+        architecture: dict[str, Any] = response.json()
+        return architecture
+
+    def model_weights(self, job_id: str, generation: int | None = None) -> bytes:
+        """A generation's weights as safetensors bytes (the architecture is in their metadata)."""
+        params = {} if generation is None else {"generation": generation}
+        return self._request("GET", f"/v1/jobs/{job_id}/model", retry=True, params=params).content
+
+    def predict(
+        self, job_id: str, features: np.ndarray, *, generation: int | None = None
+    ) -> PredictResult:
+        body = {"features": np.asarray(features).tolist(), "generation": generation}
+        response = self._request("POST", f"/v1/jobs/{job_id}/predict", json=body)
+        return PredictResult.model_validate_json(response.content)
 
     # --- events -----------------------------------------------------------------------------
 

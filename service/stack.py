@@ -166,8 +166,9 @@ class Stack:
         """Node ids that the cluster reports alive (asked from a short-lived driver process)."""
         import subprocess
 
+        # The address explicitly: 'auto' reads the newest cluster of the host, maybe not ours.
         code = (
-            "import ray; ray.init(address='auto', logging_level='ERROR'); "
+            f"import ray; ray.init(address={self.ray_address!r}, logging_level='ERROR'); "
             "print(' '.join(n['NodeID'] for n in ray.nodes() if n['Alive']))"
         )
         out = subprocess.run(

@@ -32,9 +32,10 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -49,6 +50,7 @@ from workers.sources import CheckpointEvent, Directive, GrowthEvent, LoopStatus
 logger = logging.getLogger(__name__)
 
 ACTOR_NAMESPACE = "lifelong"
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 
 class SupervisorConfig(BaseModel):
@@ -147,11 +149,16 @@ class JobSupervisor:
         self._stop_reason = "stopped by command"
         self._pending: dict[CommandKind, list[str]] = {k: [] for k in CommandKind}
         self._seen_commands: set[str] = set()
+        # Grow commands in progress → their op (None: the controller chooses), and the one whose
+        # growth went to the workers and has not come back as a growth or a failure.
+        self._grow_ops: dict[str, dict[str, Any] | None] = {}
+        self._issued: str | None = None
         self._has_lease = False
         self._done = threading.Event()
         self._starts = 0
         self._generation = self.job.generation
         self._main_thread: threading.Thread | None = None
+        self._early_checkpoints: dict[int, list[CheckpointEvent]] = {}
 
     # --- life cycle ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -328,6 +335,7 @@ class JobSupervisor:
             elif kind == CommandKind.STOP:
                 self._stop_requested = True
             elif kind == CommandKind.GROW:
+                self._grow_ops[command_id] = None if op is None else op.model_dump(mode="json")
                 self.controller.request(op, reason=f"command {command_id}")
 
     def _command(
@@ -370,6 +378,10 @@ class JobSupervisor:
             self._command(command_id, CommandStatus.REJECTED, decision.reason)
         if decision.op is None:
             return self._directive()
+        if decision.policy == "manual":
+            with self._lock:
+                pending = self._pending[CommandKind.GROW]
+                self._issued = pending[0] if pending else None
         self._set_status(JobStatus.GROWING, decision.reason)
         return self._directive(
             op=decision.op, reason=decision.reason, policy=decision.policy,
@@ -394,6 +406,7 @@ class JobSupervisor:
             else:
                 reason = "starting"
             self._set_status(JobStatus.PENDING, reason)
+            self._reconcile_grow_commands(status)
             self._event(EventType.STATUS, {"loop": "starting", **_jsonable(status.detail)})
         elif state == "waiting_for_data":
             self._set_status(JobStatus.WAITING_FOR_DATA, "waiting for data")
@@ -407,23 +420,69 @@ class JobSupervisor:
         elif state == "stopped":
             self._resolve(CommandKind.STOP, "stopped")
 
+    def _reconcile_grow_commands(self, status: LoopStatus) -> None:
+        """After the loop (re)started from a checkpoint, make sure every grow command gets an outcome.
+
+        The controller's state came back from the checkpoint, which may predate a command (its
+        request is then missing) or hold the request of a growth that was sent to the workers
+        and lost with them. A growth lost that way is not sent again (it might be what made the
+        workers fail): its command fails and says where the job resumed. Every other command in
+        progress is requested again if the restored state lacks it.
+        """
+        resumed = status.detail.get("resumed_from") or {}
+        where = (
+            f"the checkpoint of step {resumed.get('step')} (generation {resumed.get('generation')})"
+            if resumed
+            else "the base model"
+        )
+        with self._lock:
+            lost = self._issued
+            self._issued = None
+            grow = self._pending[CommandKind.GROW]
+            if lost is not None and lost in grow:
+                grow.remove(lost)
+                self._grow_ops.pop(lost, None)
+            else:
+                lost = None
+            state = self.controller.state_dict()
+            before = state.get("requests", [])
+            restored = {r.get("reason"): r for r in before}
+            requests = [r for r in before if not str(r.get("reason")).startswith("command ")]
+            for command_id in grow:
+                reason = f"command {command_id}"
+                requests.append(
+                    restored.get(reason) or {"op": self._grow_ops.get(command_id), "reason": reason}
+                )
+            if requests != before:
+                self.controller.load_state_dict({**state, "requests": requests})
+        if lost is not None:
+            self._command(
+                lost,
+                CommandStatus.FAILED,
+                "the workers failed while applying this growth, before its checkpoint; the job "
+                f"resumed from {where}, without it. Send the request again to retry.",
+            )
+
     def on_growth(self, event: GrowthEvent) -> None:
         with self._lock:
             self.controller.on_growth(event)
             manual = event.policy == "manual" and bool(self._pending[CommandKind.GROW])
             command_id = self._pending[CommandKind.GROW].pop(0) if manual else None
+            if command_id is not None:
+                self._grow_ops.pop(command_id, None)
+                self._issued = None
         gen = event.generation_after
         self._generation = gen
         self.store.update_job(self.job_id, generation=gen, param_count=event.params_after)
-        self._close_generation(event.generation_before, step=event.step,
-                               checkpoint=event.closing_checkpoint)  # fmt: skip
+        self._close_generation(event.generation_before, step=event.step)
         record = self._ensure_generation(
             gen, parent=event.generation_before, op=event.op.model_dump(mode="json"),
             reason=event.reason, policy=event.policy, step=event.step,
             param_count=event.params_after, growth=event,
         )  # fmt: skip
-        if event.opening_checkpoint is not None:
-            self._track_checkpoint(record, event.opening_checkpoint, "checkpoint", register=True)
+        # The new generation's first checkpoint reached on_checkpoint before this event.
+        for early in self._early_checkpoints.pop(gen, []):
+            self._checkpointed(record, early)
         data = event.model_dump(mode="json", exclude={"rank_digests"})
         self._event(EventType.GENERATION, data)
         self._set_status(JobStatus.TRAINING, None)
@@ -438,16 +497,26 @@ class JobSupervisor:
         key = generations_key(self.store, self.job_id)
         raw = self.store.client.hget(key, str(event.generation))
         if raw is None:
+            # A growth's opening checkpoint comes before the growth event that opens the record.
+            self._early_checkpoints.setdefault(event.generation, []).append(event)
             return
-        record = GenerationRecord.from_json(str(raw))
-        record.checkpoint = event.path
-        record.checkpoint_step = event.step
-        self.store.client.hset(key, str(event.generation), record.to_json())
-        if event.generation == 0 and event.kind != "close" and not self._tracked(record, "first"):
-            # The base model's first checkpoint is generation 0's registered version; every later
-            # generation registers the checkpoint that opened it (see on_growth).
+        self._checkpointed(GenerationRecord.from_json(str(raw)), event)
+
+    def _checkpointed(self, record: GenerationRecord, event: CheckpointEvent) -> None:
+        """Keep the generation's newest checkpoint; send its first and its last to MLflow.
+
+        A generation's first checkpoint (for generation N > 0, the one that opened it: exactly the
+        previous generation's function) is its registered model version; its closing and final
+        checkpoints are logged beside it as ``checkpoint-final``.
+        """
+        key = generations_key(self.store, self.job_id)
+        if record.checkpoint_step is None or event.step >= record.checkpoint_step:
+            record.checkpoint = event.path
+            record.checkpoint_step = event.step
+            self.store.client.hset(key, str(record.generation), record.to_json())
+        if not self._tracked(record, "first"):
             self._track_checkpoint(record, event, "checkpoint", register=True)
-        if event.kind == "final":
+        if event.kind in ("close", "final"):
             self._track_checkpoint(record, event, "checkpoint-final", register=False)
 
     def on_growth_failed(self, op: GrowthOp, step: int, error: str) -> None:
@@ -455,6 +524,9 @@ class JobSupervisor:
             self.controller.notify_failed(step=step, error=error)
             pending = self._pending[CommandKind.GROW]
             command_id = pending.pop(0) if pending else None
+            if command_id is not None:
+                self._grow_ops.pop(command_id, None)
+                self._issued = None
         self._event(
             EventType.DECISION,
             {"step": step, "op": None, "policy": "workers", "notable": True, "numbers": {},
@@ -549,9 +621,7 @@ class JobSupervisor:
                                      params=params)  # fmt: skip
         return record
 
-    def _close_generation(
-        self, generation: int, *, step: int, checkpoint: CheckpointEvent | None
-    ) -> None:
+    def _close_generation(self, generation: int, *, step: int) -> None:
         key = generations_key(self.store, self.job_id)
         raw = self.store.client.hget(key, str(generation))
         if raw is None:
@@ -561,8 +631,6 @@ class JobSupervisor:
             record.closed_at = time.time()
             record.closed_step = step
             self.store.client.hset(key, str(generation), record.to_json())
-            if checkpoint is not None:
-                self._track_checkpoint(record, checkpoint, "checkpoint-final", register=False)
             self.tracker.close_generation(generation)
 
     def _tracked(self, record: GenerationRecord, what: str) -> bool:
@@ -622,34 +690,52 @@ def actor_class() -> Any:
     """The Ray actor class of the supervisor (Ray imported lazily: the API may run without it)."""
     import ray
 
-    @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1, max_concurrency=16)
+    in_loop = cast(Callable[[_F], _F], ray.method(concurrency_group="loop"))
+
+    # The loop's calls run one at a time, in the order rank 0 sent them (a growth event before
+    # the next observation); introspection has its own threads.
+    @ray.remote(
+        num_cpus=0,
+        max_restarts=-1,
+        max_task_retries=-1,
+        max_concurrency=4,
+        concurrency_groups={"loop": 1},
+    )
     class SupervisorActor:
         def __init__(self, config: SupervisorConfig) -> None:
             handle = ray.get_runtime_context().current_actor
             self.sup = JobSupervisor(config, handle=handle)
             self.sup.start()
 
+        @in_loop
         def decide(self, observation: Observation) -> Directive:
             return self.sup.decide(observation)
 
+        @in_loop
         def poll(self, status: LoopStatus) -> Directive:
             return self.sup.poll(status)
 
+        @in_loop
         def on_status(self, status: LoopStatus) -> None:
             self.sup.on_status(status)
 
+        @in_loop
         def on_growth(self, event: GrowthEvent) -> None:
             self.sup.on_growth(event)
 
+        @in_loop
         def on_checkpoint(self, event: CheckpointEvent) -> None:
             self.sup.on_checkpoint(event)
 
+        @in_loop
         def on_growth_failed(self, op: GrowthOp, step: int, error: str) -> None:
             self.sup.on_growth_failed(op, step, error)
 
+        @in_loop
         def state_dict(self) -> dict[str, Any]:
             return self.sup.state_dict()
 
+        @in_loop
         def load_state_dict(self, state: dict[str, Any]) -> None:
             self.sup.load_state_dict(state)
 

@@ -310,18 +310,12 @@ class MlflowTracker:
                                                          "model_name": self.model_name})  # fmt: skip
         return self._experiment_id
 
-    def _run_id(self, generation: int) -> str:
-        run_id = self.client.hget(self.runs_key, str(generation))
-        if run_id is None:
-            raise LookupError(f"generation {generation} has no MLflow run yet")
-        return _s(run_id)
-
     def _apply_one(self, op: dict[str, Any]) -> None:
         kind = op["kind"]
         if kind == "open":
             self._open(op)
             return
-        run_id = self._run_id(op["gen"])
+        run_id = self._find_or_create_run(int(op["gen"]), None)
         mlflow = self._client()
         if kind == "tags":
             from mlflow.entities import RunTag
@@ -346,9 +340,25 @@ class MlflowTracker:
             logger.error("unknown tracking operation %r dropped", kind)
 
     def _open(self, op: dict[str, Any]) -> None:
+        """The generation's run, found or created, with its tags, lineage and params."""
+        from mlflow.entities import Param, RunTag
+
         generation = int(op["gen"])
-        if self.client.hexists(self.runs_key, str(generation)):
-            return
+        run_id = self._find_or_create_run(generation, op.get("time"))
+        tags = {GENERATION_TAG: str(generation), JOB_TAG: self.job_id, **op["tags"]}
+        if op["parent"] is not None:
+            parent_run = self.client.hget(self.runs_key, str(op["parent"]))
+            if parent_run is not None:
+                tags[PARENT_TAG] = _s(parent_run)
+                tags["lifelong.parent_generation"] = str(op["parent"])
+        params = [Param(k, str(v)[:6000]) for k, v in op["params"].items()]
+        run_tags = [RunTag(k, str(v)) for k, v in tags.items()]
+        self._guard(lambda: self._client().log_batch(run_id, params=params, tags=run_tags), op)
+
+    def _find_or_create_run(self, generation: int, start_ms: int | None) -> str:
+        cached = self.client.hget(self.runs_key, str(generation))
+        if cached is not None:
+            return _s(cached)
         mlflow = self._client()
         experiment_id = self._experiment()
         existing = mlflow.search_runs(
@@ -357,24 +367,17 @@ class MlflowTracker:
             max_results=1,
         )
         if existing:
-            run_id = existing[0].info.run_id
+            run_id = str(existing[0].info.run_id)
         else:
-            tags = {GENERATION_TAG: str(generation), JOB_TAG: self.job_id, **op["tags"]}
-            if op["parent"] is not None:
-                parent_run = self.client.hget(self.runs_key, str(op["parent"]))
-                if parent_run is not None:
-                    tags[PARENT_TAG] = _s(parent_run)
-                    tags["lifelong.parent_generation"] = str(op["parent"])
             run = mlflow.create_run(
-                experiment_id, start_time=op["time"], tags=tags, run_name=f"generation-{generation}"
+                experiment_id,
+                start_time=start_ms or _now_ms(),
+                tags={GENERATION_TAG: str(generation), JOB_TAG: self.job_id},
+                run_name=f"generation-{generation}",
             )
-            run_id = run.info.run_id
-        if op["params"]:
-            from mlflow.entities import Param
-
-            params = [Param(k, str(v)[:6000]) for k, v in op["params"].items()]
-            self._guard(lambda: mlflow.log_batch(run_id, params=params), op)
+            run_id = str(run.info.run_id)
         self.client.hset(self.runs_key, str(generation), run_id)
+        return run_id
 
     def _apply_metrics(self, ops: list[dict[str, Any]]) -> int:
         """Log the leading run of metric ops of one generation in one batch; return its length."""
@@ -390,7 +393,7 @@ class MlflowTracker:
                 break
             metrics += [Metric(k, v, op["time"], op["step"]) for k, v in op["values"].items()]
             n += 1
-        run_id = self._run_id(generation)
+        run_id = self._find_or_create_run(int(generation), None)
         self._guard(lambda: self._client().log_batch(run_id, metrics=metrics), ops[0])
         return max(n, 1)
 

@@ -145,3 +145,26 @@ def test_bound_drops_metrics_but_never_runs(tracker_factory) -> None:  # type: i
     tracker.close_generation(0)  # never dropped
     assert tracker.status().pending == 4
     assert tracker.status().dropped == 1
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_metrics_before_the_open_operation_still_land_with_lineage(
+    mlflow_server: MlflowServer, tracker_factory
+) -> None:  # type: ignore[no-untyped-def]
+    from mlflow.tracking import MlflowClient
+
+    tracker: MlflowTracker = tracker_factory(mlflow_server.url)
+    tracker.open_generation(0, parent=None, step=0)
+    tracker.log_metrics(1, 10, {"train_loss": 0.5})  # generation 1 is not open yet
+    tracker.open_generation(1, parent=0, step=10, tags={"lifelong.op": "widen"},
+                            params={"param_count": "42"})  # fmt: skip
+    while tracker.drain_once():
+        pass
+    runs = tracker.run_ids()
+    client = MlflowClient(tracking_uri=mlflow_server.url)
+    run = client.get_run(runs[1])
+    assert run.data.tags["lifelong.op"] == "widen"
+    assert run.data.tags[PARENT_TAG] == runs[0]
+    assert run.data.params["param_count"] == "42"
+    assert [m.value for m in client.get_metric_history(runs[1], "train_loss")] == [0.5]

@@ -1,0 +1,164 @@
+"""Jobs end to end, through REST only: real Redis, a real MLflow server, a real local Ray."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from service.client import LifelongClient
+from service.stack import Stack
+from tests.e2e.conftest import digits_job, wait_until
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def test_stages_policy_and_manual_growth_tracked_in_mlflow(
+    stack: Stack, client: LifelongClient, digits: tuple[np.ndarray, np.ndarray]
+) -> None:
+    x, y = digits
+    job = client.create_job(digits_job("e2e-digits", workers=2))
+    assert job.status == "pending"
+
+    # Stage 1, then wait until it trains on it.
+    client.push(job.id, x[:600], y[:600])
+    wait_until(lambda: client.get_job(job.id).status == "training", timeout=120,
+               what="the job to train")  # fmt: skip
+    # Stages 2 and 3: the data outgrows the base model and the default policy grows it.
+    client.push(job.id, x[600:1200], y[600:1200])
+    client.push(job.id, x[1200:], y[1200:])
+    grown = wait_until(
+        lambda: [g for g in client.generations(job.id).generations if g.policy != "base"],
+        timeout=180, what="a growth decided by the policy",
+    )  # fmt: skip
+    by_policy = grown[0]
+    assert by_policy.policy in ("data_scaling", "plateau")
+    assert by_policy.op is not None and by_policy.op["op"] in ("widen", "deepen")
+    assert by_policy.max_abs_error is not None and by_policy.max_abs_error < 1e-4
+    assert by_policy.val_metric_after == pytest.approx(by_policy.val_metric_before, abs=0.005)
+
+    # One manual growth through the same path.
+    before = client.get_job(job.id)
+    command = client.grow(job.id, "widen", factor=2)
+    done = client.wait_command(job.id, command.id, timeout=120)
+    assert done.status == "done", done.detail
+    assert done.result is not None
+    assert done.result["generation"] > before.generation
+    assert done.result["params_after"] > done.result["params_before"]
+    manual = done.result["generation"]
+
+    # Pause: no step and no growth until resumed, so the generations hold still for the checks.
+    pause = client.pause(job.id)
+    assert client.wait_command(job.id, pause.id, timeout=120).status == "done"
+    paused = wait_until(
+        lambda: (j := client.get_job(job.id)).status == "paused" and j, timeout=60,
+        what="the job to pause",
+    )  # fmt: skip
+    newest = paused.generation
+    assert newest >= manual
+
+    # The API lists every generation with its lineage, and MLflow has them all once drained.
+    seen: list[object] = []
+
+    def tracked() -> object:
+        listed = client.generations(job.id)
+        seen[:] = [(g.generation, g.mlflow_run_id, g.model_version) for g in listed.generations]
+        ok = len(listed.generations) == newest + 1 and all(
+            g.mlflow_run_id and g.model_version for g in listed.generations
+        )
+        return listed if ok else None
+
+    try:
+        listed = wait_until(tracked, timeout=120, what="every generation tracked in MLflow")
+    except AssertionError:
+        job_now = client.get_job(job.id)
+        raise AssertionError(f"generations {seen}; job {job_now.status} {job_now.reason}") from None
+    gens = listed.generations
+    assert [g.generation for g in gens] == list(range(newest + 1))
+    assert [g.parent for g in gens] == [None, *range(newest)]
+    assert gens[manual].policy == "manual"
+    assert client.get_job(job.id).metrics["step"] == paused.metrics["step"]  # still paused
+
+    from mlflow.tracking import MlflowClient
+
+    assert stack.mlflow is not None
+    mlflow = MlflowClient(tracking_uri=stack.mlflow.url)
+    for g in gens:
+        run = mlflow.get_run(g.mlflow_run_id)
+        tags = run.data.tags
+        assert tags["lifelong.generation"] == str(g.generation)
+        assert tags["lifelong.op"] == (g.op["op"] if g.op else "base")
+        assert tags["lifelong.reason"] == g.reason
+        if g.generation:
+            assert tags["mlflow.parentRunId"] == gens[g.generation - 1].mlflow_run_id
+            assert "lifelong.max_abs_error" in tags, (g, tags)
+            assert float(tags["lifelong.max_abs_error"]) == pytest.approx(g.max_abs_error, rel=1e-2)
+        assert run.data.params["param_count"] == str(g.param_count)
+        history = mlflow.get_metric_history(g.mlflow_run_id, "train_loss")
+        assert history, f"generation {g.generation} has no train_loss history"
+        assert all(m.step >= g.started_step for m in history)
+        artifacts = {a.path for a in mlflow.list_artifacts(g.mlflow_run_id)}
+        assert "checkpoint" in artifacts
+        version = mlflow.get_model_version(listed.model_name, g.model_version)
+        assert version.run_id == g.mlflow_run_id
+    latest = mlflow.get_model_version_by_alias(listed.model_name, "latest")
+    assert latest.version == gens[-1].model_version
+
+    # Predictions come from the newest generation and are good on data it has seen.
+    def predicted() -> object:
+        answer = client.predict(job.id, x[:200])
+        return answer if answer.generation == newest else None
+
+    answer = wait_until(predicted, timeout=60, what="predictions from the newest generation")
+    accuracy = float(np.mean(np.asarray(answer.predictions) == y[:200]))
+    assert accuracy > 0.8
+    assert len(answer.probabilities or []) == 200
+
+    # The weights and architecture of a generation rebuild the same model.
+    from safetensors.torch import load as load_safetensors
+
+    from workers.checkpoint import rebuild_model
+    from workers.spec import ModelSpec, TaskSpec
+
+    arch = client.architecture(job.id, generation=newest)
+    assert arch["generation"] == newest and len(arch["records"]) == newest
+    model = rebuild_model(
+        TaskSpec.model_validate(arch["task"]), ModelSpec.model_validate(arch["model"]),
+        arch["records"],
+    )  # fmt: skip
+    model.load_state_dict(load_safetensors(client.model_weights(job.id, generation=newest)))
+    assert sum(p.numel() for p in model.parameters()) == gens[-1].param_count
+
+    resume = client.resume(job.id)
+    assert client.wait_command(job.id, resume.id, timeout=120).status == "done"
+    wait_until(lambda: client.get_job(job.id).metrics["step"] > paused.metrics["step"],
+               timeout=60, what="training to go on after resume")  # fmt: skip
+
+    stop = client.stop(job.id)
+    assert client.wait_command(job.id, stop.id, timeout=120).status == "done"
+    wait_until(lambda: client.get_job(job.id).status == "stopped", timeout=120,
+               what="the job to stop")  # fmt: skip
+    assert stack.mlflow is not None
+
+
+def test_api_restart_during_training(
+    stack: Stack, client: LifelongClient, digits: tuple[np.ndarray, np.ndarray]
+) -> None:
+    x, y = digits
+    job = client.create_job(digits_job("e2e-restart"))
+    client.push(job.id, x[:800], y[:800])
+    wait_until(lambda: (client.get_job(job.id).metrics or {}).get("step", 0) > 100,
+               timeout=120, what="training steps")  # fmt: skip
+    step_before = client.get_job(job.id).metrics["step"]
+
+    stack.restart_api(kill=True)  # SIGKILL: no shutdown handler runs
+    assert stack.api is not None
+    with LifelongClient(stack.api.url) as fresh:
+        listed = {j.id: j for j in fresh.list_jobs().jobs}
+        assert job.id in listed
+        assert listed[job.id].status in ("training", "waiting_for_data")
+        # Training went on without the API, and goes on after it.
+        wait_until(lambda: fresh.get_job(job.id).metrics["step"] > step_before + 100,
+                   timeout=120, what="steps after the API restart")  # fmt: skip
+        # The restarted API still drives the job: its commands reach the supervisor.
+        stop = fresh.stop(job.id)
+        assert fresh.wait_command(job.id, stop.id, timeout=120).status == "done"
