@@ -571,6 +571,8 @@ class TrainLoop:
         after = self.validate() if self.group.is_main and self.reader.val_size else None
         eval_s += time.perf_counter() - eval_started
 
+        _fault_after_transform(self.cfg.job_id)  # test-only crash point (docs/reliability.md)
+
         checkpoint_started = time.perf_counter()
         opening = self.checkpoint("growth")
         checkpoint_s += time.perf_counter() - checkpoint_started
@@ -802,6 +804,29 @@ class TrainLoop:
         self.state = state
         if self.group.is_main:
             self.source.on_status(self._status(state, **detail))
+
+
+FAULT_AFTER_TRANSFORM_ENV = "LIFELONG_FAULT_AFTER_TRANSFORM"
+
+
+def _fault_after_transform(job_id: str) -> None:
+    """A test-only crash between a growth's transform and its checkpoint.
+
+    When ``$LIFELONG_FAULT_AFTER_TRANSFORM`` names a folder that holds a file named after the job,
+    the rank that removes the file ends its process at once, as a crash would (no cleanup, no
+    checkpoint). One file, one crash. Unset (always, outside the fault tests), it costs one lookup
+    per growth. See tests/reliability/test_faults.py.
+    """
+    folder = os.environ.get(FAULT_AFTER_TRANSFORM_ENV)
+    if not folder:
+        return
+    try:
+        Path(folder, job_id).unlink()
+    except FileNotFoundError:
+        return
+    logger.error("fault injection: crashing after the growth transform (job %s)", job_id)
+    logging.shutdown()
+    os._exit(70)
 
 
 class _IdleMessage(BaseModel):
