@@ -31,6 +31,7 @@ from service.errors import (
     ServiceError,
     UnavailableError,
 )
+from service.growth import GrowthChecker
 from service.records import CommandRecord, DatasetSummary, EventRecord, JobRecord, PushRecord
 from service.serving import ModelServer
 from service.settings import Settings
@@ -101,6 +102,7 @@ class ControlPlane:
         self.on_job_created = on_job_created
         self.readiness_checks: dict[str, Callable[[], str]] = {"storage": self._storage_check}
         self.serving = ModelServer(store, settings.data_root_uri)
+        self.growth = GrowthChecker(self.serving)
 
     # --- jobs ------------------------------------------------------------------------------
 
@@ -254,6 +256,10 @@ class ControlPlane:
     # --- commands --------------------------------------------------------------------------
 
     def command(self, job_id: str, kind: CommandKind, op: GrowthOp | None = None) -> CommandRecord:
+        if op is not None:
+            job = self.require_job(job_id)
+            if not job.status.terminal:  # a finished job: the store answers 409 below
+                self.growth.check(job, op)
         args: dict[str, Any] = {} if op is None else op.model_dump(mode="json", exclude_unset=True)
         try:
             return self.store.enqueue_command(job_id, kind, args)

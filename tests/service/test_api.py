@@ -97,10 +97,10 @@ def test_job_life_cycle(client: LifelongClient, server: LiveServer, store: Redis
 
     # Commands are queued with ids; their outcome shows up once the supervisor records it.
     grow = client.grow(job.id, "widen", factor=2)
-    deepen = client.grow(job.id, GrowthOp(op="deepen", after="net.2"))
+    deepen = client.grow(job.id, GrowthOp(op="deepen", after="act1"))
     pause, resume = client.pause(job.id), client.resume(job.id)
     assert grow.status == CommandStatus.QUEUED and grow.args == {"op": "widen", "factor": 2.0}
-    assert deepen.args == {"op": "deepen", "after": "net.2"}
+    assert deepen.args == {"op": "deepen", "after": "act1"}
     assert [c.id for c in client.commands(job.id)] == [resume.id, pause.id, deepen.id, grow.id]
     queued = store.read_commands(job.id, block_ms=10, count=10)
     assert [c.id for c in queued] == [grow.id, deepen.id, pause.id, resume.id]
