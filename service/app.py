@@ -209,10 +209,44 @@ def _openapi_with(app: FastAPI) -> Any:
             job_create = JobCreate.model_json_schema(ref_template="#/components/schemas/{model}")
             components.update(job_create.pop("$defs", {}))
             components["JobCreate"] = job_create
+            _uniform_errors(schema)
             app.openapi_schema = schema
         return app.openapi_schema
 
     return openapi
+
+
+_ERROR_REF = {"$ref": "#/components/schemas/ErrorBody"}
+_COMMON_ERRORS = {
+    "401": "No API key, or one that is not valid (when keys are configured).",
+    "403": "The API key's role is too low for this route.",
+    "503": "The state store (Redis) is unreachable; retry shortly.",
+}
+_BODY_ERRORS = {
+    "400": "The body is not readable (malformed JSON).",
+    "413": "The body is above LIFELONG_MAX_REQUEST_BYTES (LIFELONG_MAX_PUSH_BYTES for a push).",
+}
+
+
+def _uniform_errors(schema: dict[str, Any]) -> None:
+    """Every error answer is an ``ErrorBody`` in JSON, and every route documents the errors
+    that any request to it may get: FastAPI's own 422 model (a list of details) and the media
+    type of a streaming or binary route are not what an error answer carries."""
+    for path, operations in schema.get("paths", {}).items():
+        for operation in operations.values():
+            responses = operation.setdefault("responses", {})
+            if path.startswith("/v1/"):
+                for code, text in _COMMON_ERRORS.items():
+                    responses.setdefault(code, {"description": text})
+            if "requestBody" in operation:
+                for code, text in _BODY_ERRORS.items():
+                    responses.setdefault(code, {"description": text})
+            for code, response in responses.items():
+                if code[0] in "45":
+                    response["content"] = {"application/json": {"schema": dict(_ERROR_REF)}}
+    components = schema.get("components", {}).get("schemas", {})
+    for name in ("HTTPValidationError", "ValidationError"):
+        components.pop(name, None)
 
 
 @functools.cache

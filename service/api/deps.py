@@ -19,6 +19,8 @@ from service.records import JobRecord
 from service.settings import Role, Settings
 
 JOB_ID = re.compile(r"^job_[0-9a-f]{16}$")
+# Largest list offset: Redis takes 64-bit indexes, and offset + limit must stay below 2**63.
+MAX_OFFSET = 2**53
 _RANK: dict[Role, int] = {"reader": 0, "writer": 1, "admin": 2}
 _bearer = HTTPBearer(auto_error=False, description="An API key: 'Authorization: Bearer <key>'.")
 

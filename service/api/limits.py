@@ -61,10 +61,12 @@ class BodyLimitMiddleware:
 
 
 def _message(size: str, limit: int, setting: str) -> str:
-    return (
-        f"the body has {size}, above the limit of {limit:,} bytes ({setting}); "
+    hint = (
         "split the push into smaller batches"
+        if setting == "LIFELONG_MAX_PUSH_BYTES"
+        else "send a smaller body"
     )
+    return f"the body has {size}, above the limit of {limit:,} bytes ({setting}); {hint}"
 
 
 async def _send_413(send: Send, detail: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -67,11 +68,22 @@ def route_template(app: Any, scope: Scope) -> str:
     path = getattr(route, "path", None)
     if isinstance(path, str):
         return path
-    for candidate in getattr(getattr(app, "router", None), "routes", []):
-        match, _ = candidate.matches(scope)
-        if match == Match.FULL:
-            return str(candidate.path)
+    # No route in the scope: the answer came before routing (the body limit's 413). Match the
+    # routes here, those of included routers too, and only those with a path template.
+    for candidate in _routes(getattr(getattr(app, "router", None), "routes", [])):
+        template = getattr(candidate, "path", None)
+        if isinstance(template, str) and candidate.matches(scope)[0] == Match.FULL:
+            return template
     return "unmatched"
+
+
+def _routes(routes: Any) -> Iterator[Any]:
+    for route in routes:
+        included = getattr(route, "original_router", None)  # FastAPI's included routers
+        if included is not None:
+            yield from _routes(getattr(included, "routes", []))
+        else:
+            yield route
 
 
 class MetricsMiddleware:

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Query, Request, Response, status
 from starlette.concurrency import run_in_threadpool
 
-from service.api.deps import JobId, Plane, Reader, Writer
+from service.api.deps import MAX_OFFSET, JobId, Plane, Reader, Writer
 from service.api.models import DatasetDetail, DatasetPublic, ErrorBody, PushResult
 from service.ingest import JSON, NPZ, PARQUET, SAFETENSORS
 
@@ -99,7 +99,7 @@ async def push_data(
 def get_dataset(
     job_id: JobId,
     plane: Plane,
-    offset: Annotated[int, Query(ge=0, description="First shard to list.")] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET, description="First shard to list.")] = 0,
     limit: Annotated[int, Query(ge=0, le=10_000, description="Shards to list (0: none).")] = 100,
 ) -> DatasetDetail:
     """The manifest: totals (samples per split, shards, bytes, version) and a page of shards."""

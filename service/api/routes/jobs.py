@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response, status
 from starlette.concurrency import run_in_threadpool
 
-from service.api.deps import Admin, JobId, Plane, Reader
+from service.api.deps import MAX_OFFSET, Admin, JobId, Plane, Reader
 from service.api.models import JOB_EXAMPLE, ErrorBody, JobList, JobPublic
 from service.records import DatasetSummary
 
@@ -60,7 +60,7 @@ async def create_job(request: Request, response: Response, plane: Plane) -> JobP
 @router.get("", dependencies=[Reader])
 def list_jobs(
     plane: Plane,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> JobList:
     """Jobs in creation order, with status, generation, parameters, dataset and latest metrics."""
