@@ -900,7 +900,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         plan = [*_iter_runs(names, range(n_seeds), ["local"]), ("default", 0, "ray")]
     tag = args.tag or f"{'sweep' if args.sweep else 'quick' if args.quick else 'full'}-{steps}"
     folder = results_dir(tag)
-    started = time.perf_counter()
     if not args.report_only:
         done = {(r.method, r.seed, r.engine) for r in load_all(folder)} if args.resume else set()
         if not args.resume:
@@ -923,7 +922,6 @@ def main(argv: Sequence[str] | None = None) -> None:
                 flush=True,
             )
     results = load_all(folder)
-    wall = time.perf_counter() - started
     _restore_optimizer_state()
     for engine in engines:
         rs = [r for r in results if r.engine == engine and r.method in names]
@@ -944,8 +942,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             else "Lifelong stream: growth against fixed and retrained models"
         )
         runtime = (
-            f"Wall time of this invocation: {fmt_duration(wall)} "
-            f"({len(rs)} runs; per run: "
+            f"Wall time of the runs: {fmt_duration(sum(r.wall_s for r in rs))} in all "
+            f"({len(rs)} runs, one after the other; mean per run: "
             + ", ".join(f"{n} {fmt_duration(float(np.mean([r.wall_s for r in rs if r.method == n])))}"
                         for n in names if any(r.method == n for r in rs))
             + ")."
@@ -962,7 +960,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             extra="\n\n".join(
                 x
                 for x in (
-                    runtime if not args.report_only else "",
+                    runtime,
                     f"The same runs in-process and through Ray:\n\n{consistency}"
                     if consistency
                     else "",
