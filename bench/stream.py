@@ -961,6 +961,10 @@ def main(argv: Sequence[str] | None = None) -> None:
                 x
                 for x in (
                     runtime,
+                    "Rebuilt from the per-run results stored by the same command without "
+                    "`--report-only` (same code; nothing re-run)."
+                    if args.report_only
+                    else "",
                     f"The same runs in-process and through Ray:\n\n{consistency}"
                     if consistency
                     else "",
