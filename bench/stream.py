@@ -624,6 +624,19 @@ def _max_drop(rs: Sequence[RunResult], ops: frozenset[str] = GROW) -> float | No
     return max(drops) if drops else None
 
 
+def _worst_recovery(rs: Sequence[RunResult], ops: frozenset[str] = SP) -> float | None:
+    """The lowest (accuracy one observation after the event − accuracy just before it), in
+    points, across the events of ``ops``: ≥ 0 means every one was made up within 50 steps."""
+    out = []
+    for r in rs:
+        curve = {step: acc for step, acc, _ in r.curve}
+        for g in r.growths:
+            later = curve.get(g["step"] + OBSERVE_EVERY)
+            if g["op"] in ops and later is not None and g["acc_before"] is not None:
+                out.append(100 * (later - g["acc_before"]))
+    return min(out) if out else None
+
+
 def _count(r: RunResult, ops: frozenset[str] = GROW) -> int:
     return sum(g["op"] in ops for g in r.growths)
 
@@ -695,7 +708,8 @@ def report(
     spst = groups[names[0]][0].steps_per_stage
     heads = ["method", "seeds", *(f"{s // 1000}k" for s in STAGES), "mean of 6 (area)", "GFLOP",
              "vs fixed large", "final % per TFLOP", "final width", "growths",
-             "max drop at growth (pts)", "shrink-perturbs", "max drop at shrink-perturb (pts)"]  # fmt: skip
+             "max drop at growth (pts)", "shrink-perturbs", "max drop at shrink-perturb (pts)",
+             "worst change 50 steps after a shrink-perturb (pts)"]  # fmt: skip
     large_flops = mean_std(r.train_flops for r in groups.get("fixed-large", []))[0]
     rows = []
     for name in names:
@@ -708,6 +722,7 @@ def report(
         n_sp = [_count(r, SP) for r in rs]
         drop = _max_drop(rs)
         sp_drop = _max_drop(rs, SP)
+        recovery = _worst_recovery(rs)
         share = (
             f"{100 * mean_std(r.train_flops for r in rs)[0] / large_flops:.0f}%"
             if not math.isnan(large_flops)
@@ -727,6 +742,7 @@ def report(
                 "–" if drop is None else f"{drop:+.2f}",
                 "/".join(str(c) for c in sorted(set(n_sp))),
                 "–" if sp_drop is None else f"{sp_drop:+.2f}",
+                "–" if recovery is None else f"{recovery:+.2f}",
             ]
         )
     body = [
@@ -738,7 +754,9 @@ def report(
         f"observations' validation passes (2 × params × 5,000 every {OBSERVE_EVERY} steps) are "
         "the same for every method and left out. Growths (widen/deepen) and shrink-perturbs: "
         "per run. Max drop: the largest fall in validation accuracy from just before to just "
-        "after the event, measured by the loop (positive = a fall).",
+        "after the event, measured by the loop (positive = a fall). Worst change 50 steps "
+        "after: the lowest (accuracy at the next observation − accuracy just before the "
+        "shrink-perturb) over all of them (negative = not yet made up).",
         "",
         table(heads, rows),
         "",
