@@ -788,6 +788,9 @@ def _engine_words(engine: str) -> str:
     return "the worker loop's own class (`workers.loop.TrainLoop`) in-process, one thread, no Ray"
 
 
+CURVES = ("default", "default-no-sp", "fixed-small", "fixed-large", "retrain-large")
+
+
 def plot(
     groups: dict[str, list[RunResult]],
     names: Sequence[str],
@@ -796,32 +799,35 @@ def plot(
     *,
     curves: bool = True,
 ) -> None:
+    """Left: accuracy over steps for the main methods (``CURVES``), growth events of the first
+    seed marked; right: final accuracy against training FLOPs for every method."""
     plt: Any = pyplot()
     if curves:
-        fig, (ax, ax2) = plt.subplots(1, 2, figsize=(13, 4.8), gridspec_kw={"width_ratios": [3, 2]})
+        fig, (ax, ax2) = plt.subplots(1, 2, figsize=(14, 5.2), gridspec_kw={"width_ratios": [3, 2]})
     else:
-        fig, ax2 = plt.subplots(figsize=(8, 5.5))
+        fig, ax2 = plt.subplots(figsize=(9, 6))
         ax = None
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    cmap = plt.get_cmap("tab20")
+    markers = "osD^vP*Xhp<>"
     for i, m in enumerate(names):
         rs = groups[m]
-        c = colours[i % len(colours)]
+        c = cmap(i % 20)
         label = all_methods[m].label if m in all_methods else m
-        steps = sorted({s for s, _, _ in rs[0].curve})
-        accs = []
-        for s in steps:
-            v = [a for r in rs for st, a, _ in r.curve if st == s]
-            accs.append(100 * float(np.mean(v)) if v else math.nan)
-        if ax is not None:
-            ax.plot(steps, accs, color=c, lw=1.3, label=label)
+        if ax is not None and m in CURVES:
+            steps = sorted({s for s, _, _ in rs[0].curve})
+            accs = []
+            for s in steps:
+                v = [a for r in rs for st, a, _ in r.curve if st == s]
+                accs.append(100 * float(np.mean(v)) if v else math.nan)
+            ax.plot(steps, accs, color=c, lw=1.4, label=label)
             for g in rs[0].growths:
                 marker = "^" if g["op"] in GROW else "v"
                 acc = 100 * (g["acc_after"] or 0)
-                ax.plot(g["step"], acc, marker=marker, color=c, ms=5, ls="none")
+                ax.plot(g["step"], acc, marker=marker, color=c, ms=6, ls="none")
         f_m, f_s = mean_std(r.final for r in rs)
         g_m, g_s = mean_std(r.train_flops / 1e9 for r in rs)
-        ax2.errorbar(g_m, 100 * f_m, xerr=g_s, yerr=100 * f_s, fmt="o", color=c, capsize=3)
-        ax2.annotate(m, (g_m, 100 * f_m), fontsize=7, xytext=(4, 3), textcoords="offset points")
+        ax2.errorbar(g_m, 100 * f_m, xerr=g_s, yerr=100 * f_s, fmt=markers[i % len(markers)],
+                     color=c, capsize=3, ms=6, label=label)  # fmt: skip
     if ax is not None:
         spst = groups[names[0]][0].steps_per_stage
         for k in range(1, len(STAGES)):
@@ -829,11 +835,15 @@ def plot(
         ax.set_xlabel("step (grey lines: new data; first seed's ▲ growths, ▼ shrink-and-perturbs)")
         ax.set_ylabel("validation accuracy (%)")
         ax.set_title("MNIST-1D stream, mean over seeds")
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7.5, loc="lower right")
     ax2.set_xscale("log")
     ax2.set_xlabel("training GFLOP (log)")
     ax2.set_ylabel("final validation accuracy (%)")
-    ax2.set_title("final accuracy against compute (± std)")
+    ax2.set_title("final accuracy against compute (mean ± std)")
+    if curves:
+        ax2.legend(fontsize=6.5, loc="upper left")
+    else:  # many methods: beside the plot
+        ax2.legend(fontsize=7.5, loc="center left", bbox_to_anchor=(1.02, 0.5))
     save_figure(fig, name)
 
 
