@@ -25,13 +25,21 @@ behind the chosen defaults use it, because a Ray Train run costs about 30 s to s
 What is measured, per method and seed: validation accuracy at the end of every stage (the
 observation at the stage boundary), the training FLOPs (``6 × params × samples`` summed over the
 observation windows, each at the parameter count the window trained; see ``bench/_common.py``),
-the validation FLOPs of the observations (reported apart), final accuracy per PFLOP, the mean of
-the 6 stage-end accuracies (the area under the per-stage accuracy curve, normalised), and every
-growth with the validation accuracy just before and just after it (measured by the loop).
+final accuracy per TFLOP, the mean of the 6 stage-end accuracies (the area under the per-stage
+accuracy curve, normalised), and every growth and shrink-and-perturb with the validation accuracy
+just before and just after it (measured by the loop).
 
-Run: ``python -m bench.stream`` (full: 3 seeds, 1,500 steps per stage), ``--quick`` (1 seed,
-200 steps per stage), ``--methods`` to choose, ``--custom NAME:JSON`` for a sweep variant,
-``--engine local|ray|both``, ``--report-only`` to rebuild the table from stored results.
+Methods (``FULL``): the default config, the default without shrink-and-perturb and with the
+plateau policy, each other init mode under the default policy, a fixed small and a fixed large
+model (with and without shrink-and-perturb), and the large model retrained from scratch at each
+stage (one run per stage). ``--sweep``: one change at a time from the default (``sweep()``).
+
+Run: ``python -m bench.stream`` (3 seeds, 1,500 steps per stage, through Ray: about 40 minutes
+here), ``--sweep`` (in-process, 3 seeds: about 20 minutes), ``--quick`` (1 seed, 200 steps per
+stage, every method in-process and the default once more through Ray, which must agree; writes
+nothing unless ``--write``), ``--methods`` to choose, ``--custom NAME:JSON`` for any variant,
+``--engine local|ray|both``, ``--resume`` to finish an interrupted run, ``--report-only`` to
+rebuild the table from the stored per-run results (under ``$LIFELONG_BENCH_CACHE``).
 """
 
 from __future__ import annotations
@@ -123,11 +131,13 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 def default_start() -> int:
-    """The recommended starting width for this stream (documented in docs/learning.md)."""
-    return RECOMMENDED_START
+    """The starting width of the growing methods: RESEARCH.md's w16, below the data-scaling target
+    of the first stage, so that the controller's first growth shows (the recommended start, about
+    the target to twice it, is in docs/learning.md; ``--sweep`` measures w64)."""
+    return START
 
 
-RECOMMENDED_START = 16
+START = 16
 
 INIT_MODES = ("random_zero", "copy_zero", "net2net", "random_pad")
 
