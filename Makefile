@@ -37,7 +37,7 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format .
 
 demo: $(STAMP)
-	$(VENV)/bin/lifelong info
+	$(VENV)/bin/lifelong demo
 
 bench: $(STAMP)
 	$(PY) -m bench

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import platform
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -291,16 +292,128 @@ def push(
 def events(
     job_id: str,
     follow: Annotated[bool, typer.Option(help="Wait for new events.")] = True,
+    raw: Annotated[bool, typer.Option(help="One line per event instead of the live view.")] = False,
 ) -> None:
-    """Print a job's events as they happen (Ctrl-C to stop)."""
+    """Follow a job: a live view of its state and its notable events (Ctrl-C to stop)."""
+    from rich.live import Live
+
+    from service.live import JobView
+
     with _client() as client:
         try:
-            for event in client.events(job_id, follow=follow):
-                console.print(f"[dim]{event.id}[/dim] [bold]{event.type}[/bold] {event.data}")
+            if raw or not console.is_terminal:
+                for event in client.events(job_id, follow=follow):
+                    console.print(f"[dim]{event.id}[/dim] [bold]{event.type}[/bold] {event.data}")
+                return
+            view = JobView(job_id)
+            with Live(view.render(), console=console, refresh_per_second=4) as live:
+                for event in client.events(job_id, follow=follow):
+                    view.apply(event)
+                    live.update(view.render())
         except KeyboardInterrupt:
             pass
         except Exception as exc:
             raise _fail(exc) from None
+
+
+def _exit_on_sigterm() -> None:
+    """SIGTERM unwinds like Ctrl-C, so that the stack this command started is torn down."""
+    import signal
+
+    def _raise(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _raise)
+
+
+@app.command()
+def up(
+    workdir: Annotated[
+        Path, typer.Option(help="Where the stack keeps its state (reused across runs).")
+    ] = Path(".lifelong/stack"),
+    cpus: Annotated[int | None, typer.Option(help="CPUs for Ray (default: all).")] = None,
+) -> None:
+    """Run the whole stack on this machine: Redis, Ray, MLflow (SQLite) and the API, until
+    Ctrl-C. Jobs, data and MLflow runs are kept in WORKDIR; jobs go on at the next 'up'."""
+    import signal
+    import time
+
+    from service.stack import Stack
+
+    stack = Stack(workdir=workdir.resolve(), ray_nodes=1, cpus_per_node=cpus, dashboard=True)
+    stop = False
+
+    def _on_signal(signum: int, frame: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    with console.status("starting Redis, MLflow, Ray and the API ..."):
+        stack.start()
+    try:
+        console.print(stack.describe())
+        assert stack.api is not None
+        console.print(
+            f"\nexport LIFELONG_API_URL={stack.api.url}   # for lifelong jobs/push/events"
+            "\nCtrl-C stops everything."
+        )
+        while not stop:
+            time.sleep(0.5)
+    finally:
+        with console.status("stopping ..."):
+            stack.stop()
+
+
+@app.command()
+def ui(
+    workdir: Annotated[
+        Path, typer.Option(help="The stack's folder (as given to 'up' or printed by the demo).")
+    ] = Path(".lifelong/stack"),
+    port: Annotated[int, typer.Option(help="Port of the UI.")] = 5000,
+) -> None:
+    """Serve the MLflow UI on a stopped stack's SQLite store and artifacts (Ctrl-C to stop)."""
+    import os
+    import subprocess
+    import sys
+
+    store = workdir.resolve() / "mlflow"
+    if not (store / "mlflow.db").exists():
+        console.print(f"[red]no MLflow store at {store}[/red]; run 'lifelong up' or the demo first")
+        raise typer.Exit(1)
+    console.print(f"MLflow UI on http://127.0.0.1:{port} (store {store})")
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    mlflow_bin = str(Path(sys.executable).parent / "mlflow")
+    cmd = [
+        mlflow_bin, "server", "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}",
+        "--artifacts-destination", str(store / "artifacts"), "--serve-artifacts",
+        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+    ]  # fmt: skip
+    with contextlib.suppress(KeyboardInterrupt):
+        subprocess.run(cmd, env=env, check=False)
+
+
+@app.command()
+def demo(
+    workdir: Annotated[
+        Path | None, typer.Option(help="Where the demo's stack lives (default: a new folder).")
+    ] = None,
+    stage_seconds: Annotated[float, typer.Option(help="Training time per data stage.")] = 25.0,
+    summary: Annotated[
+        Path | None, typer.Option(help="Also write the result as JSON to this file.")
+    ] = None,
+) -> None:
+    """The demo: MNIST-1D pushed in stages to a job on the embedded stack, grown by its policy."""
+    import time
+
+    from service.demo import DemoConfig, run_demo, summary_json
+
+    _exit_on_sigterm()
+    folder = workdir or Path(".lifelong") / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
+    cfg = DemoConfig(workdir=folder.resolve(), stage_seconds=stage_seconds)
+    result = run_demo(cfg, console)
+    if summary is not None:
+        summary.write_text(summary_json(result))
 
 
 def main() -> None:

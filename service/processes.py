@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -231,12 +232,24 @@ class RayNode:
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
     _log: IO[bytes] | None = field(default=None, init=False, repr=False)
 
+    drain_timeout: float = 5.0
+    _temp: Path | None = field(default=None, init=False, repr=False)
+
     @property
     def temp_dir(self) -> Path:
-        return self.workdir / "ray"
+        """Ray's session folder: short, because Ray's Unix socket paths under it must fit in
+        107 bytes (a test's temp folder does not). ``<workdir>/ray`` links to it."""
+        if self._temp is None:
+            base = "/tmp" if Path("/tmp").is_dir() else None
+            self._temp = Path(tempfile.mkdtemp(prefix="lifelong-ray-", dir=base))
+        return self._temp
 
     def start(self) -> Self:
         self.workdir.mkdir(parents=True, exist_ok=True)
+        link = self.workdir / "ray"
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(self.temp_dir, target_is_directory=True)
         self._log = (self.workdir / f"{self.name}.log").open("ab")
         self.proc = subprocess.Popen(
             [_bin("ray"), "start", *self.args, f"--temp-dir={self.temp_dir}", "--block"],
@@ -252,19 +265,34 @@ class RayNode:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(timeout=30)
+                # Ray drains a node for up to 30 s on SIGTERM; what ran there is already
+                # stopped or checkpointed, so do not wait that long.
+                self.proc.wait(timeout=self.drain_timeout)
             except subprocess.TimeoutExpired:
-                stop_process(self.proc, timeout=10)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+        marker = str(self._temp) if self._temp is not None else None
         out = subprocess.run(
-            ["pgrep", "-f", str(self.temp_dir)], capture_output=True, text=True, check=False
-        )
-        for pid in (int(p) for p in out.stdout.split()):
+            ["pgrep", "-f", marker], capture_output=True, text=True, check=False
+        ) if marker else None  # fmt: skip
+        for pid in (int(p) for p in (out.stdout.split() if out else [])):
             if pid != os.getpid():
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
         if self._log is not None:
             self._log.close()
             self._log = None
+        if self._temp is not None:
+            # Keep the node's logs beside the rest of the stack's files, then drop the session.
+            logs = self._temp / "session_latest" / "logs"
+            link = self.workdir / "ray"
+            if link.is_symlink():
+                link.unlink()
+            if logs.is_dir():
+                shutil.copytree(logs, self.workdir / "ray-logs", dirs_exist_ok=True)
+            shutil.rmtree(self._temp, ignore_errors=True)
+            self._temp = None
 
 
 @dataclass

@@ -171,10 +171,13 @@ class Stack:
             f"import ray; ray.init(address={self.ray_address!r}, logging_level='ERROR'); "
             "print(' '.join(n['NodeID'] for n in ray.nodes() if n['Alive']))"
         )
-        out = subprocess.run(
-            [sys.executable, "-c", code], capture_output=True, text=True, env=self.env(),
-            timeout=60, check=False,
-        )  # fmt: skip
+        try:
+            out = subprocess.run(
+                [sys.executable, "-c", code], capture_output=True, text=True, env=self.env(),
+                timeout=30, check=False,
+            )  # fmt: skip
+        except subprocess.TimeoutExpired:
+            return []
         lines = out.stdout.strip().splitlines()
         return lines[-1].split() if lines else []
 

@@ -1,0 +1,129 @@
+"""A live terminal view of a job: its state and metrics at the top, its notable events below.
+
+Used by ``lifelong events`` and by the demo. It reads the job's event stream (the same SSE that any
+client can follow), so what it shows is what the service recorded.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from rich.console import Group
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from service.api.models import EventPublic
+
+NOTABLE = ("status", "decision", "generation", "command", "data")
+
+
+@dataclass
+class JobView:
+    """What the view knows about a job, updated event by event."""
+
+    job_id: str
+    title: str = ""
+    status: str = "pending"
+    reason: str | None = None
+    generation: int = 0
+    params: int | None = None
+    step: int = 0
+    dataset_size: int = 0
+    val_size: int = 0
+    train_loss: float | None = None
+    val_loss: float | None = None
+    val_metric: float | None = None
+    metric_name: str = "accuracy"
+    throughput: float = 0.0
+    note: str = ""
+    lines: deque[Text] = field(default_factory=lambda: deque(maxlen=12))
+    history: list[dict[str, Any]] = field(default_factory=list)
+    growths: list[dict[str, Any]] = field(default_factory=list)
+    pushes: list[dict[str, Any]] = field(default_factory=list)
+    started: float = field(default_factory=time.monotonic)
+
+    def apply(self, event: EventPublic) -> None:
+        data = event.data
+        if event.type == "observation":
+            self.step = int(data["step"])
+            self.generation = int(data["generation"])
+            self.params = int(data["param_count"])
+            self.dataset_size = int(data["dataset_size"])
+            self.val_size = int(data.get("val_size") or 0)
+            self.train_loss = data.get("train_loss")
+            self.val_loss = data.get("val_loss")
+            self.val_metric = data.get("val_metric")
+            self.metric_name = data.get("metric_name", "accuracy")
+            self.throughput = float(data.get("throughput") or 0.0)
+            self.history.append(
+                {k: data.get(k) for k in ("step", "samples_seen", "dataset_size", "generation",
+                                          "param_count", "val_metric", "train_loss", "val_loss")}
+            )  # fmt: skip
+            return
+        if event.type == "status":
+            if "status" in data:
+                self.status = str(data["status"])
+                self.reason = data.get("reason")
+                self._line("status", f"{self.status}" + (f": {self.reason}" if self.reason else ""))
+            return
+        if event.type == "decision":
+            op = data.get("op")
+            style = "bold green" if op else "yellow"
+            self._line("decision", str(data.get("reason", "")), style)
+            return
+        if event.type == "generation":
+            self.growths.append(data)
+            op = data.get("op") or {}
+            after = data.get("val_metric_after")
+            before = data.get("val_metric_before")
+            metric = (
+                f", val {self.metric_name} {before:.3f} → {after:.3f}"
+                if before is not None and after is not None
+                else ""
+            )
+            self._line(
+                "grown",
+                f"generation {data['generation_after']}: {op.get('op')} "
+                f"{data['params_before']:,} → {data['params_after']:,} parameters, "
+                f"max |Δf| {data.get('max_abs_error') or 0:.1e}{metric}, "
+                f"pause {data.get('pause_s', 0):.2f}s",
+                "bold magenta",
+            )
+            return
+        if event.type == "data":
+            self.pushes.append({**data, "step": self.step})
+            self._line("data", f"+{data['accepted']:,} samples → {data['train_samples']:,} train "
+                       f"/ {data['val_samples']:,} val (version {data['version']})")  # fmt: skip
+            return
+        if event.type == "command":
+            self._line("command", f"{data.get('kind')} {data.get('status')}"
+                       + (f": {data['detail']}" if data.get("detail") else ""))  # fmt: skip
+
+    def _line(self, kind: str, text: str, style: str = "") -> None:
+        elapsed = time.monotonic() - self.started
+        line = Text(f"{elapsed:6.1f}s ", style="dim")
+        line.append(f"{kind:<9}", style="bold")
+        line.append(text, style=style)
+        self.lines.append(line)
+
+    def render(self) -> Panel:
+        table = Table.grid(padding=(0, 2))
+        for _ in range(4):
+            table.add_column()
+        metric = f"{self.val_metric:.3f}" if self.val_metric is not None else "-"
+        loss = f"{self.train_loss:.4f}" if self.train_loss is not None else "-"
+        table.add_row("status", Text(self.status, style="bold"), "generation", str(self.generation))
+        table.add_row(
+            "parameters", f"{self.params:,}" if self.params else "-", "step", f"{self.step:,}"
+        )
+        table.add_row(
+            "train samples", f"{self.dataset_size:,}", "val samples", f"{self.val_size:,}"
+        )
+        table.add_row(f"val {self.metric_name}", metric, "train loss", loss)
+        table.add_row("throughput", f"{self.throughput:,.0f}/s", "", self.note)
+        body = Group(table, Text(""), *self.lines)
+        return Panel(body, title=self.title or self.job_id, border_style="cyan")
