@@ -22,7 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS: dict[str, tuple[list[str], list[str], list[str]]] = {
     "shard_format": (["--repeats", "5"], [], []),
     "ingest": (["--quick"], [], []),
-    "worker_throughput": (["--steps", "300", "--bare-steps", "200", "--samples", "20000"], [], []),
+    # at least 550 steps: its table needs one periodic checkpoint (every 500 steps)
+    "worker_throughput": (["--steps", "550", "--bare-steps", "200", "--samples", "20000"], [], []),
     "net2net_growth": (["--quick"], [], ["--write"]),
     "paper": (["--quick"], [], ["--write"]),
     "spike": (["--quick"], [], ["--write"]),
