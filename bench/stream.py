@@ -758,7 +758,9 @@ def report(
     body = [
         f"MNIST-1D (generated offline), 6 cumulative stages, {spst:,} steps per stage, Adam lr "
         f"1e-3, batch {BATCH}, MLP 40 → w → w → 10, validation on a fixed set of 5,000 samples. "
-        f"Engine: {_engine_words(engine)}. Cells: validation accuracy (%) at the end of each "
+        f"Engine: {_engine_words(engine)}. Compared at equal steps (the same data schedule "
+        "for every method), with the FLOPs each spent beside. Cells: validation accuracy (%) at "
+        "the end of each "
         f"stage, mean ± standard deviation over the seeds. GFLOP: training only, 6 × params × "
         f"samples summed over the observation windows at each window's parameter count; the "
         f"observations' validation passes (2 × params × 5,000 every {OBSERVE_EVERY} steps) are "
