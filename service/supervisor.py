@@ -455,13 +455,57 @@ class JobSupervisor:
                 )
             if requests != before:
                 self.controller.load_state_dict({**state, "requests": requests})
-        if lost is not None:
+        grown = self._adopt_resumed_generations(resumed)
+        if lost is not None and grown:
+            self._command(
+                lost,
+                CommandStatus.DONE,
+                f"grown to generation {resumed['generation']} (the workers restarted after the "
+                "growth's checkpoint)",
+                {"generation": resumed["generation"], "params_after": resumed.get("param_count")},
+            )
+        elif lost is not None:
             self._command(
                 lost,
                 CommandStatus.FAILED,
-                "the workers failed while applying this growth, before its checkpoint; the job "
-                f"resumed from {where}, without it. Send the request again to retry.",
+                "the workers failed while applying this growth, before its checkpoint was "
+                f"complete; the job resumed from {where}, without it. Send the request again "
+                "to retry.",
             )
+
+    def _adopt_resumed_generations(self, resumed: dict[str, Any]) -> bool:
+        """The loop resumed from a checkpoint newer than the last growth heard of (the workers
+        failed after a growth's checkpoint, before its event): open what the growth opens, from
+        the checkpoint's lineage. Returns whether there was such a growth."""
+        generation = resumed.get("generation")
+        if not isinstance(generation, int) or generation <= self._generation:
+            return False
+        from workers.checkpoint import GenerationInfo, read_meta
+
+        lineage: list[GenerationInfo] = []
+        try:
+            lineage = list(read_meta(str(resumed.get("path"))).lineage)
+        except (OSError, ValueError) as exc:  # a remote checkpoint: what the status tells
+            logger.info("job %s: lineage of %s unread: %s", self.job_id, resumed.get("path"), exc)
+        known = {info.generation: info for info in lineage}
+        for gen in range(self._generation + 1, generation + 1):
+            info = known.get(gen)
+            step = info.opened_at_step if info else int(resumed.get("step") or 0)
+            self._close_generation(gen - 1, step=step)
+            self._ensure_generation(
+                gen,
+                parent=gen - 1,
+                op=info.op if info else None,
+                reason=info.reason if info else "found in the checkpoint the workers resumed from",
+                policy=info.policy if info else "unknown",
+                step=step,
+                param_count=info.param_count if info else resumed.get("param_count"),
+            )
+        self._generation = generation
+        self.store.update_job(
+            self.job_id, generation=generation, param_count=resumed.get("param_count")
+        )
+        return True
 
     def on_growth(self, event: GrowthEvent) -> None:
         with self._lock:

@@ -58,8 +58,25 @@ def apply_op(
         grown = net2net.deepen(module, example, after=op.after, style=op.style, seed=op.seed)
     else:  # pragma: no cover - GrowthOp validates op
         raise ValueError(f"unknown growth op {op.op!r}")
-    new_optimizer = net2net.transfer_optimizer(optimizer, module, grown)
+    new_optimizer = in_module_order(
+        net2net.transfer_optimizer(optimizer, module, grown), grown.model
+    )
     return Applied(grown.model, new_optimizer, dict(grown.record), float(grown.max_abs_error))
+
+
+def in_module_order(optimizer: torch.optim.Optimizer, module: nn.Module) -> torch.optim.Optimizer:
+    """Put each param group's parameters in the module's order (in place; returns it).
+
+    ``transfer_optimizer`` appends an inserted layer's parameters at the end of their group. A
+    checkpoint stores the optimizer state by position, and a resume builds the optimizer over
+    ``module.parameters()``: the positions must be the module's, or the state lands on the wrong
+    tensors (a resume after a deepen failed on mismatched shapes). The state itself is keyed by
+    tensor, so reordering loses nothing.
+    """
+    order = {id(p): i for i, p in enumerate(module.parameters())}
+    for group in optimizer.param_groups:
+        group["params"].sort(key=lambda p: order.get(id(p), len(order)))
+    return optimizer
 
 
 @torch.no_grad()

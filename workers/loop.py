@@ -38,7 +38,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -571,11 +571,12 @@ class TrainLoop:
         after = self.validate() if self.group.is_main and self.reader.val_size else None
         eval_s += time.perf_counter() - eval_started
 
-        _fault_after_transform(self.cfg.job_id)  # test-only crash point (docs/reliability.md)
+        _fault_point(self.cfg.job_id, "transform")  # test-only crash points (docs/reliability.md)
 
         checkpoint_started = time.perf_counter()
         opening = self.checkpoint("growth")
         checkpoint_s += time.perf_counter() - checkpoint_started
+        _fault_point(self.cfg.job_id, "checkpoint")
 
         self._pending = _PendingGrowth(
             started=decided,
@@ -809,22 +810,29 @@ class TrainLoop:
 FAULT_AFTER_TRANSFORM_ENV = "LIFELONG_FAULT_AFTER_TRANSFORM"
 
 
-def _fault_after_transform(job_id: str) -> None:
-    """A test-only crash between a growth's transform and its checkpoint.
+def _fault_point(job_id: str, where: Literal["transform", "checkpoint"]) -> None:
+    """Test-only crashes in a growth: right after the transform, or after its checkpoint.
 
     When ``$LIFELONG_FAULT_AFTER_TRANSFORM`` names a folder that holds a file named after the job,
-    the rank that removes the file ends its process at once, as a crash would (no cleanup, no
-    checkpoint). One file, one crash. Unset (always, outside the fault tests), it costs one lookup
-    per growth. See tests/reliability/test_faults.py.
+    and the file says ``where`` (empty means ``transform``), the rank that removes the file ends
+    its process at once, as a crash would (no cleanup, no checkpoint; after the checkpoint, once
+    Ray's background upload of it had 5 s to finish). One file, one crash. Unset
+    (always, outside the fault tests), it costs one lookup per growth. See
+    tests/reliability/test_faults.py.
     """
     folder = os.environ.get(FAULT_AFTER_TRANSFORM_ENV)
     if not folder:
         return
+    trigger = Path(folder, job_id)
     try:
-        Path(folder, job_id).unlink()
+        if (trigger.read_text().strip() or "transform") != where:
+            return
+        trigger.unlink()
     except FileNotFoundError:
         return
-    logger.error("fault injection: crashing after the growth transform (job %s)", job_id)
+    if where == "checkpoint":
+        time.sleep(5.0)  # Ray uploads the checkpoint in the background: crash once it is whole
+    logger.error("fault injection: crashing after the growth's %s (job %s)", where, job_id)
     logging.shutdown()
     os._exit(70)
 

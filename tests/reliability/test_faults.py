@@ -5,11 +5,13 @@ The tests share the stack and the job and run in file order, each leaving the jo
 
 1. a Ray worker process killed (SIGKILL): the job resumes from its last checkpoint with the same
    generation and architecture, and its status says so;
-2. a crash between a growth's transform and its checkpoint (the test-only fault point of
+2. a crash between a growth's transform and its checkpoint (a test-only fault point of
    ``workers.loop``): the job resumes before the growth, consistently, and the command says why;
-3. the MLflow server stopped for 60 s: training goes on, and everything is in MLflow afterwards;
-4. 8 pushers for 60 s (``bench.load``): exact sample count, error rate and latency;
-5. the API keys appear in no log, MLflow param or tag, or error answer.
+3. a crash right after the growth's checkpoint, before the supervisor heard of the growth: the
+   job resumes after it, consistently;
+4. the MLflow server stopped for 60 s: training goes on, and everything is in MLflow afterwards;
+5. 8 pushers for 60 s (``bench.load``): exact sample count, error rate and latency;
+6. the API keys appear in no log, MLflow param or tag, or error answer.
 """
 
 from __future__ import annotations
@@ -210,9 +212,9 @@ def test_crash_between_growth_transform_and_checkpoint(faulty: Faulty) -> None:
     )
     assert outcome.status == "failed", outcome
     assert outcome.detail == (
-        "the workers failed while applying this growth, before its checkpoint; the job resumed "
-        f"from the checkpoint of step {resumed['step']} (generation {before.generation}), "
-        "without it. Send the request again to retry."
+        "the workers failed while applying this growth, before its checkpoint was complete; "
+        f"the job resumed from the checkpoint of step {resumed['step']} (generation "
+        f"{before.generation}), without it. Send the request again to retry."
     )
     after = faulty.job()
     assert (after.status, after.generation, after.param_count) == (
@@ -246,6 +248,60 @@ def test_crash_between_growth_transform_and_checkpoint(faulty: Faulty) -> None:
         lambda: len(faulty.admin.architecture(faulty.job_id)["records"]) == len(records) + 1,
         timeout=60,
         what="the grown generation's checkpoint to serve its architecture",
+    )
+
+
+def test_crash_right_after_the_growth_checkpoint(faulty: Faulty) -> None:
+    """The other side of the growth: the workers die once its checkpoint is complete, before the
+    growth's event reached the supervisor (it comes with the first step of the grown model)."""
+    before = faulty.job()
+    mark = faulty.log.mark()
+    (faulty.triggers / faulty.job_id).write_text("checkpoint")
+
+    command = faulty.admin.grow(faulty.job_id, "deepen", after="act2")
+    start = faulty.log.wait(
+        lambda e: e.type == "status" and e.data.get("loop") == "starting",
+        after=mark,
+        timeout=240,
+        what="the loop to start again after the crash after the growth's checkpoint",
+    )
+    outcome = faulty.admin.wait_command(faulty.job_id, command.id, timeout=60)
+    faulty.wait_training(faulty.log.events.index(start), 60, "observations after the crash")
+
+    assert not (faulty.triggers / faulty.job_id).exists(), "the fault point was never reached"
+    resumed = start.data["resumed_from"]
+    generation = resumed["generation"]
+    # Consistently after the growth: the checkpoint, the command, the job, the generation records
+    # (opened by the supervisor from the checkpoint's lineage: it never heard of the growth), the
+    # architecture and every observation since say generation G + 1.
+    assert (generation, resumed["kind"]) == (before.generation + 1, "growth")
+    assert outcome.status == "done", outcome
+    assert outcome.detail == (
+        f"grown to generation {generation} (the workers restarted after the growth's checkpoint)"
+    )
+    job = faulty.job()
+    assert (job.status, job.generation, job.param_count) == (
+        "training",
+        generation,
+        resumed["param_count"],
+    )
+    generations = faulty.admin.generations(faulty.job_id).generations
+    assert [g.generation for g in generations] == list(range(generation + 1))
+    assert generations[-1].param_count == resumed["param_count"]
+    assert generations[-1].op is not None and generations[-1].op["after"] == "act2"
+    assert generations[-1].policy == "manual"
+    wait_until(
+        lambda: len(faulty.admin.architecture(faulty.job_id)["records"]) == generation,
+        timeout=60,
+        what=f"the architecture of generation {generation}",
+    )
+    observed = [o for o in faulty.log.observations(mark) if o["step"] > resumed["step"]]
+    assert observed
+    assert {(o["generation"], o["param_count"]) for o in observed} == {
+        (generation, resumed["param_count"])
+    }
+    print(
+        f"\ncrash after the growth checkpoint: resumed at generation {generation} ({outcome.detail})"
     )
 
 
