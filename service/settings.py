@@ -244,3 +244,21 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 def is_loopback(host: str) -> bool:
     return host in LOOPBACK or host.startswith("127.")
+
+
+def environment_table() -> str:
+    """The settings as a Markdown table of environment variables (docs/deploy.md embeds it)."""
+    from pydantic import AliasChoices
+
+    rows = ["| variable | default | what it sets |", "|---|---|---|"]
+    for name, info in Settings.model_fields.items():
+        alias = info.validation_alias
+        upper = [a for a in alias.choices if isinstance(a, str) and a.isupper()] if isinstance(
+            alias, AliasChoices
+        ) else []  # fmt: skip
+        env = upper[-1] if upper else f"LIFELONG_{name.upper()}"
+        default = info.default_factory() if info.default_factory is not None else info.default  # type: ignore[call-arg]
+        shown = "unset" if default is None or default == [] else f"`{default}`"
+        text = " ".join((info.description or "").split()).replace("|", "\\|")
+        rows.append(f"| `{env}` | {shown} | {text} |")
+    return "\n".join(rows)

@@ -18,7 +18,7 @@ JOB_EXAMPLE: dict[str, Any] = {
     "optimizer": {"name": "adam", "lr": 0.001},
     "batch_size": 128,
     "val_fraction": 0.1,
-    "growth": {"policies": ["data_scaling", "plateau"]},
+    "growth": {"policies": ["data_scaling"], "strategy": "widen"},
     "scaling": {"num_workers": 2},
 }
 

@@ -123,3 +123,23 @@ def test_ray_workers_scale(compose: dict[str, Any]) -> None:
 def test_redis_persists_with_aof(compose: dict[str, Any]) -> None:
     command = compose["services"]["redis"]["command"]
     assert command[command.index("--appendonly") + 1] == "yes"
+
+
+def test_deploy_doc_lists_every_setting() -> None:
+    from service.settings import environment_table
+
+    doc = (ROOT / "docs" / "deploy.md").read_text()
+    table = doc.split("<!-- settings-table -->\n", 1)[1].split("\n<!-- /settings-table -->", 1)[0]
+    assert table == environment_table()
+
+
+def test_compose_sets_only_known_settings(compose: dict[str, Any]) -> None:
+    from service.settings import Settings
+
+    known = {f"LIFELONG_{name.upper()}" for name in Settings.model_fields}
+    known |= {"LIFELONG_ROLE", "LIFELONG_PORT"}  # read by deploy/healthcheck.py
+    for name, service in compose["services"].items():
+        env = service.get("environment", {})
+        for key in env:
+            if key.startswith("LIFELONG_"):
+                assert key in known, f"{name} sets {key}, which no setting reads"

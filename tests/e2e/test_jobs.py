@@ -27,7 +27,8 @@ def test_stages_policy_and_manual_growth_tracked_in_mlflow(
     client.push(job.id, x[600:1200], y[600:1200])
     client.push(job.id, x[1200:], y[1200:])
     grown = wait_until(
-        lambda: [g for g in client.generations(job.id).generations if g.policy != "base"],
+        lambda: [g for g in client.generations(job.id).generations
+                 if g.op and g.op["op"] in ("widen", "deepen")],
         timeout=180, what="a growth decided by the policy",
     )  # fmt: skip
     by_policy = grown[0]
@@ -90,6 +91,7 @@ def test_stages_policy_and_manual_growth_tracked_in_mlflow(
         assert tags["lifelong.reason"] == g.reason
         if g.generation:
             assert tags["mlflow.parentRunId"] == gens[g.generation - 1].mlflow_run_id
+        if g.op and g.op["op"] in ("widen", "deepen"):  # shrink-and-perturb is not exact
             assert "lifelong.max_abs_error" in tags, (g, tags)
             assert float(tags["lifelong.max_abs_error"]) == pytest.approx(g.max_abs_error, rel=1e-2)
         assert run.data.params["param_count"] == str(g.param_count)
@@ -110,7 +112,7 @@ def test_stages_policy_and_manual_growth_tracked_in_mlflow(
 
     answer = wait_until(predicted, timeout=60, what="predictions from the newest generation")
     accuracy = float(np.mean(np.asarray(answer.predictions) == y[:200]))
-    assert accuracy > 0.8
+    assert accuracy > 0.7  # digits seen in training, right after growth or shrink-and-perturb
     assert len(answer.probabilities or []) == 200
 
     # The weights and architecture of a generation rebuild the same model.
@@ -120,7 +122,8 @@ def test_stages_policy_and_manual_growth_tracked_in_mlflow(
     from workers.spec import ModelSpec, TaskSpec
 
     arch = client.architecture(job.id, generation=newest)
-    assert arch["generation"] == newest and len(arch["records"]) == newest
+    transforms = [g for g in gens if g.op and g.op["op"] in ("widen", "deepen")]
+    assert arch["generation"] == newest and len(arch["records"]) == len(transforms)
     model = rebuild_model(
         TaskSpec.model_validate(arch["task"]), ModelSpec.model_validate(arch["model"]),
         arch["records"],
