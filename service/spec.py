@@ -12,9 +12,9 @@ A spec is checked in two layers, and both always run, so that one answer lists e
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import ErrorDetails
 
 from growth_policy import GrowthPolicyConfig
@@ -27,8 +27,24 @@ class ScalingSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     num_workers: int = Field(default=1, ge=1, le=1024, description="Ray Train workers (ranks).")
+    min_workers: int | None = Field(
+        default=None,
+        ge=1,
+        le=1024,
+        description="Elastic training: go on with as few as this many workers when the cluster "
+        "has lost nodes (and grow back to num_workers when they return). Unset: exactly "
+        "num_workers, waiting for resources when they are short.",
+    )
     use_gpu: bool = Field(default=False, description="One GPU per worker.")
     cpus_per_worker: float = Field(default=1.0, gt=0.0, le=256.0)
+
+    @model_validator(mode="after")
+    def _min_not_above_max(self) -> Self:
+        if self.min_workers is not None and self.min_workers > self.num_workers:
+            raise ValueError(
+                f"min_workers ({self.min_workers}) must not exceed num_workers ({self.num_workers})"
+            )
+        return self
 
 
 class JobSpec(BaseModel):

@@ -36,7 +36,9 @@ class Stack:
     cpus_per_node: int | None = None
     node_memory: int | None = None
     object_store_memory: int = 300 * 1024**2
-    dashboard: bool = False
+    # The dashboard serves the State API, which Ray Train needs to clean up after a dead
+    # controller (its placement group would otherwise keep the CPUs of a lost run).
+    dashboard: bool = True
     postgres_dsn: str | None = None
     with_api: bool = True
     api_env: dict[str, str] = field(default_factory=dict)

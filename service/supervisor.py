@@ -71,6 +71,9 @@ class SupervisorConfig(BaseModel):
     max_restarts: int = Field(
         default=5, ge=0, description="Fits that may fail in a row before the job is failed."
     )
+    stall_after_s: float = Field(
+        default=90.0, gt=0, description="Silence from the workers after which the status says so."
+    )
     observe_every: int = Field(default=50, ge=1)
     checkpoint_every: int = Field(default=500, ge=0)
     experiment_prefix: str = "lifelong"
@@ -159,6 +162,8 @@ class JobSupervisor:
         self._generation = self.job.generation
         self._main_thread: threading.Thread | None = None
         self._early_checkpoints: dict[int, list[CheckpointEvent]] = {}
+        self._last_contact = time.monotonic()
+        self._stall_reported = 0.0
 
     # --- life cycle ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -173,6 +178,7 @@ class JobSupervisor:
                 return
             threading.Thread(target=self._renew_lease_forever, daemon=True).start()
             threading.Thread(target=self._read_commands_forever, daemon=True).start()
+            threading.Thread(target=self._watch_workers_forever, daemon=True).start()
             self.tracker.start()
             self._ensure_generation(0, parent=None, op=None, reason="base model", policy="base",
                                     step=0, param_count=self.job.param_count)  # fmt: skip
@@ -247,6 +253,7 @@ class JobSupervisor:
         settings = TrainerSettings(
             worker=worker,
             num_workers=spec.scaling.num_workers,
+            min_workers=spec.scaling.min_workers,
             use_gpu=spec.scaling.use_gpu,
             resources_per_worker={
                 ("GPU" if spec.scaling.use_gpu else "CPU"): 1.0,
@@ -282,6 +289,44 @@ class JobSupervisor:
             # The loop never ends on its own: an end without a stop is a fault, run it again.
             self._set_status(JobStatus.PENDING, "the trainer ended unexpectedly; restarting")
         self._set_status(JobStatus.STOPPED, self._stop_reason)
+
+    def _contact(self) -> None:
+        self._last_contact = time.monotonic()
+
+    def _watch_workers_forever(self) -> None:
+        """Say so in the status when the workers go quiet: not started, lost, or not placed."""
+        while not self._done.wait(5.0):
+            silent = time.monotonic() - self._last_contact
+            quiet_enough = silent > self.cfg.stall_after_s
+            recently_said = time.monotonic() - self._stall_reported < self.cfg.stall_after_s
+            with self._lock:
+                stopping = self._stop_requested
+            if not quiet_enough or recently_said or stopping:
+                continue
+            self._stall_reported = time.monotonic()
+            self._set_status(
+                JobStatus.PENDING,
+                f"no word from the workers for {silent:.0f}s; {self._placement_note()}",
+            )
+
+    def _placement_note(self) -> str:
+        """What Ray has for this job's workers right now."""
+        scaling = self.job.spec.scaling
+        need = "GPU" if scaling.use_gpu else "CPU"
+        per_worker = 1.0 if scaling.use_gpu else scaling.cpus_per_worker
+        wanted = scaling.min_workers or scaling.num_workers
+        try:
+            import ray
+
+            free = float(ray.available_resources().get(need, 0.0))
+            total = float(ray.cluster_resources().get(need, 0.0))
+            nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+        except Exception as exc:
+            return f"Ray cannot be asked what it has ({type(exc).__name__})"
+        return (
+            f"waiting for Ray to place {wanted} worker(s) × {per_worker:g} {need}; the cluster "
+            f"has {free:g} of {total:g} {need} free on {nodes} alive node(s)"
+        )
 
     # --- status ----------------------------------------------------------------------------------
     def _set_status(self, status: JobStatus, reason: str | None = None) -> None:
@@ -364,6 +409,7 @@ class JobSupervisor:
 
     # --- the decision source (called by the loop's rank 0 through ActorSource) ----------------
     def decide(self, observation: Observation) -> Directive:
+        self._contact()
         obs = observation
         self.store.record_observation(self.job_id, obs)
         self._track_observation(obs)
@@ -389,9 +435,11 @@ class JobSupervisor:
         )  # fmt: skip
 
     def poll(self, status: LoopStatus) -> Directive:
+        self._contact()
         return self._directive()
 
     def on_status(self, status: LoopStatus) -> None:
+        self._contact()
         state = status.state
         if state == "starting":
             self._starts += 1
@@ -401,8 +449,14 @@ class JobSupervisor:
                     f"resumed from the checkpoint of step {resumed.get('step')} (generation "
                     f"{resumed.get('generation')})"
                 )
+                # A resume only follows a fault: of the workers, or of this supervisor.
                 if self._starts > 1:
-                    reason = f"workers restarted after a failure; {reason}"
+                    why = "workers restarted after a failure"
+                elif _actor_restarted():
+                    why = "restarted with its supervisor, whose process or node failed"
+                else:
+                    why = "restarted after a failure"
+                reason = f"{why}; {reason}"
             else:
                 reason = "starting"
             self._set_status(JobStatus.PENDING, reason)
@@ -508,6 +562,7 @@ class JobSupervisor:
         return True
 
     def on_growth(self, event: GrowthEvent) -> None:
+        self._contact()
         with self._lock:
             self.controller.on_growth(event)
             manual = event.policy == "manual" and bool(self._pending[CommandKind.GROW])
@@ -538,6 +593,7 @@ class JobSupervisor:
             )  # fmt: skip
 
     def on_checkpoint(self, event: CheckpointEvent) -> None:
+        self._contact()
         key = generations_key(self.store, self.job_id)
         raw = self.store.client.hget(key, str(event.generation))
         if raw is None:
@@ -723,6 +779,16 @@ class JobSupervisor:
             record = GenerationRecord.from_json(str(raw))
             record.metrics = {"step": obs.step, **clean}
             self.store.client.hset(key, str(obs.generation), record.to_json())
+
+
+def _actor_restarted() -> bool:
+    """Whether this process is a supervisor actor that Ray restarted after a failure."""
+    try:
+        import ray
+
+        return bool(ray.get_runtime_context().was_current_actor_reconstructed)
+    except Exception:
+        return False
 
 
 def _jsonable(value: dict[str, Any]) -> dict[str, Any]:

@@ -277,11 +277,13 @@ class TrainLoop:
             self.optimizer.load_state_dict(optimizer_state)
         self._wrap(module)
         pids = self.group.gather_str(str(os.getpid()))
+        nodes = self.group.gather_str(_node_id())
         self._set_state(
             "starting",
             world_size=self.group.world_size,
             device=str(self.group.device),
             pids=[int(p) for p in pids],
+            node_ids=nodes,
             resumed_from=resumed,
         )
 
@@ -805,6 +807,16 @@ class TrainLoop:
         self.state = state
         if self.group.is_main:
             self.source.on_status(self._status(state, **detail))
+
+
+def _node_id() -> str:
+    """The Ray node this rank runs on (two nodes on one host share an IP, not a node id)."""
+    try:
+        import ray
+
+        return str(ray.get_runtime_context().get_node_id())
+    except Exception:
+        return ""
 
 
 FAULT_AFTER_TRANSFORM_ENV = "LIFELONG_FAULT_AFTER_TRANSFORM"

@@ -26,6 +26,9 @@ class TrainerSettings(BaseModel):
 
     worker: WorkerConfig
     num_workers: int = Field(default=1, ge=1)
+    min_workers: int | None = Field(
+        default=None, ge=1, description="Elastic: as few as this many workers when short."
+    )
     use_gpu: bool = False
     resources_per_worker: dict[str, float] | None = Field(
         default=None, description="e.g. {'CPU': 1}; None: Ray Train's default (1 CPU or 1 GPU)."
@@ -64,7 +67,11 @@ def make_trainer(settings: TrainerSettings) -> Any:
         train_loop_config=settings.worker.as_loop_config(),
         torch_config=TorchConfig(timeout_s=settings.collective_timeout_s),
         scaling_config=ScalingConfig(
-            num_workers=settings.num_workers,
+            num_workers=(
+                (settings.min_workers, settings.num_workers)
+                if settings.min_workers is not None and settings.min_workers < settings.num_workers
+                else settings.num_workers
+            ),
             use_gpu=settings.use_gpu,
             resources_per_worker=settings.resources_per_worker,
         ),
