@@ -18,6 +18,7 @@ decides.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import OrderedDict
 from typing import TYPE_CHECKING
@@ -25,6 +26,8 @@ from typing import TYPE_CHECKING
 from growth_policy import GrowthOp, Observation
 from service.errors import ConflictError, InvalidError, ServiceError
 from service.records import JobRecord
+
+log = logging.getLogger("lifelong.service")
 
 if TYPE_CHECKING:
     from torch import nn
@@ -89,6 +92,10 @@ class GrowthChecker:
             module = self._current_model(job)
         except ServiceError:  # no checkpoint of this generation yet: the controller decides
             return None
+        except Exception as exc:  # an advisory check: when the model cannot be read, it defers
+            log.warning("job %s: the current model is unreadable (%s); growth not pre-checked",
+                        job.id, exc)  # fmt: skip
+            return None
         if module is None:
             return None
         shape = _summarise(module, tuple(job.spec.task.input_shape))
@@ -111,8 +118,7 @@ class GrowthChecker:
             return build_model(job.spec.model, job.spec.task)
         if not records:
             return None
-        _, path = self.serving.resolve(job.id, job.generation)
-        return self.serving.load(path).model
+        return self.serving.load_generation(job.id, job.generation)[1].model
 
 
 def _check_bounds(op: GrowthOp) -> None:

@@ -105,9 +105,27 @@ class ModelServer:
                 self._cache.popitem(last=False)
         return loaded
 
+    def load_generation(
+        self, job_id: str, generation: int | None
+    ) -> tuple[GenerationRecord, LoadedCheckpoint]:
+        """The generation and its newest checkpoint, loaded.
+
+        Ray Train deletes all but its newest periodic checkpoints as new ones arrive, so the one
+        just resolved may vanish while it is read: resolve again (the record names a newer one by
+        then, or the durable copy serves).
+        """
+        for attempt in range(3):
+            record, path = self.resolve(job_id, generation)
+            try:
+                return record, self.load(path)
+            except (OSError, ValueError):
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
     def architecture(self, job_id: str, generation: int | None) -> dict[str, Any]:
-        record, path = self.resolve(job_id, generation)
-        meta = self.load(path).meta
+        record, loaded = self.load_generation(job_id, generation)
+        meta = loaded.meta
         return {
             "generation": record.generation,
             "step": meta.step,
@@ -121,16 +139,14 @@ class ModelServer:
         """The generation's weights as safetensors, the architecture in its metadata."""
         from safetensors.torch import save
 
-        record, path = self.resolve(job_id, generation)
-        loaded = self.load(path)
+        record, loaded = self.load_generation(job_id, generation)
         architecture = self.architecture(job_id, record.generation)
         state = {k: v.detach().contiguous() for k, v in loaded.model.state_dict().items()}
         payload = save(state, metadata={"lifelong.architecture": json.dumps(architecture)})
         return payload, architecture
 
     def predict(self, job_id: str, features: np.ndarray, generation: int | None) -> dict[str, Any]:
-        record, path = self.resolve(job_id, generation)
-        loaded = self.load(path)
+        record, loaded = self.load_generation(job_id, generation)
         task = loaded.meta.task
         expected = tuple(task.input_shape)
         if features.ndim != len(expected) + 1 or tuple(features.shape[1:]) != expected:

@@ -92,9 +92,10 @@ class Faulty:
 
 
 @pytest.fixture(scope="module")
-def faulty() -> Iterator[Faulty]:
+def faulty(request: pytest.FixtureRequest) -> Iterator[Faulty]:
     # A short path: Ray's socket paths under it must stay below 108 bytes.
     workdir = Path(tempfile.mkdtemp(prefix="lf-"))
+    failed_before = request.session.testsfailed
     triggers = workdir / "fault-triggers"
     triggers.mkdir()
     keys = json.dumps([f"{role}:{key}" for role, key in KEYS.items()])
@@ -128,7 +129,10 @@ def faulty() -> Iterator[Faulty]:
         writer.close()
         store.close()
         stack.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
+        if request.session.testsfailed > failed_before:
+            print(f"\nfault stack logs kept in {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 def test_killed_worker_resumes_from_its_checkpoint(faulty: Faulty) -> None:
@@ -329,17 +333,19 @@ def test_mlflow_outage_does_not_stop_training_and_is_backfilled(faulty: Faulty) 
     steps = [step_at_stop]
     grew = None
     felt = False
-    while time.monotonic() - stopped < OUTAGE_S:
-        time.sleep(min(10.0, max(0.0, OUTAGE_S - (time.monotonic() - stopped))))
-        steps.append(faulty.step())
-        felt = felt or bool(faulty.store.client.hget(f"{key}:mlflow", "last_error"))
-        if grew is None:  # a generation opened during the outage must reach MLflow too
-            command = faulty.admin.grow(faulty.job_id, "widen", factor=1.5)
-            grew = faulty.admin.wait_command(faulty.job_id, command.id, timeout=60)
-            assert grew.status == "done", grew
-    step_at_restart = faulty.step()
-    pending = _outbox(faulty)
-    mlflow_server.start()  # the same port and store
+    try:
+        while time.monotonic() - stopped < OUTAGE_S:
+            time.sleep(min(10.0, max(0.0, OUTAGE_S - (time.monotonic() - stopped))))
+            steps.append(faulty.step())
+            felt = felt or bool(faulty.store.client.hget(f"{key}:mlflow", "last_error"))
+            if grew is None:  # a generation opened during the outage must reach MLflow too
+                command = faulty.admin.grow(faulty.job_id, "widen", factor=1.5)
+                grew = faulty.admin.wait_command(faulty.job_id, command.id, timeout=60)
+                assert grew.status == "done", grew
+        step_at_restart = faulty.step()
+        pending = _outbox(faulty)
+    finally:
+        mlflow_server.start()  # the same port and store (the tests after this one need it)
 
     # Training went on through the outage, and the outage was felt by the tracker.
     assert all(b > a for a, b in itertools.pairwise(steps)), steps
