@@ -185,6 +185,27 @@ def _check_model(
                 f"= {limit:,}; make the model smaller or raise the limit",
             )
         ]
+    memory = growth.memory
+    if memory.budget_gb is not None:
+        from growth_policy.shape import estimate_memory_bytes
+
+        # Weights, gradients and optimizer state alone (activations left out): a lower bound.
+        need = estimate_memory_bytes(
+            params,
+            0,
+            batch_size=memory.batch_size,
+            bytes_per_value=memory.bytes_per_value,
+            optimizer_slots=memory.optimizer_slots,
+        )
+        if need > memory.budget_gb * 2**30:
+            return [
+                SpecProblem(
+                    loc="model",
+                    msg=f"the base model needs at least {need / 2**30:.2f} GiB to train "
+                    "(weights, gradients and optimizer state), above growth.memory.budget_gb "
+                    f"= {memory.budget_gb:g}; make the model smaller or raise the budget",
+                )
+            ]
     return []
 
 

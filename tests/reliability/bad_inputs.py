@@ -204,6 +204,7 @@ def run_cases(http: httpx.Client, stop: Callable[[str], None]) -> tuple[list[Row
     )
     spec("a layer net2net cannot grow (norm 'group')", {**SPEC, "model": {"family": "mlp", "hidden": [16], "norm": "group"}})  # fmt: skip
     spec("base model above growth.guards.max_params", {**SPEC, "model": {"family": "mlp", "hidden": [4096, 4096]}})  # fmt: skip
+    spec("base model above growth.memory.budget_gb", {**SPEC, "model": {"family": "mlp", "hidden": [2048, 2048]}, "growth": {"memory": {"budget_gb": 0.01}}})  # fmt: skip
     spec("more workers than LIFELONG_MAX_WORKERS_PER_JOB", {**SPEC, "scaling": {"num_workers": 1000}})  # fmt: skip
     spec("unknown key, bad values, missing task (all reported)", {"name": "x", "model": {"family": "mlp"}, "lr": 1, "val_fraction": 2})  # fmt: skip
     spec("body above LIFELONG_MAX_REQUEST_BYTES", {**SPEC, "name": "x" * 20_000})
@@ -246,8 +247,14 @@ def run_cases(http: httpx.Client, stop: Callable[[str], None]) -> tuple[list[Row
     ).json()["id"]
     grow("growth of a job at growth.guards.max_generations", {"op": "widen", "factor": 2}, limited)
     stopped = http.post("/v1/jobs", json={**SPEC, "name": "stopped"}, headers=c.admin).json()["id"]
-    filler = http.post("/v1/jobs", json={**SPEC, "name": "fourth"}, headers=c.admin)
-    assert filler.status_code == 201, filler.text  # the deployment now holds its 4 jobs
+    budget = {"memory": {"budget_gb": 0.01}}  # the base model fits in 10 MiB, ×100 does not
+    small = http.post("/v1/jobs", json={**SPEC, "name": "small", "growth": budget}, headers=c.admin)
+    assert small.status_code == 201, small.text  # the deployment now holds its 4 jobs
+    grow(
+        "widen ×100 past growth.memory.budget_gb",
+        {"op": "widen", "factor": 100},
+        small.json()["id"],
+    )
     stop(stopped)
     c.push("push to a stopped job", stopped, body, st)
     c.send("growth", "growth of a stopped job", "POST", f"/v1/jobs/{stopped}/grow", json={"op": "widen", "factor": 2})  # fmt: skip
