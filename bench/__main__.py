@@ -28,6 +28,8 @@ BENCHMARKS: dict[str, tuple[list[str], list[str], list[str]]] = {
     "paper": (["--quick"], [], ["--write"]),
     "spike": (["--quick"], [], ["--write"]),
     "stream": (["--quick"], [], ["--write"]),
+    "load": (["--quick"], [], []),
+    "system": (["--quick"], [], []),
 }
 
 

@@ -8,7 +8,7 @@ are shown to users in the event stream and in MLflow.
 
 from __future__ import annotations
 
-from typing import Any, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -56,8 +56,15 @@ class GrowthOp(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     op: GrowthKind
-    factor: float | None = Field(default=None, gt=1.0, description="widen: every group ×factor.")
-    widths: dict[str, int] | None = Field(default=None, description="widen: group name → width.")
+    factor: float | None = Field(
+        default=None,
+        gt=1.0,
+        allow_inf_nan=False,
+        description="widen: every group ×factor.",
+    )
+    widths: dict[str, Annotated[int, Field(ge=1)]] | None = Field(
+        default=None, description="widen: group name → width."
+    )
     init: str = Field(default="net2net", description="widen: how new units start (net2net init=).")
     noise: float = Field(default=0.0, ge=0.0)
     split: Literal["equal", "random"] = "equal"
