@@ -58,7 +58,17 @@ def git_revision() -> str:
             check=True,
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            # The page that benchmarks write, and their plots, do not make the code dirty.
+            [
+                "git",
+                "status",
+                "--porcelain",
+                "--untracked-files=no",
+                "--",
+                ".",
+                ":!docs/benchmarks.md",
+                ":!docs/img",
+            ],
             cwd=ROOT,
             capture_output=True,
             text=True,
