@@ -85,12 +85,13 @@ class JobView:
                 if before is not None and after is not None
                 else ""
             )
+            error = data.get("max_abs_error")
+            exactness = f"max |Δf| {error:.1e}" if error is not None else "not function-preserving"
             self._line(
                 "grown",
                 f"generation {data['generation_after']}: {op.get('op')} "
                 f"{data['params_before']:,} → {data['params_after']:,} parameters, "
-                f"max |Δf| {data.get('max_abs_error') or 0:.1e}{metric}, "
-                f"pause {data.get('pause_s', 0):.2f}s",
+                f"{exactness}{metric}, pause {data.get('pause_s', 0):.2f}s",
                 "bold magenta",
             )
             return
