@@ -3,18 +3,22 @@
 By default each runs its quick version (a smoke run of the same code, under 15 minutes in all on
 2 cores); ``--full`` runs the full versions (about 1.5 hours here: most of it the stream's 3 seeds
 × 11 methods through Ray). ``--only NAME`` (repeatable) picks benchmarks; ``--write`` also lets
-the quick versions that support it write their tables into ``docs/benchmarks.md`` (full versions
-always write; some quick versions write anyway, see each module's docstring). Each benchmark runs
-in its own process, one after the other; a failure is reported and the others still run.
+the quick versions write their tables into ``docs/benchmarks.md`` too (full versions always
+write; without ``--write`` a quick run only prints, so the page keeps the full runs' tables). Each
+benchmark runs in its own process, one after the other; a failure is reported and the others still
+run.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from bench._report import NO_WRITE_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,7 +32,7 @@ BENCHMARKS: dict[str, tuple[list[str], list[str], list[str]]] = {
     "paper": (["--quick"], [], ["--write"]),
     "spike": (["--quick"], [], ["--write"]),
     "stream": (["--quick"], [], ["--write"]),
-    "load": (["--quick"], [], []),
+    "load": (["--duration", "15"], [], []),
     "system": (["--quick"], [], []),
 }
 
@@ -48,7 +52,10 @@ def main() -> None:
         command = [sys.executable, "-m", f"bench.{name}", *argv]
         print(f"\n=== {' '.join(['python', *command[1:]])}", flush=True)
         started = time.perf_counter()
-        code = subprocess.call(command, cwd=ROOT)
+        env = dict(os.environ)
+        if not args.full and not args.write:
+            env[NO_WRITE_ENV] = "1"  # a quick run prints its table; the page keeps the full one
+        code = subprocess.call(command, cwd=ROOT, env=env)
         times.append((name, time.perf_counter() - started, code))
     print("\n=== summary")
     for name, seconds, code in times:

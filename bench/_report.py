@@ -21,6 +21,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+# Set by ``python -m bench`` for quick runs, so that they never replace the full runs' tables.
+NO_WRITE_ENV = "LIFELONG_BENCH_NO_WRITE"
 PAGE = ROOT / "docs" / "benchmarks.md"
 HEADER = (
     "# Benchmarks\n\n"
@@ -106,6 +108,9 @@ def write_section(name: str, title: str, body: str, *, page: Path = PAGE) -> Non
         f"Revision: {git_revision()}, {stamp}\n\n{body.strip()}\n<!-- /bench:{name} -->"
     )
     print(section)
+    if os.environ.get(NO_WRITE_ENV):
+        print(f"({NO_WRITE_ENV} is set: {page.name} was not changed)")
+        return
     page.parent.mkdir(parents=True, exist_ok=True)
     text = page.read_text() if page.exists() else HEADER
     pattern = re.compile(
