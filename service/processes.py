@@ -66,8 +66,49 @@ def stop_process(proc: subprocess.Popen[bytes], *, timeout: float = 20.0) -> Non
         proc.wait(timeout=timeout)
 
 
+class ChildProcess:
+    """The life cycle that every child process of this module shares: spawned in its own session
+    with its output in a log file under ``workdir``, stopped by its PID (and process group)."""
+
+    workdir: Path
+    proc: subprocess.Popen[bytes] | None
+    _log: IO[bytes] | None
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def _spawn(
+        self, cmd: list[str], *, log_name: str, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self._log = (self.workdir / log_name).open("ab")
+        self.proc = subprocess.Popen(
+            cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+        return self.proc
+
+    def _close_log(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc)
+        self._close_log()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:  # fmt: skip
+        self.stop()
+
+
 @dataclass
-class MlflowServer:
+class MlflowServer(ChildProcess):
     """An ``mlflow server`` child process on a free port.
 
     ``backend_store_uri`` defaults to a SQLite file in ``workdir``; artifacts are served from
@@ -112,32 +153,13 @@ class MlflowServer:
         env = dict(os.environ)
         env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
         env["MLFLOW_DISABLE_TELEMETRY"] = "true"
-        self._log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True
-        )
+        proc = self._spawn(cmd, log_name=self.log_path.name, env=env)
         try:
-            wait_for_http(f"{self.url}/health", timeout=self.start_timeout, proc=self.proc)
+            wait_for_http(f"{self.url}/health", timeout=self.start_timeout, proc=proc)
         except Exception:
             self.stop()
             raise
         return self
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop_process(self.proc)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:  # fmt: skip
-        self.stop()
 
 
 def redis_server_binary() -> str:
@@ -154,7 +176,7 @@ def redis_server_binary() -> str:
 
 
 @dataclass
-class RedisServer:
+class RedisServer(ChildProcess):
     """A ``redis-server`` child process on a free loopback port, with its append-only file on."""
 
     workdir: Path
@@ -168,38 +190,20 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> Self:
-        self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = self.port or free_port()
-        self._log = (self.workdir / "redis.log").open("ab")
-        self.proc = subprocess.Popen(
+        proc = self._spawn(
             [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
              "--dir", str(self.workdir), "--appendonly", "yes",
              "--appendfsync", self.appendfsync, "--save", ""],
-            stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+            log_name="redis.log",
         )  # fmt: skip
         deadline = time.monotonic() + 20
         while not _redis_answers(self.port):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
+            if proc.poll() is not None or time.monotonic() > deadline:
                 self.stop()
                 raise RuntimeError(f"redis-server did not start; see {self.workdir}/redis.log")
             time.sleep(0.05)
         return self
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop_process(self.proc)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:  # fmt: skip
-        self.stop()
 
 
 def _redis_answers(port: int) -> bool:
@@ -217,7 +221,7 @@ def _bin(name: str) -> str:
 
 
 @dataclass
-class RayNode:
+class RayNode(ChildProcess):
     """One Ray node: a ``ray start --block`` process and what it starts, in its own temp dir.
 
     Stopping sends SIGTERM to the ``ray start --block`` process, which stops the node's own
@@ -250,11 +254,11 @@ class RayNode:
         if link.is_symlink() or link.exists():
             link.unlink()
         link.symlink_to(self.temp_dir, target_is_directory=True)
-        self._log = (self.workdir / f"{self.name}.log").open("ab")
-        self.proc = subprocess.Popen(
+        self._spawn(
             [_bin("ray"), "start", *self.args, f"--temp-dir={self.temp_dir}", "--block"],
-            stdout=self._log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True,
-        )  # fmt: skip
+            log_name=f"{self.name}.log",
+            env=self.env,
+        )
         return self
 
     @property
@@ -280,9 +284,7 @@ class RayNode:
             if pid != os.getpid():
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+        self._close_log()
         if self._temp is not None:
             # Keep the node's logs beside the rest of the stack's files, then drop the session.
             logs = self._temp / "session_latest" / "logs"
@@ -296,7 +298,7 @@ class RayNode:
 
 
 @dataclass
-class ApiServer:
+class ApiServer(ChildProcess):
     """``lifelong serve`` as a child process on a free loopback port, waited on until ready."""
 
     workdir: Path
@@ -311,15 +313,14 @@ class ApiServer:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> Self:
-        self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = self.port or free_port()
-        self._log = (self.workdir / "api.log").open("ab")
-        self.proc = subprocess.Popen(
+        proc = self._spawn(
             [_bin("lifelong"), "serve", "--host", "127.0.0.1", "--port", str(self.port)],
-            stdout=self._log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True,
-        )  # fmt: skip
+            log_name="api.log",
+            env=self.env,
+        )
         try:
-            wait_for_http(f"{self.url}/readyz", timeout=self.start_timeout, proc=self.proc)
+            wait_for_http(f"{self.url}/readyz", timeout=self.start_timeout, proc=proc)
         except Exception:
             self.stop()
             raise
@@ -330,10 +331,3 @@ class ApiServer:
         if self.proc is not None and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=20)
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop_process(self.proc)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
