@@ -132,6 +132,10 @@ def test_default_policy_grows_on_a_staged_stream_but_not_in_the_first_pass(
     future = pool.submit(run_trainer, trainer)
     pool.shutdown(wait=False)
 
+    def observed_size() -> int:
+        sizes = [r["dataset_size"] for r in read_jsonl(events) if r["type"] == "observation"]
+        return max(sizes, default=0)
+
     def observed_step() -> int:
         return max((r["step"] for r in read_jsonl(events) if r["type"] == "observation"), default=0)
 
@@ -147,6 +151,12 @@ def test_default_policy_grows_on_a_staged_stream_but_not_in_the_first_pass(
                 assert time.monotonic() < deadline, "the loop did not reach the step in time"
                 time.sleep(0.1)
             manifest.append([store.write("job", x[lo:hi], y[lo:hi], "train")])
+            # The stage must be seen before the next one lands: a fast loop could otherwise
+            # pick up both in one pass, and the stage would never be observed on its own.
+            while observed_size() < hi:
+                assert future.running() or not future.done(), future.result()
+                assert time.monotonic() < deadline, "the loop did not pick the stage up"
+                time.sleep(0.05)
         result = future.result(timeout=300)
     except BaseException:
         stop_file.touch()
