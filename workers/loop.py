@@ -465,6 +465,9 @@ class TrainLoop:
             wanted: LoopState = state
             if state == "waiting_for_data" and self.reader.ready:
                 return
+            # A growth is reported at the grown model's first step (to time the pause); idling
+            # may last long, so one applied just before is reported now, ahead of the idle state.
+            self._finish_pending_growth(first_step_s=None)
             self._set_state(wanted)
             text = None
             if self.group.is_main:

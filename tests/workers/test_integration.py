@@ -170,8 +170,10 @@ def test_stages_growth_and_identical_ranks(
         [
             ScriptedAction(at_step=60, pause_until_dataset_version=2, reason="wait for stage 2"),
             ScriptedAction(at_step=100, op=widen, reason="scripted widen"),
-            ScriptedAction(at_step=160, pause_until_dataset_version=3, reason="wait for stage 3"),
-            ScriptedAction(at_step=200, op=deepen, reason="scripted deepen"),
+            # A growth and a pause at the same step: the growth is reported before the pause.
+            ScriptedAction(
+                at_step=160, op=deepen, pause_until_dataset_version=3, reason="deepen and wait"
+            ),
             ScriptedAction(at_step=300, stop=True, reason="done"),
         ],
     )
@@ -221,15 +223,23 @@ def test_stages_growth_and_identical_ranks(
         expected = (1, 500) if step <= 60 else (2, 1000) if step <= 160 else (3, 1500)
         assert (version, size) == expected, step
     assert all(o["val_size"] == 297 for o in observations)
-    assert [o["generation"] for o in observations] == [0] * 5 + [1] * 5 + [2] * 5
+    assert [o["generation"] for o in observations] == [0] * 5 + [1] * 3 + [2] * 7
     assert [o["param_count"] for o in observations] == (
-        [PARAMS[0]] * 5 + [PARAMS[1]] * 5 + [PARAMS[2]] * 5
+        [PARAMS[0]] * 5 + [PARAMS[1]] * 3 + [PARAMS[2]] * 7
     )
     assert observations[0]["summary"]["param_count"] == PARAMS[0]
 
     # The growths: at the scripted steps, function-preserving, identical on both ranks.
     growths = job.records("growth")
-    assert [(g["step"], g["op"]["op"]) for g in growths] == [(100, "widen"), (200, "deepen")]
+    assert [(g["step"], g["op"]["op"]) for g in growths] == [(100, "widen"), (160, "deepen")]
+    # The deepen is reported before the pause that follows it at the same step (the pause is
+    # what the grown model's first step would otherwise wait for), so it is untimed.
+    order = [
+        (r["type"], r.get("state")) for r in job.records() if r["type"] in ("growth", "status")
+    ]
+    deepened = order.index(("growth", None), order.index(("growth", None)) + 1)
+    assert order[deepened + 1] == ("status", "paused"), order
+    assert growths[0]["first_step_s"] is not None and growths[1]["first_step_s"] is None
     for g, gen in zip(growths, (1, 2), strict=True):
         assert (g["generation_before"], g["generation_after"]) == (gen - 1, gen)
         assert (g["params_before"], g["params_after"]) == (PARAMS[gen - 1], PARAMS[gen])
@@ -238,7 +248,7 @@ def test_stages_growth_and_identical_ranks(
         assert g["max_abs_error"] < 1e-5
         assert g["ranks_identical"] and len(g["rank_digests"]) == 2
         assert len(set(g["rank_digests"])) == 1
-        assert g["first_step_s"] is not None and g["pause_s"] >= g["transform_s"] > 0
+        assert g["pause_s"] >= g["transform_s"] > 0
         assert Path(g["closing_checkpoint"]["path"]).is_dir()
         opening = g["opening_checkpoint"]
         assert opening["durable"] and opening["generation"] == gen and opening["step"] == g["step"]
