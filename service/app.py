@@ -78,6 +78,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings, store, ShardStore(settings.data_root_uri), on_ingest=metrics.ingested
         )
         app.state.plane = plane
+        try:
+            finished = await run_in_threadpool(plane.finish_deletions)
+            if finished:
+                log.info("finished deleting jobs %s", ", ".join(finished))
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+            log.warning("could not finish earlier job deletions yet: %s", exc)
         launcher = _launcher(settings, store, url) if settings.supervise else None
         if launcher is not None:
             plane.on_job_created = lambda job: launcher.ensure(job.id)

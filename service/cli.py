@@ -250,6 +250,26 @@ def jobs_stop(job_id: str) -> None:
     _command(job_id, "stop")
 
 
+@jobs_app.command("delete")
+def jobs_delete(
+    job_id: str,
+    force: Annotated[
+        bool, typer.Option(help="Delete even if MLflow operations were never logged.")
+    ] = False,
+) -> None:
+    """Delete a stopped or failed job: its state, data and checkpoints (MLflow keeps its runs)."""
+    with _client() as client:
+        try:
+            deleted = client.delete_job(job_id, force=force)
+        except Exception as exc:
+            raise _fail(exc) from None
+    console.print(
+        f"deleted [bold]{deleted.job_id}[/bold] ({deleted.status}): {deleted.redis_keys} Redis "
+        f"keys, data {'removed' if deleted.data_removed else 'none'}, checkpoints "
+        f"{'removed' if deleted.checkpoints_removed else 'none'}; kept: {deleted.kept}"
+    )
+
+
 _SUFFIX_TYPES = {
     ".safetensors": "application/x-safetensors",
     ".npz": "application/x-npz",

@@ -33,6 +33,7 @@ from service.api.models import (
     EventPublic,
     GenerationList,
     Health,
+    JobDeleted,
     JobList,
     JobPublic,
     PredictResult,
@@ -180,6 +181,12 @@ class LifelongClient:
 
     def get_job(self, job_id: str) -> JobPublic:
         return self._get(f"/v1/jobs/{job_id}", JobPublic)
+
+    def delete_job(self, job_id: str, *, force: bool = False) -> JobDeleted:
+        """Delete a stopped or failed job (409 while it runs); its MLflow records stay."""
+        params = {"force": "true"} if force else None
+        response = self._request("DELETE", f"/v1/jobs/{job_id}", params=params)
+        return JobDeleted.model_validate_json(response.content)
 
     # --- data -------------------------------------------------------------------------------
 

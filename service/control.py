@@ -38,14 +38,18 @@ from service.settings import Settings
 from service.spec import SpecError, base_param_count, validate_job_spec
 from service.states import CommandKind, JobStatus
 from service.store import (
+    JobActiveError,
+    JobLeasedError,
     JobNotFoundError,
     JobTerminalError,
     RedisStore,
     StoreError,
     TooManyJobsError,
+    TrackingPendingError,
     TransitionError,
 )
-from workers.shards import ShardInfo, ShardStore, Split
+from workers.runner import run_name_for
+from workers.shards import ShardInfo, ShardStore, Split, remove_tree
 
 log = logging.getLogger("lifelong.service")
 
@@ -56,6 +60,17 @@ IDEMPOTENCY_KEY_MAX = 255
 class PushOutcome:
     record: PushRecord
     replayed: bool
+
+
+@dataclass(frozen=True)
+class DeleteOutcome:
+    """What deleting a job removed."""
+
+    job_id: str
+    status: JobStatus
+    redis_keys: int
+    data_removed: bool
+    checkpoints_removed: bool
 
 
 @dataclass(frozen=True)
@@ -78,6 +93,18 @@ def translate(exc: StoreError) -> ServiceError:
         return ConflictError(f"{exc} (LIFELONG_MAX_JOBS); raise the limit to create more")
     if isinstance(exc, TransitionError):
         return ConflictError(str(exc))
+    if isinstance(exc, JobActiveError):
+        return ConflictError(
+            f"{exc}; only a stopped or failed job can be deleted: stop it first "
+            "(POST /v1/jobs/{id}/stop) and delete it once its status is 'stopped'"
+        )
+    if isinstance(exc, JobLeasedError):
+        return ConflictError(f"{exc}: it is still shutting down; retry in a few seconds")
+    if isinstance(exc, TrackingPendingError):
+        return ConflictError(
+            f"{exc} (the MLflow server was unreachable when it stopped); retry once MLflow "
+            "answers, or delete with force=true to drop them"
+        )
     return ServiceError(str(exc))
 
 
@@ -148,6 +175,40 @@ class ControlPlane:
         jobs = self.store.list_jobs(offset=offset, limit=limit)
         summaries = self.store.dataset_summaries([j.id for j in jobs])
         return list(zip(jobs, summaries, strict=True)), self.store.count_jobs()
+
+    def delete_job(self, job_id: str, *, force: bool = False) -> DeleteOutcome:
+        """Delete a stopped or failed job: its Redis state, its shards and its checkpoints.
+
+        The job disappears from the API at once (one atomic step in Redis); its files and the
+        rest of its keys follow. Should this process die in between, :meth:`finish_deletions`
+        (run at start-up) completes the work. Its MLflow experiment, runs and registered model
+        versions stay: they are the record of what was trained.
+        """
+        try:
+            status = self.store.delete_job(job_id, force=force)
+        except StoreError as exc:
+            raise translate(exc) from None
+        data, checkpoints, keys = self._purge(job_id)
+        log.info("job %s deleted (%d keys, data %s)", job_id, keys, data)
+        return DeleteOutcome(job_id, status, keys, data, checkpoints)
+
+    def finish_deletions(self) -> list[str]:
+        """Complete the deletions that an earlier process started and did not finish."""
+        done = []
+        for job_id in self.store.pending_deletions():
+            try:
+                self._purge(job_id)
+                done.append(job_id)
+            except (OSError, StoreError) as exc:
+                log.warning("finishing the deletion of job %s failed: %s", job_id, exc)
+        return done
+
+    def _purge(self, job_id: str) -> tuple[bool, bool, int]:
+        self.serving.forget(job_id)
+        data = self.shards.delete_job(job_id)
+        checkpoints = remove_tree(self.settings.ray_storage_uri, run_name_for(job_id))
+        # Keys last: the id stays in the 'deleting' set until the files are gone.
+        return data, checkpoints, self.store.purge_job(job_id)
 
     # --- data ------------------------------------------------------------------------------
 

@@ -17,6 +17,12 @@ touches one slot::
     <p>job:{<id>}:command:<cid>      HASH   one command: kind, args, status, detail, result, times
     <p>job:{<id>}:events             STREAM events (type, time, data JSON), trimmed MAXLEN ~
     <p>job:{<id>}:lease              STRING the supervisor's lease (owner token, PX expiry)
+    <p>job:{<id>}:generations        HASH   generation -> GenerationRecord JSON (the supervisor)
+    <p>job:{<id>}:mlflow…            the job's MLflow outbox and ids (``service.tracking``)
+    <p>deleting                      SET    ids of deleted jobs whose keys and files are being
+                                            removed (finished again at start-up after a crash)
+
+Deleting a job removes every key under ``<p>job:{<id>}`` (see ``RedisStore.delete_job``).
 
 Nothing here imports Redis: this module is loaded by worker processes too (via ``RedisManifest``).
 """
@@ -24,6 +30,7 @@ Nothing here imports Redis: this module is loaded by worker processes too (via `
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 
 COMMAND_GROUP = "supervisor"
@@ -63,3 +70,14 @@ class Keys:
 
     def lease(self, job_id: str) -> str:
         return f"{self.job(job_id)}:lease"
+
+    def mlflow_outbox(self, job_id: str) -> str:
+        # The name MlflowTracker gives it, with ``key=Keys.job(job_id)``.
+        return f"{self.job(job_id)}:mlflow:outbox"
+
+    def job_pattern(self, job_id: str) -> str:
+        """A SCAN pattern that matches every key of the job but its hash (glob-escaped)."""
+        return re.sub(r"([*?\[\]\\])", r"\\\1", self.job(job_id)) + ":*"
+
+    def deleting(self) -> str:
+        return f"{self.prefix}deleting"

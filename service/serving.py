@@ -105,6 +105,13 @@ class ModelServer:
                 self._cache.popitem(last=False)
         return loaded
 
+    def forget(self, job_id: str) -> None:
+        """Drop the job's cached models (it was deleted)."""
+        marker = f"/{job_id}/"
+        with self._lock:
+            for path in [p for p in self._cache if marker in p]:
+                del self._cache[path]
+
     def load_generation(
         self, job_id: str, generation: int | None
     ) -> tuple[GenerationRecord, LoadedCheckpoint]:

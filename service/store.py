@@ -168,6 +168,26 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
+# KEYS: jobs, job, lease, MLflow outbox, deleting. ARGV: job_id, terminal csv, force
+# The job leaves the listing and its hash goes, in one step; its other keys and its files are
+# removed afterwards (RedisStore.purge_job), with the id kept in the 'deleting' set until then.
+_DELETE_JOB = """
+local status = redis.call('HGET', KEYS[2], 'status')
+if not status then return {'missing'} end
+local terminal = false
+for s in string.gmatch(ARGV[2], '[^,]+') do
+  if s == status then terminal = true end
+end
+if not terminal then return {'active', status} end
+if redis.call('EXISTS', KEYS[3]) == 1 then return {'leased', status} end
+local pending = redis.call('LLEN', KEYS[4])
+if pending > 0 and ARGV[3] ~= '1' then return {'tracking', status, pending} end
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('DEL', KEYS[2])
+redis.call('SADD', KEYS[5], ARGV[1])
+return {'ok', status}
+"""
+
 
 class StoreError(Exception):
     """A store operation that cannot be done; ``kind`` says why."""
@@ -198,6 +218,30 @@ class TransitionError(StoreError):
         super().__init__(
             "refused", f"job '{job_id}' cannot go from {current} to {new}", status=current
         )
+
+
+class JobActiveError(StoreError):
+    def __init__(self, job_id: str, status: str) -> None:
+        super().__init__("active", f"job '{job_id}' is {status}", status=status)
+
+
+class JobLeasedError(StoreError):
+    def __init__(self, job_id: str, status: str) -> None:
+        super().__init__(
+            "leased",
+            f"job '{job_id}' is {status}, but its supervisor still holds the job's lease",
+            status=status,
+        )
+
+
+class TrackingPendingError(StoreError):
+    def __init__(self, job_id: str, status: str, pending: int) -> None:
+        super().__init__(
+            "tracking",
+            f"job '{job_id}' still has {pending} MLflow operations waiting to be logged",
+            status=status,
+        )
+        self.pending = pending
 
 
 class AppendOutcome:
@@ -260,6 +304,7 @@ class RedisStore:
         self._update_command = self.client.register_script(_UPDATE_COMMAND)
         self._renew_lease = self.client.register_script(_RENEW_LEASE)
         self._release_lease = self.client.register_script(_RELEASE_LEASE)
+        self._delete_job = self.client.register_script(_DELETE_JOB)
 
     @property
     def prefix(self) -> str:
@@ -310,6 +355,55 @@ class RedisStore:
         if outcome == "exists":  # a 64-bit id collision: vanishingly rare, never silent
             raise StoreError("exists", f"job id {job_id} is taken; retry")
         return record
+
+    def delete_job(self, job_id: str, *, force: bool = False) -> JobStatus:
+        """Take a stopped or failed job out of the deployment, atomically; return its status.
+
+        Refused while the job can still change: it is not stopped or failed, or its supervisor
+        still holds the lease, or (unless ``force``) its MLflow outbox holds operations that
+        were never logged. On success the job is gone from every listing and lookup at once,
+        and counts no more towards ``max_jobs``; the caller then removes its files and calls
+        :meth:`purge_job` for its remaining keys (its id waits in :meth:`pending_deletions`).
+        """
+        k = self.keys
+        outcome = self._delete_job(
+            keys=[k.jobs(), k.job(job_id), k.lease(job_id), k.mlflow_outbox(job_id), k.deleting()],
+            args=[job_id, _TERMINAL_CSV, "1" if force else "0"],
+        )
+        kind = _s(outcome[0])
+        if kind == "missing":
+            raise JobNotFoundError(job_id)
+        status = _s(outcome[1])
+        if kind == "active":
+            raise JobActiveError(job_id, status)
+        if kind == "leased":
+            raise JobLeasedError(job_id, status)
+        if kind == "tracking":
+            raise TrackingPendingError(job_id, status, int(outcome[2]))
+        return JobStatus(status)
+
+    def purge_job(self, job_id: str) -> int:
+        """Remove the keys left by a deleted job; return how many there were.
+
+        Refuses (``StoreError``) a job that still exists: only :meth:`delete_job` starts this.
+        """
+        if self.client.exists(self.keys.job(job_id)):
+            raise StoreError("exists", f"job '{job_id}' exists; delete it first")
+        removed = 0
+        batch: list[str] = []
+        for key in self.client.scan_iter(match=self.keys.job_pattern(job_id), count=1000):
+            batch.append(_s(key))
+            if len(batch) >= 500:
+                removed += int(self.client.unlink(*batch))
+                batch.clear()
+        if batch:
+            removed += int(self.client.unlink(*batch))
+        self.client.srem(self.keys.deleting(), job_id)
+        return removed
+
+    def pending_deletions(self) -> list[str]:
+        """Ids of deleted jobs whose keys or files may not all be removed yet."""
+        return sorted(_s(m) for m in self.client.smembers(self.keys.deleting()))
 
     def get_job(self, job_id: str) -> JobRecord | None:
         return _parse_job(_hash(self.client.hgetall(self.keys.job(job_id))))

@@ -233,7 +233,7 @@ class JobSupervisor:
     # --- training ------------------------------------------------------------------------------
     def _train(self) -> None:
         from workers.loop import WorkerConfig
-        from workers.runner import TrainerSettings, run_trainer
+        from workers.runner import TrainerSettings, run_name_for, run_trainer
         from workers.sources import ActorSource
 
         spec = self.job.spec
@@ -260,7 +260,7 @@ class JobSupervisor:
                 "CPU": spec.scaling.cpus_per_worker,
             },
             storage_path=self.cfg.ray_storage,
-            run_name=f"lifelong-{self.job_id}",
+            run_name=run_name_for(self.job_id),
             max_failures=self.cfg.max_failures,
         )
         failures = 0

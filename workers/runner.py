@@ -19,6 +19,11 @@ from workers.loop import WorkerConfig, train_loop_per_worker
 HEALTH_CHECK_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
 
 
+def run_name_for(job_id: str) -> str:
+    """Ray Train's run name for a job: its runs and checkpoints lie in ``<storage>/<name>``."""
+    return f"lifelong-{job_id}"
+
+
 class TrainerSettings(BaseModel):
     """How to run a job's loop on Ray: the loop's config plus scaling and run settings."""
 
@@ -53,7 +58,7 @@ class TrainerSettings(BaseModel):
 
     @property
     def name(self) -> str:
-        return self.run_name or f"lifelong-{self.worker.job_id}"
+        return self.run_name or run_name_for(self.worker.job_id)
 
 
 def make_trainer(settings: TrainerSettings) -> Any:

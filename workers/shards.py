@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import time
 import uuid
 from pathlib import Path
@@ -173,6 +174,10 @@ class ShardStore:
         else:
             self._fs.delete_file(f"{self._base}/{info.path}")
 
+    def delete_job(self, job_id: str) -> bool:
+        """Remove everything under ``<root>/<job_id>``; return whether anything was there."""
+        return remove_tree(self.root, job_id)
+
     def _write_atomic(self, rel: str, payload: bytes) -> None:
         if self._local is None:
             # Object stores make a single PUT visible atomically, when it completes.
@@ -190,6 +195,27 @@ class ShardStore:
             return (self._local / rel).read_bytes()
         with self._fs.open_input_stream(f"{self._base}/{rel}") as stream:
             return bytes(stream.read())
+
+
+def remove_tree(root: str, rel: str) -> bool:
+    """Remove the folder ``rel`` under the storage root URI ``root`` (a local folder, or anything
+    ``pyarrow.fs`` opens); return whether it existed. ``rel`` is one plain name, never a path."""
+    if not rel or rel in (".", "..") or "/" in rel or "\\" in rel:
+        raise ValueError(f"not a folder name under the storage root: {rel!r}")
+    if "://" in root and not root.startswith("file://"):
+        from pyarrow import fs as pafs
+
+        filesystem, base = pafs.FileSystem.from_uri(root)
+        target = f"{base.rstrip('/')}/{rel}"
+        if filesystem.get_file_info(target).type == pafs.FileType.NotFound:
+            return False
+        filesystem.delete_dir(target)
+        return True
+    folder = Path(root.removeprefix("file://")).expanduser() / rel
+    if not folder.exists():
+        return False
+    shutil.rmtree(folder)
+    return True
 
 
 def write_file_atomic(path: Path, payload: bytes) -> None:

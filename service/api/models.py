@@ -100,6 +100,20 @@ class JobList(_Public):
     limit: int
 
 
+class JobDeleted(_Public):
+    """The answer to DELETE /v1/jobs/{id}: what was removed, and what was kept."""
+
+    job_id: str
+    status: JobStatus = Field(description="The status the job had: stopped or failed.")
+    redis_keys: int = Field(description="Redis keys removed besides the job's own record.")
+    data_removed: bool = Field(description="Whether the job's shard folder was removed.")
+    checkpoints_removed: bool = Field(description="Whether its Ray Train run folder was removed.")
+    kept: str = Field(
+        default="the MLflow experiment, its runs and the registered model versions",
+        description="What deleting a job leaves in place.",
+    )
+
+
 class PushResult(_Public):
     """The answer to an accepted push (and, unchanged, to each retry with its Idempotency-Key)."""
 

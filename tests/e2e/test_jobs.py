@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from service.client import LifelongClient
+from service.client import LifelongClient, LifelongError
 from service.stack import Stack
 from tests.e2e.conftest import digits_job, wait_until
 
@@ -140,7 +140,26 @@ def test_stages_policy_and_manual_growth_tracked_in_mlflow(
     assert client.wait_command(job.id, stop.id, timeout=120).status == "done"
     wait_until(lambda: client.get_job(job.id).status == "stopped", timeout=120,
                what="the job to stop")  # fmt: skip
-    assert stack.mlflow is not None
+
+    # Deleting the stopped job (once its supervisor has let go) removes its data and Ray
+    # checkpoints; MLflow keeps its runs and model versions.
+    assert (stack.data_root / job.id / "shards").is_dir()
+    assert (stack.data_root / "_ray" / f"lifelong-{job.id}").is_dir()
+
+    def deleted() -> object:
+        try:
+            return client.delete_job(job.id)
+        except LifelongError as exc:
+            assert exc.status_code == 409 and "still shutting down" in exc.detail, exc.detail
+            return None
+
+    outcome = wait_until(deleted, timeout=60, what="the stopped job to be deleted")
+    assert outcome.data_removed and outcome.checkpoints_removed and outcome.redis_keys > 5
+    assert not (stack.data_root / job.id).exists()
+    assert not (stack.data_root / "_ray" / f"lifelong-{job.id}").exists()
+    assert job.id not in [j.id for j in client.list_jobs().jobs]
+    assert mlflow.get_run(gens[-1].mlflow_run_id).info.run_id == gens[-1].mlflow_run_id
+    assert mlflow.get_model_version_by_alias(listed.model_name, "latest").version == latest.version
 
 
 def test_api_restart_during_training(

@@ -188,7 +188,9 @@ def run_cases(http: httpx.Client, stop: Callable[[str], None]) -> tuple[list[Row
     c.send("ids", "unknown command id", "GET", f"/v1/jobs/{job}/commands/cmd_0000000000000000")
     c.send("ids", "malformed command id", "GET", f"/v1/jobs/{job}/commands/x")
     c.send("ids", "unknown route", "GET", "/v1/nothing")
-    c.send("ids", "wrong method (DELETE a job)", "DELETE", f"/v1/jobs/{job}")
+    c.send("ids", "wrong method (PUT a job)", "PUT", f"/v1/jobs/{job}", json=SPEC)
+    c.send("ids", "delete an unknown job", "DELETE", "/v1/jobs/job_0000000000000000")
+    c.send("ids", "delete a job that has not stopped", "DELETE", f"/v1/jobs/{job}")
     c.send("ids", "Last-Event-ID that is not an event id", "GET", f"/v1/jobs/{job}/events", headers={"Last-Event-ID": "yesterday"})  # fmt: skip
     c.send("ids", "limit=0 on the job list", "GET", "/v1/jobs?limit=0")
 
@@ -273,6 +275,7 @@ def run_cases(http: httpx.Client, stop: Callable[[str], None]) -> tuple[list[Row
     auth("reader key pushing data", f"Bearer {KEYS['reader']}", "POST", f"/v1/jobs/{job}/data", content=body, headers={"Content-Type": st})  # fmt: skip
     auth("writer key creating a job", f"Bearer {KEYS['writer']}", "POST", "/v1/jobs", json=SPEC)
     auth("writer key asking for growth", f"Bearer {KEYS['writer']}", "POST", f"/v1/jobs/{job}/grow", json={"op": "widen", "factor": 2})  # fmt: skip
+    auth("writer key deleting a job", f"Bearer {KEYS['writer']}", "DELETE", f"/v1/jobs/{job}")
     auth("no key on /healthz (open)", None, "GET", "/healthz")
     return c.rows, job
 

@@ -1,4 +1,4 @@
-"""POST /v1/jobs, GET /v1/jobs, GET /v1/jobs/{id}."""
+"""POST /v1/jobs, GET /v1/jobs, GET /v1/jobs/{id}, DELETE /v1/jobs/{id}."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, Request, Response, status
 from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import MAX_OFFSET, Admin, JobId, Plane, Reader
-from service.api.models import JOB_EXAMPLE, ErrorBody, JobList, JobPublic
+from service.api.models import JOB_EXAMPLE, ErrorBody, JobDeleted, JobList, JobPublic
 from service.records import DatasetSummary
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -82,3 +82,36 @@ def get_job(job_id: JobId, plane: Plane) -> JobPublic:
     """One job: status (and why), generation, parameter count, dataset size, latest metrics."""
     job, dataset = plane.get_job(job_id)
     return JobPublic.of(job, dataset)
+
+
+@router.delete(
+    "/{job_id}",
+    dependencies=[Admin],
+    responses={
+        404: {"model": ErrorBody, "description": "No such job."},
+        409: {
+            "model": ErrorBody,
+            "description": "The job is not stopped or failed, its supervisor is still shutting "
+            "down, or MLflow operations are still waiting to be logged (see 'force').",
+        },
+    },
+)
+def delete_job(
+    job_id: JobId,
+    plane: Plane,
+    force: Annotated[
+        bool,
+        Query(description="Delete even if MLflow operations of the job were never logged."),
+    ] = False,
+) -> JobDeleted:
+    """Delete a stopped or failed job: its state, its data and its checkpoints. It no longer
+    counts towards the deployment's maximum of jobs. Its MLflow experiment, runs and registered
+    model versions stay. Stop a running job first (POST /v1/jobs/{id}/stop)."""
+    outcome = plane.delete_job(job_id, force=force)
+    return JobDeleted(
+        job_id=outcome.job_id,
+        status=outcome.status,
+        redis_keys=outcome.redis_keys,
+        data_removed=outcome.data_removed,
+        checkpoints_removed=outcome.checkpoints_removed,
+    )
