@@ -35,6 +35,7 @@ from service.settings import Settings
 from service.spec import SpecProblem
 from service.store import RedisStore, StoreError
 from service.supervisor import SupervisorConfig
+from service.sweeper import OutboxSweeper
 from workers.shards import ShardStore
 
 log = logging.getLogger("lifelong.service")
@@ -90,11 +91,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             plane.readiness_checks["ray"] = launcher.readiness
             launcher.start()
         app.state.launcher = launcher
+        sweeper = (
+            OutboxSweeper(store, settings.mlflow_uri, interval=settings.reconcile_interval_s)
+            if settings.supervise
+            else None
+        )
+        if sweeper is not None:
+            sweeper.start()
+        app.state.sweeper = sweeper
         try:
             yield
         finally:
             if launcher is not None:
                 launcher.stop()  # supervisors are detached: they go on without the API
+            if sweeper is not None:
+                await run_in_threadpool(sweeper.stop)
             store.close()
             await store.aclose()
             if embedded is not None:

@@ -99,7 +99,7 @@ def translate(exc: StoreError) -> ServiceError:
             "(POST /v1/jobs/{id}/stop) and delete it once its status is 'stopped'"
         )
     if isinstance(exc, JobLeasedError):
-        return ConflictError(f"{exc}: it is still shutting down; retry in a few seconds")
+        return ConflictError(f"{exc}; retry in a few seconds")
     if isinstance(exc, TrackingPendingError):
         return ConflictError(
             f"{exc} (the MLflow server was unreachable when it stopped); retry once MLflow "

@@ -102,7 +102,8 @@ class Settings(BaseSettings):
     reconcile_interval_s: float = Field(
         default=30.0,
         gt=0,
-        description="How often the API checks that every live job has a supervisor.",
+        description="How often the API checks that every live job has a supervisor, and logs "
+        "the MLflow operations that finished jobs left queued.",
     )
 
     # --- serving -----------------------------------------------------------------------------

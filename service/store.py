@@ -229,7 +229,8 @@ class JobLeasedError(StoreError):
     def __init__(self, job_id: str, status: str) -> None:
         super().__init__(
             "leased",
-            f"job '{job_id}' is {status}, but its supervisor still holds the job's lease",
+            f"job '{job_id}' is {status}, but its lease is held (by its supervisor closing the "
+            "job, or by the API logging the job's last MLflow operations)",
             status=status,
         )
 

@@ -137,13 +137,13 @@ class JobSupervisor:
         self.job: JobRecord = self.store.require_job(self.job_id)
         spec = self.job.spec
         self.controller = Controller(spec.growth, seed=spec.seed)
-        self.tracker = MlflowTracker(
-            client=self.store.client,
-            key=self.store.keys.job(self.job_id),
+        self.tracker = MlflowTracker.for_job(
+            self.store.client,
+            self.store.keys.job(self.job_id),
             job_id=self.job_id,
-            experiment_name=f"{config.experiment_prefix}/{spec.name}-{self.job_id}",
-            model_name=f"{config.experiment_prefix}-{self.job_id}",
+            job_name=spec.name,
             tracking_uri=config.mlflow_uri,
+            prefix=config.experiment_prefix,
         )
         self._handle = handle
         self._lock = threading.RLock()

@@ -87,6 +87,27 @@ class MlflowTracker:
     _mlflow: Any = field(default=None, init=False, repr=False)
     _experiment_id: str | None = field(default=None, init=False, repr=False)
 
+    @classmethod
+    def for_job(
+        cls,
+        client: redis.Redis,
+        key: str,
+        *,
+        job_id: str,
+        job_name: str,
+        tracking_uri: str,
+        prefix: str = "lifelong",
+    ) -> MlflowTracker:
+        """The tracker of a job: experiment ``<prefix>/<name>-<id>``, model ``<prefix>-<id>``."""
+        return cls(
+            client=client,
+            key=key,
+            job_id=job_id,
+            experiment_name=f"{prefix}/{job_name}-{job_id}",
+            model_name=f"{prefix}-{job_id}",
+            tracking_uri=tracking_uri,
+        )
+
     # --- keys --------------------------------------------------------------------------------
     @property
     def outbox_key(self) -> str:
@@ -228,19 +249,22 @@ class MlflowTracker:
                 applied = self.drain_once()
             except Exception as exc:  # an outage or a bug: keep the op, back off, go on
                 failures += 1
-                self._record_failure(exc)
+                self.record_failure(exc)
                 self._stop.wait(min(self.max_backoff, 0.5 * 2 ** min(failures, 10)))
                 continue
             if failures:
                 logger.info("mlflow tracking for job %s is back after %d failures", self.job_id,
                             failures)  # fmt: skip
-                self.client.hdel(self.info_key, "failing_since", "last_error")
+                self.clear_failure()
                 failures = 0
             if not applied:
                 self._wake.wait(1.0)
                 self._wake.clear()
 
-    def _record_failure(self, exc: Exception) -> None:
+    def clear_failure(self) -> None:
+        self.client.hdel(self.info_key, "failing_since", "last_error")
+
+    def record_failure(self, exc: Exception) -> None:
         message = f"{type(exc).__name__}: {exc}"[:500]
         self.client.hsetnx(self.info_key, "failing_since", str(time.time()))
         self.client.hset(self.info_key, "last_error", message)

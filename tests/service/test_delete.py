@@ -67,8 +67,8 @@ def test_a_stopped_job_is_deleted_with_its_keys_and_files(
         refused = _refusal(lambda: client.delete_job(doomed.id))
         assert refused.status_code == 409
         assert refused.detail == (
-            f"job '{doomed.id}' is stopped, but its supervisor still holds the job's lease: it "
-            "is still shutting down; retry in a few seconds"
+            f"job '{doomed.id}' is stopped, but its lease is held (by its supervisor closing the "
+            "job, or by the API logging the job's last MLflow operations); retry in a few seconds"
         )
         assert store.release_lease(doomed.id, "supervisor-1")
         # MLflow was away when it stopped: two operations were never logged.
