@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -22,13 +23,24 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Self
 
+_HANDED_OUT: set[int] = set()
+_HANDED_LOCK = threading.Lock()
+
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A TCP port that nothing listens on right now, and that this process never handed out.
+
+    The kernel may give the same free port to two binds in a row; the services started with
+    these ports bind them later, so two of them (Ray's GCS and client server, say) would collide.
+    """
+    with _HANDED_LOCK:
+        while True:
+            with socket.socket() as sock:
+                sock.bind((host, 0))
+                port: int = sock.getsockname()[1]
+            if port not in _HANDED_OUT:
+                _HANDED_OUT.add(port)
+                return port
 
 
 def wait_for_http(url: str, *, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:

@@ -9,7 +9,7 @@ import uuid
 import pytest
 import redis
 
-from service.processes import MlflowServer
+from service.processes import MlflowServer, free_port
 from tests.conftest import delete_prefix
 
 
@@ -71,3 +71,10 @@ def test_cli_help_and_version() -> None:
     from service import __version__
 
     assert version_out.strip() == f"lifelong {__version__}"
+
+
+def test_free_port_never_hands_out_a_port_twice() -> None:
+    # Ray's head takes five of these at once; a repeat made it refuse to start.
+    ports = [free_port() for _ in range(300)]
+    assert len(set(ports)) == 300
+    assert all(1024 <= p <= 65535 for p in ports)
