@@ -34,6 +34,8 @@ import re
 from dataclasses import dataclass
 
 COMMAND_GROUP = "supervisor"
+# Appended to a job's key (``Keys.job``) by ``service.tracking.MlflowTracker``.
+MLFLOW_OUTBOX_SUFFIX = ":mlflow:outbox"
 
 
 @dataclass(frozen=True)
@@ -72,8 +74,7 @@ class Keys:
         return f"{self.job(job_id)}:lease"
 
     def mlflow_outbox(self, job_id: str) -> str:
-        # The name MlflowTracker gives it, with ``key=Keys.job(job_id)``.
-        return f"{self.job(job_id)}:mlflow:outbox"
+        return f"{self.job(job_id)}{MLFLOW_OUTBOX_SUFFIX}"
 
     def job_pattern(self, job_id: str) -> str:
         """A SCAN pattern that matches every key of the job but its hash (glob-escaped)."""

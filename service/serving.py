@@ -21,7 +21,8 @@ import torch
 from service.errors import ConflictError, InvalidError, NotFoundError, TooLargeError
 from service.store import RedisStore
 from service.supervisor import GenerationRecord, read_generations
-from workers.checkpoint import LoadedCheckpoint, is_remote, load_checkpoint
+from workers.checkpoint import LoadedCheckpoint, load_checkpoint
+from workers.shards import is_remote
 
 MAX_PREDICT_SAMPLES = 10_000
 
@@ -107,9 +108,8 @@ class ModelServer:
 
     def forget(self, job_id: str) -> None:
         """Drop the job's cached models (it was deleted)."""
-        marker = f"/{job_id}/"
-        with self._lock:
-            for path in [p for p in self._cache if marker in p]:
+        with self._lock:  # under <data_root>/<id>/ or <ray_storage>/lifelong-<id>/
+            for path in [p for p in self._cache if job_id in p]:
                 del self._cache[path]
 
     def load_generation(

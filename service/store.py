@@ -242,7 +242,6 @@ class TrackingPendingError(StoreError):
             f"job '{job_id}' still has {pending} MLflow operations waiting to be logged",
             status=status,
         )
-        self.pending = pending
 
 
 class AppendOutcome:
@@ -360,9 +359,9 @@ class RedisStore:
     def delete_job(self, job_id: str, *, force: bool = False) -> JobStatus:
         """Take a stopped or failed job out of the deployment, atomically; return its status.
 
-        Refused while the job can still change: it is not stopped or failed, or its supervisor
-        still holds the lease, or (unless ``force``) its MLflow outbox holds operations that
-        were never logged. On success the job is gone from every listing and lookup at once,
+        Refused while the job can still change: it is not stopped or failed, or its lease is
+        held (by its supervisor, or by the API's sweeper), or (unless ``force``) its MLflow
+        outbox holds operations that were never logged. On success the job is gone from every listing and lookup at once,
         and counts no more towards ``max_jobs``; the caller then removes its files and calls
         :meth:`purge_job` for its remaining keys (its id waits in :meth:`pending_deletions`).
         """

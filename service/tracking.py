@@ -34,6 +34,8 @@ from typing import Any
 
 import redis
 
+from service.keys import MLFLOW_OUTBOX_SUFFIX
+
 logger = logging.getLogger(__name__)
 
 GENERATION_TAG = "lifelong.generation"
@@ -111,7 +113,7 @@ class MlflowTracker:
     # --- keys --------------------------------------------------------------------------------
     @property
     def outbox_key(self) -> str:
-        return f"{self.key}:mlflow:outbox"
+        return f"{self.key}{MLFLOW_OUTBOX_SUFFIX}"
 
     @property
     def runs_key(self) -> str:

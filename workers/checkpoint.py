@@ -34,6 +34,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from workers.models import build_model, count_parameters
+from workers.shards import is_remote
 from workers.spec import ModelSpec, OptimizerSpec, TaskSpec
 
 FORMAT = "lifelong-checkpoint"
@@ -290,11 +291,6 @@ def load_checkpoint(path: str | Path, *, with_optimizer: bool = True) -> LoadedC
 
 
 # -- durable copies -------------------------------------------------------------------------------
-
-
-def is_remote(location: str) -> bool:
-    """Whether a checkpoint location is a storage URI (``s3://``…) rather than a local folder."""
-    return "://" in location and not location.startswith("file://")
 
 
 def save_durable(

@@ -52,7 +52,6 @@ from workers.checkpoint import (
     CheckpointMeta,
     GenerationInfo,
     build_optimizer,
-    is_remote,
     load_checkpoint,
     publish,
     save_checkpoint,
@@ -61,7 +60,7 @@ from workers.checkpoint import (
 )
 from workers.models import build_model, count_parameters
 from workers.reader import DataReader
-from workers.shards import Manifest, ManifestSource, ShardStore
+from workers.shards import Manifest, ManifestSource, ShardStore, is_remote
 from workers.sources import (
     BaseSource,
     CheckpointEvent,

@@ -92,12 +92,17 @@ class ManifestSource(Protocol):
         ...
 
 
+def is_remote(location: str) -> bool:
+    """Whether a location is a storage URI (``s3://``…) rather than a local folder."""
+    return "://" in location and not location.startswith("file://")
+
+
 class ShardStore:
     """Writes and reads shards under a storage root URI."""
 
     def __init__(self, root: str) -> None:
         self.root = root
-        if "://" in root and not root.startswith("file://"):
+        if is_remote(root):
             from pyarrow import fs as pafs
 
             self._fs, self._base = pafs.FileSystem.from_uri(root)
@@ -202,7 +207,7 @@ def remove_tree(root: str, rel: str) -> bool:
     ``pyarrow.fs`` opens); return whether it existed. ``rel`` is one plain name, never a path."""
     if not rel or rel in (".", "..") or "/" in rel or "\\" in rel:
         raise ValueError(f"not a folder name under the storage root: {rel!r}")
-    if "://" in root and not root.startswith("file://"):
+    if is_remote(root):
         from pyarrow import fs as pafs
 
         filesystem, base = pafs.FileSystem.from_uri(root)

@@ -9,6 +9,7 @@ import pytest
 
 from service.client import LifelongClient, LifelongError
 from service.keys import Keys
+from service.serving import ModelServer
 from service.settings import Settings
 from service.states import JobStatus
 from service.store import RedisStore, StoreError
@@ -154,3 +155,16 @@ def test_remove_tree_takes_one_folder_name_only(tmp_path: Path) -> None:
     assert not (tmp_path / "job_a").exists() and tmp_path.exists()
     assert remove_tree(str(tmp_path), "job_a") is False
     assert remove_tree(f"file://{tmp_path}", "job_b") is False
+
+
+def test_a_deleted_jobs_cached_models_are_dropped() -> None:
+    server = ModelServer(None, "/data")  # type: ignore[arg-type]  # the cache alone
+    paths = [
+        "/data/job_a/checkpoints/gen-0000-step-000000010",
+        "/data/_ray/lifelong-job_a/gen-0001-step-000000200",
+        "/data/job_b/checkpoints/gen-0000-step-000000010",
+    ]
+    for path in paths:
+        server._cache[path] = object()  # type: ignore[assignment]
+    server.forget("job_a")
+    assert list(server._cache) == paths[2:]

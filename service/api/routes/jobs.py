@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response, status
@@ -91,8 +92,9 @@ def get_job(job_id: JobId, plane: Plane) -> JobPublic:
         404: {"model": ErrorBody, "description": "No such job."},
         409: {
             "model": ErrorBody,
-            "description": "The job is not stopped or failed, its supervisor is still shutting "
-            "down, or MLflow operations are still waiting to be logged (see 'force').",
+            "description": "The job is not stopped or failed, its lease is held (its supervisor "
+            "closing it, or the API logging its last MLflow operations), or MLflow operations "
+            "are still waiting to be logged (see 'force').",
         },
     },
 )
@@ -107,11 +109,4 @@ def delete_job(
     """Delete a stopped or failed job: its state, its data and its checkpoints. It no longer
     counts towards the deployment's maximum of jobs. Its MLflow experiment, runs and registered
     model versions stay. Stop a running job first (POST /v1/jobs/{id}/stop)."""
-    outcome = plane.delete_job(job_id, force=force)
-    return JobDeleted(
-        job_id=outcome.job_id,
-        status=outcome.status,
-        redis_keys=outcome.redis_keys,
-        data_removed=outcome.data_removed,
-        checkpoints_removed=outcome.checkpoints_removed,
-    )
+    return JobDeleted(**asdict(plane.delete_job(job_id, force=force)))
