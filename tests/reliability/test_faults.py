@@ -90,6 +90,24 @@ class Faulty:
         """Observations after ``mark`` that show the loop training again."""
         self.log.wait(lambda e: e.type == "observation", after=mark, timeout=timeout, what=what)
 
+    def deepen_into_crash(self, fault: str, after: str) -> tuple[int, Any, Any]:
+        """Arm the fault point (``fault``: 'transform' or 'checkpoint'), ask for a deepen after
+        ``after``, and wait until the loop restarted and trains again. Returns the event-log mark
+        taken before, the loop's 'starting' event and the grow command's outcome."""
+        mark = self.log.mark()
+        (self.triggers / self.job_id).write_text(fault)
+        command = self.admin.grow(self.job_id, "deepen", after=after)
+        start = self.log.wait(
+            lambda e: e.type == "status" and e.data.get("loop") == "starting",
+            after=mark,
+            timeout=240,
+            what=f"the loop to start again after the crash at '{fault}' in the growth",
+        )
+        outcome = self.admin.wait_command(self.job_id, command.id, timeout=60)
+        self.wait_training(self.log.events.index(start), 60, "observations after the crash")
+        assert not (self.triggers / self.job_id).exists(), "the fault point was never reached"
+        return mark, start, outcome
+
 
 @pytest.fixture(scope="module")
 def faulty(request: pytest.FixtureRequest) -> Iterator[Faulty]:
@@ -193,20 +211,7 @@ def test_crash_between_growth_transform_and_checkpoint(faulty: Faulty) -> None:
     before = faulty.job()
     generations = faulty.admin.generations(faulty.job_id).generations
     records = faulty.admin.architecture(faulty.job_id)["records"]
-    mark = faulty.log.mark()
-    (faulty.triggers / faulty.job_id).touch()
-
-    command = faulty.admin.grow(faulty.job_id, "deepen", after="act1")
-    start = faulty.log.wait(
-        lambda e: e.type == "status" and e.data.get("loop") == "starting",
-        after=mark,
-        timeout=240,
-        what="the loop to start again after the crash in the growth",
-    )
-    outcome = faulty.admin.wait_command(faulty.job_id, command.id, timeout=60)
-    faulty.wait_training(faulty.log.events.index(start), 60, "observations after the crash")
-
-    assert not (faulty.triggers / faulty.job_id).exists(), "the fault point was never reached"
+    mark, start, outcome = faulty.deepen_into_crash("transform", after="act1")
     resumed = start.data["resumed_from"]
     # Consistently before the growth: the checkpoint, the job, the architecture, the generation
     # records and every observation since say generation G and its parameters, nowhere G + 1.
@@ -259,20 +264,7 @@ def test_crash_right_after_the_growth_checkpoint(faulty: Faulty) -> None:
     """The other side of the growth: the workers die once its checkpoint is complete, before the
     growth's event reached the supervisor (it comes with the first step of the grown model)."""
     before = faulty.job()
-    mark = faulty.log.mark()
-    (faulty.triggers / faulty.job_id).write_text("checkpoint")
-
-    command = faulty.admin.grow(faulty.job_id, "deepen", after="act2")
-    start = faulty.log.wait(
-        lambda e: e.type == "status" and e.data.get("loop") == "starting",
-        after=mark,
-        timeout=240,
-        what="the loop to start again after the crash after the growth's checkpoint",
-    )
-    outcome = faulty.admin.wait_command(faulty.job_id, command.id, timeout=60)
-    faulty.wait_training(faulty.log.events.index(start), 60, "observations after the crash")
-
-    assert not (faulty.triggers / faulty.job_id).exists(), "the fault point was never reached"
+    mark, start, outcome = faulty.deepen_into_crash("checkpoint", after="act2")
     resumed = start.data["resumed_from"]
     generation = resumed["generation"]
     # Consistently after the growth: the checkpoint, the command, the job, the generation records

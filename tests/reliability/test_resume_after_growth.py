@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from growth_policy import GrowthOp
+from tests.workers._support import checkpoint_meta
 from workers import _growth
-from workers.checkpoint import CheckpointMeta, build_optimizer, load_checkpoint, save_checkpoint
+from workers.checkpoint import build_optimizer, load_checkpoint, save_checkpoint
 from workers.models import build_model
 from workers.spec import ModelSpec, OptimizerSpec, TaskSpec
 
@@ -56,10 +57,9 @@ def test_a_checkpoint_after_growth_resumes_with_its_optimizer_state(
     assert [id(p) for p in optimizer.param_groups[0]["params"]] == [
         id(p) for p in model.parameters()
     ]
-    meta = CheckpointMeta(
-        job_id="job", task=TASK, model=SPEC, optimizer=OptimizerSpec(), records=records,
-        step=len(ops) + 1, generation=len(ops), generation_step=1, samples_seen=0, passes=1,
-        manifest_version=1, dataset_size=0, param_count=0, world_size=1,
+    meta = checkpoint_meta(
+        TASK, SPEC, records=records, step=len(ops) + 1, generation=len(ops), generation_step=1,
+        passes=1, manifest_version=1,
     )  # fmt: skip
     save_checkpoint(tmp_path / "ckpt", model=model, optimizer=optimizer, meta=meta)
 

@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from growth_policy.types import GrowthOp
+from tests.workers._support import checkpoint_meta
 from workers._dist import module_digest
 from workers._growth import apply_op, shrink_perturb
-from workers.checkpoint import CheckpointMeta, build_optimizer, load_checkpoint, save_checkpoint
+from workers.checkpoint import build_optimizer, load_checkpoint, save_checkpoint
 from workers.models import build_model, count_parameters
 from workers.spec import ModelSpec, OptimizerSpec, TaskSpec
 
@@ -75,21 +76,14 @@ def test_widen_then_deepen_preserves_the_function_and_replays(
     assert opt_params == new_params
 
     # The checkpoint rebuilds the same architecture from the base spec and the two records.
-    meta = CheckpointMeta(
+    meta = checkpoint_meta(
+        task,
+        spec,
         job_id="j",
-        task=task,
-        model=spec,
         optimizer=OptimizerSpec(lr=0.01),
-        records=[widened.record, deepened.record],  # type: ignore[list-item]
+        records=[widened.record, deepened.record],
         step=3,
         generation=2,
-        generation_step=0,
-        samples_seen=0,
-        passes=0,
-        manifest_version=0,
-        dataset_size=0,
-        param_count=0,
-        world_size=1,
     )
     save_checkpoint(tmp_path / "ck", model=grown, optimizer=deepened.optimizer, meta=meta)
     loaded = load_checkpoint(tmp_path / "ck")

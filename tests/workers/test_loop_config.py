@@ -10,13 +10,14 @@ import pytest
 import ray.cloudpickle
 from pydantic import ValidationError
 
-from workers.checkpoint import CheckpointMeta, save_checkpoint
+from tests.workers._support import checkpoint_meta
+from workers.checkpoint import save_checkpoint
 from workers.loop import WorkerConfig, _is_complete, _name_order, _stored_checkpoints
 from workers.models import build_model
 from workers.runner import TrainerSettings
 from workers.shards import FileManifest
 from workers.sources import JsonlRecorder, ScriptedAction, ScriptedSource
-from workers.spec import ModelSpec, OptimizerSpec, TaskSpec
+from workers.spec import ModelSpec, TaskSpec
 
 
 def _config(tmp_path: Path, **kwargs: object) -> WorkerConfig:
@@ -86,21 +87,7 @@ def test_finds_the_newest_complete_checkpoint_in_run_storage(tmp_path: Path) -> 
     task = TaskSpec(input_shape=(4,), num_classes=2)
     spec = ModelSpec(family="mlp", hidden=[8])
     model = build_model(spec, task)
-    meta = CheckpointMeta(
-        job_id="job1",
-        task=task,
-        model=spec,
-        optimizer=OptimizerSpec(),
-        step=0,
-        generation=0,
-        generation_step=0,
-        samples_seen=0,
-        passes=0,
-        manifest_version=0,
-        dataset_size=0,
-        param_count=0,
-        world_size=1,
-    )
+    meta = checkpoint_meta(task, spec, job_id="job1")
     run = tmp_path / "run"
     for gen, step in ((0, 100), (1, 200), (1, 300), (0, 1000)):
         save_checkpoint(
