@@ -19,7 +19,14 @@ from growth_policy.config import (
     WidenConfig,
 )
 from growth_policy.controller import Controller, derive_seed
-from growth_policy.planning import Limits, Plan, check_op, plan_deepen, plan_widen
+from growth_policy.planning import (
+    Limits,
+    Plan,
+    check_op,
+    growth_op_from_request,
+    plan_deepen,
+    plan_widen,
+)
 from growth_policy.policies import (
     Policy,
     PolicyContext,
@@ -77,6 +84,7 @@ __all__ = [
     "estimate_memory_bytes",
     "get_policy",
     "group_signals",
+    "growth_op_from_request",
     "manual",
     "parse_summary",
     "plan_deepen",

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from growth_policy._format import count, gib, num
 from growth_policy.config import GrowthPolicyConfig
@@ -108,12 +109,33 @@ def _refuse(state: str, text: str, before: int, after: int, numbers: Numbers) ->
     return Plan(None, state, text, before, after, {"params_before": before, **numbers})
 
 
+def growth_op_from_request(args: Mapping[str, Any], config: GrowthPolicyConfig) -> GrowthOp | None:
+    """The op of a grow request (a JSON object with GrowthOp's fields); None for an empty one,
+    which lets the controller choose what and where.
+
+    What a widen request leaves unsaid (``init``, ``noise``, ``split``) comes from the job's
+    ``growth.widen`` config, not from GrowthOp's defaults: the paper's exact copies
+    (``init="net2net"``) learn nothing new under Adam. Raises ValueError (pydantic's
+    ValidationError) for an invalid op.
+    """
+    if not args:
+        return None
+    return GrowthOp.model_validate(_with_widen_config(args, config))
+
+
+def _with_widen_config(args: Mapping[str, Any], config: GrowthPolicyConfig) -> dict[str, Any]:
+    """``args`` with the job's widen settings filled in where a widen leaves them unsaid."""
+    if args.get("op") != "widen":
+        return dict(args)
+    w = config.widen
+    return {"init": w.init, "noise": w.noise, "split": w.split, **args}
+
+
 def _widen_op(
     config: GrowthPolicyConfig, factor: float | None, widths: dict[str, int] | None
 ) -> GrowthOp:
-    w = config.widen
-    return GrowthOp(
-        op="widen", factor=factor, widths=widths, init=w.init, noise=w.noise, split=w.split
+    return GrowthOp.model_validate(
+        _with_widen_config({"op": "widen", "factor": factor, "widths": widths}, config)
     )
 
 

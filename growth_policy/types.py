@@ -89,6 +89,20 @@ class GrowthOp(BaseModel):
             raise ValueError("; ".join(errors))
         return self
 
+    def widen_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of ``net2net.widen`` for this op:
+        ``net2net.widen(model, example, **op.widen_kwargs())``. Raises ValueError for another op."""
+        if self.op != "widen":
+            raise ValueError(f"widen_kwargs: this is a {self.op!r} op, not a widen")
+        return {
+            "factor": self.factor,
+            "widths": None if self.widths is None else dict(self.widths),
+            "init": self.init,
+            "noise": self.noise,
+            "split": self.split,
+            "seed": self.seed,
+        }
+
 
 class Decision(BaseModel):
     """The controller's answer to an observation: grow (with ``op``) or not, and why."""

@@ -11,6 +11,7 @@ from growth_policy import (
     GrowthPolicyConfig,
     Limits,
     check_op,
+    growth_op_from_request,
     parse_summary,
     plan_deepen,
     plan_widen,
@@ -224,3 +225,32 @@ def test_residual_deepen_counts_the_residual_block() -> None:
     refused = plan_deepen(obs_for([16]), s, strict, NO_LIMITS)
     assert refused.state == "not_exact"
     assert "an identity layer is not exact after act0" in refused.description
+
+
+def test_a_widen_request_takes_what_it_leaves_unsaid_from_the_jobs_widen_config() -> None:
+    c = cfg(widen={"init": "copy_zero", "noise": 0.05, "split": "random"})
+    op = growth_op_from_request({"op": "widen", "factor": 2}, c)
+    assert op is not None
+    assert (op.factor, op.init, op.noise, op.split) == (2.0, "copy_zero", 0.05, "random")
+    said = growth_op_from_request({"op": "widen", "factor": 2, "init": "net2net", "noise": 0}, c)
+    assert said is not None
+    assert (said.init, said.noise, said.split) == ("net2net", 0.0, "random")
+    assert GrowthOp(op="widen", factor=2).init == "net2net"  # not the GrowthOp default
+
+
+def test_a_request_other_than_widen_is_validated_as_given() -> None:
+    c = cfg(widen={"init": "copy_zero"})
+    assert growth_op_from_request({}, c) is None  # the controller chooses
+    op = growth_op_from_request({"op": "deepen", "after": "act0"}, c)
+    assert op == GrowthOp(op="deepen", after="act0")
+    with pytest.raises(ValueError, match="exactly one of 'factor' or 'widths'"):
+        growth_op_from_request({"op": "widen"}, c)
+    with pytest.raises(ValueError, match="Extra inputs are not permitted"):
+        growth_op_from_request({"op": "deepen", "after": "act0", "size": 2}, c)
+
+
+def test_planned_widens_use_the_jobs_widen_config() -> None:
+    c = cfg(widen={"mode": "factor", "init": "copy_zero", "noise": 0.05, "split": "random"})
+    plan = plan_widen(obs_for([16, 16]), shape_of([16, 16]), c, NO_LIMITS)
+    assert plan.op is not None
+    assert (plan.op.init, plan.op.noise, plan.op.split) == ("copy_zero", 0.05, "random")

@@ -6,6 +6,7 @@ predicts and decides is what net2net then does.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import pytest
@@ -13,7 +14,7 @@ import torch
 from torch import nn
 
 import growth_policy
-from growth_policy import Controller, GrowthPolicyConfig, Observation, parse_summary
+from growth_policy import Controller, GrowthOp, GrowthPolicyConfig, Observation, parse_summary
 
 net2net: Any = pytest.importorskip("net2net")
 if not all(hasattr(net2net, f) for f in ("summarize", "widen", "deepen", "width_groups")):
@@ -105,16 +106,7 @@ def test_controller_decisions_apply_with_net2net() -> None:
         assert d.op is not None, d.reason
         kinds.append(d.op.op)
         if d.op.op == "widen":
-            grown = net2net.widen(
-                model,
-                x,
-                factor=d.op.factor,
-                widths=d.op.widths,
-                init=d.op.init,
-                noise=d.op.noise,
-                split=d.op.split,
-                seed=d.op.seed,
-            )
+            grown = net2net.widen(model, x, **d.op.widen_kwargs())
         else:
             assert d.op.after is not None
             grown = net2net.deepen(model, x, after=d.op.after, style=d.op.style, seed=d.op.seed)
@@ -125,6 +117,20 @@ def test_controller_decisions_apply_with_net2net() -> None:
     assert kinds == ["widen", "deepen", "widen"]
     names = {g.name for g in net2net.width_groups(model, x)}
     assert set(growth_policy.group_signals(model, x)) == names
+
+
+def test_widen_kwargs_are_exactly_net2net_widens_keywords() -> None:
+    params = inspect.signature(net2net.widen).parameters
+    keywords = {n for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    op = GrowthOp(op="widen", widths={"0": 20}, init="net2net", noise=0.1, split="random", seed=7)
+    kwargs = op.widen_kwargs()
+    assert set(kwargs) == keywords
+    grown = net2net.widen(mlp(), torch.randn(8, 40), **kwargs)
+    assert grown.widths == {"0": (16, 20)}
+    r = grown.record
+    assert (r["init"], r["noise"], r["split"], r["seed"]) == ("net2net", 0.1, "random", 7)
+    with pytest.raises(ValueError, match="not a widen"):
+        GrowthOp(op="deepen", after="1").widen_kwargs()
 
 
 def test_group_signals_with_net2net_groups() -> None:
