@@ -34,8 +34,8 @@ import numpy as np
 
 from bench._report import table, write_section
 from service.client import encode_batch
-from service.ingest import decode, media_type
-from service.processes import free_port, stop_process, wait_for_http
+from service.jobs.ingest import decode, media_type
+from service.local.processes import free_port, stop_process, wait_for_http
 from workers.shards import write_file_atomic
 
 CLIENTS = 8
@@ -106,7 +106,7 @@ def api_server(redis: str, data_root: Path, prefix: str) -> Iterator[str]:
         LIFELONG_MAX_PUSH_BYTES=str(256 * MiB),
         LIFELONG_MAX_SAMPLES_PER_PUSH="100000",
     )
-    cmd = [sys.executable, "-m", "uvicorn", "service.app:app", "--port", str(port),
+    cmd = [sys.executable, "-m", "uvicorn", "service.api.app:app", "--port", str(port),
            "--log-level", "warning", "--no-access-log"]  # fmt: skip
     proc = subprocess.Popen(cmd, env=env, start_new_session=True)
     try:
@@ -286,7 +286,7 @@ def main() -> None:
     ]
     body = (
         f"{CLIENTS} concurrent clients (threads, one keep-alive connection each) push to one job "
-        "of a real `uvicorn service.app:app` (one process) with a real Redis, over loopback. "
+        "of a real `uvicorn service.api.app:app` (one process) with a real Redis, over loopback. "
         "Every push is validated, split, written as fsynced shards and appended to the manifest "
         "before its answer; each carries its own Idempotency-Key. MB/s counts sample data "
         "(float32 features + int64 label); body MB/s counts request bytes. The disk baseline "
@@ -311,7 +311,7 @@ def main() -> None:
             ],
             rows,
         )
-        + "\n\nServer-side decode of one body (`service.ingest.decode`, bytes in memory → arrays; "
+        + "\n\nServer-side decode of one body (`service.jobs.ingest.decode`, bytes in memory → arrays; "
         "median), which is why safetensors is the recommended binary type:\n\n" + decode_table()
     )
     write_section("ingest-http", "Ingest over HTTP", body)

@@ -182,8 +182,8 @@ def main() -> None:
     from sklearn.datasets import load_digits
 
     from service.client import LifelongClient
-    from service.stack import Stack
-    from service.store import RedisStore
+    from service.local.stack import Stack
+    from service.state.store import RedisStore
     from workers.shards import ShardStore
 
     x, y = load_digits(return_X_y=True)
@@ -243,7 +243,7 @@ def main() -> None:
     body = (
         "Concurrent clients push batches of 64-feature samples (safetensors, one keep-alive "
         "connection and a fresh Idempotency-Key per push, no retries) to a job that trains on Ray "
-        "meanwhile, through the whole stack of `service.stack.Stack` (Redis with AOF fsynced on "
+        "meanwhile, through the whole stack of `service.local.stack.Stack` (Redis with AOF fsynced on "
         "every write, a Ray head with 2 CPUs, MLflow, the API as `lifelong serve`). Afterwards "
         "every shard the manifest lists is read back: *stored / acknowledged* counts the load's "
         "samples found, each acknowledged sample exactly once. *steps* are the job's training "

@@ -31,8 +31,8 @@ from sklearn.datasets import load_digits
 
 from bench._report import table, write_section
 from service.client import LifelongClient
-from service.demo import DemoConfig, run_demo
-from service.stack import Stack
+from service.local.demo import DemoConfig, run_demo
+from service.local.stack import Stack
 
 SPEC = {
     "name": "bench-system",

@@ -4,7 +4,7 @@ A Ray head and a second Ray node (``ray start --head`` / ``ray start --address``
 AOF on its own port, an MLflow tracking server on a fresh database of the local PostgreSQL, and the
 Lifelong API, configured through the same environment variables as ``docker-compose.yml``. It waits
 for each to be healthy, prints where each one is, and on Ctrl-C (or SIGTERM) tears everything down
-by PID. The machinery is :class:`service.stack.Stack`, which ``lifelong up`` uses for one node.
+by PID. The machinery is :class:`service.local.stack.Stack`, which ``lifelong up`` uses for one node.
 
     deploy/local-cluster
     python -m deploy.local_cluster --help
@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from service.stack import Stack
+from service.local.stack import Stack
 
 
 def cluster(

@@ -3,7 +3,7 @@
 Every setting is read from ``LIFELONG_<NAME>`` (e.g. ``LIFELONG_PORT=8080``), except the two that the
 rest of the ecosystem already names: ``REDIS_URL`` and ``MLFLOW_TRACKING_URI`` (the ``LIFELONG_``
 spellings work too). Tests and embedders build a :class:`Settings` directly and pass it to
-``service.app.create_app``.
+``service.api.app.create_app``.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from service.processes import MlflowServer
+from service.local.processes import MlflowServer
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")

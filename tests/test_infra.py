@@ -9,7 +9,7 @@ import uuid
 import pytest
 import redis
 
-from service.processes import MlflowServer, free_port
+from service.local.processes import MlflowServer, free_port
 from tests.conftest import delete_prefix
 
 
@@ -62,7 +62,7 @@ def test_mlflow_server_stops_by_pid(tmp_path) -> None:  # type: ignore[no-untype
 
 
 def test_cli_help_and_version() -> None:
-    exe = [sys.executable, "-m", "service.cli"]
+    exe = [sys.executable, "-m", "service.client.cli"]
     help_out = subprocess.run([*exe, "--help"], capture_output=True, text=True, check=True).stdout
     assert "Lifelong" in help_out
     version_out = subprocess.run(

@@ -1,1 +1,1 @@
-"""The REST API: routes, their models and dependencies, middleware, metrics."""
+"""HTTP: the FastAPI app (``service.api.app``), its routes, models, dependencies, limits, metrics."""

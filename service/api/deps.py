@@ -13,10 +13,10 @@ from fastapi import Depends, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from service.api.metrics import Metrics
-from service.control import ControlPlane
-from service.errors import ForbiddenError, NotFoundError, UnauthorizedError
-from service.records import JobRecord
+from service.jobs.control import ControlPlane
+from service.jobs.errors import ForbiddenError, NotFoundError, UnauthorizedError
 from service.settings import Role, Settings
+from service.state.records import JobRecord
 
 JOB_ID = re.compile(r"^job_[0-9a-f]{16}$")
 # Largest list offset: Redis takes 64-bit indexes, and offset + limit must stay below 2**63.

@@ -6,9 +6,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.records import CommandRecord, DatasetSummary, EventRecord, JobRecord, PushRecord
-from service.spec import JobSpec, SpecProblem
-from service.states import CommandKind, CommandStatus, EventType, JobStatus
+from service.jobs.spec import JobSpec, SpecProblem
+from service.state.records import CommandRecord, DatasetSummary, EventRecord, JobRecord, PushRecord
+from service.state.states import CommandKind, CommandStatus, EventType, JobStatus
 from workers.shards import ShardInfo
 
 JOB_EXAMPLE: dict[str, Any] = {

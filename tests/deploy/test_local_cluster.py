@@ -16,7 +16,7 @@ import pytest
 
 from deploy.local_cluster import cluster
 from service.client import LifelongClient
-from service.stack import Stack
+from service.local.stack import Stack
 from tests.e2e.conftest import digits_job, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -13,7 +13,7 @@ import pytest
 from sklearn.datasets import load_digits
 
 from service.client import LifelongClient
-from service.stack import Stack
+from service.local.stack import Stack
 
 T = TypeVar("T")
 

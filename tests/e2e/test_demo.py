@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from service.demo import DemoConfig, run_demo
+from service.local.demo import DemoConfig, run_demo
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from service.client import LifelongClient, LifelongError
-from service.stack import Stack
+from service.local.stack import Stack
 from tests.e2e.conftest import digits_job, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -16,7 +16,7 @@ import numpy as np
 
 from service.api.models import EventPublic
 from service.client import LifelongClient, encode_batch
-from service.store import RedisStore
+from service.state.store import RedisStore
 from workers.shards import ShardStore
 
 TINY_SPEC: dict[str, Any] = {

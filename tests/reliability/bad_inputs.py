@@ -306,7 +306,7 @@ def bad_input_server(redis_url: str, prefix: str, folder: Path) -> Iterator[Any]
 
 def collect(server: Any) -> tuple[list[Row], str]:
     """Run every case against ``server`` (a tests.service.conftest.LiveServer)."""
-    from service.states import JobStatus
+    from service.state.states import JobStatus
 
     store = server.server.config.app.state.plane.store
     with httpx.Client(base_url=server.url, timeout=60) as http:

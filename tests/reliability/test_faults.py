@@ -1,4 +1,4 @@
-"""Faults against the whole stack (``service.stack.Stack``: Redis with AOF, a Ray head, MLflow on
+"""Faults against the whole stack (``service.local.stack.Stack``: Redis with AOF, a Ray head, MLflow on
 SQLite, the API as ``lifelong serve`` with API keys), with one job training on Ray.
 
 The tests share the stack and the job and run in file order, each leaving the job training:
@@ -35,8 +35,8 @@ from sklearn.datasets import load_digits
 
 from bench.load import check_stored, run_load
 from service.client import LifelongClient
-from service.stack import Stack
-from service.store import RedisStore
+from service.local.stack import Stack
+from service.state.store import RedisStore
 from tests.reliability._support import EventLog, wait_until
 from workers.loop import FAULT_AFTER_TRANSFORM_ENV
 from workers.shards import ShardStore

@@ -18,9 +18,9 @@ import pytest
 import redis
 
 from service.client import LifelongClient, encode_batch
-from service.processes import ApiServer, RedisServer
+from service.local.processes import ApiServer, RedisServer
 from service.settings import Settings
-from service.store import RedisStore
+from service.state.store import RedisStore
 from tests.reliability._support import (
     TINY_SPEC,
     Pushers,

@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 import uvicorn
 
-from service.app import create_app
+from service.api.app import create_app
 from service.client import LifelongClient
-from service.processes import free_port
+from service.local.processes import free_port
 from service.settings import Settings
-from service.store import RedisStore
+from service.state.store import RedisStore
 
 JOB_SPEC: dict[str, Any] = {
     "name": "digits",

@@ -13,8 +13,8 @@ import pytest
 from growth_policy import GrowthOp
 from service.client import LifelongClient, encode_batch
 from service.settings import Settings
-from service.states import CommandStatus, EventType, JobStatus
-from service.store import RedisStore
+from service.state.states import CommandStatus, EventType, JobStatus
+from service.state.store import RedisStore
 from tests.service.conftest import JOB_SPEC, LiveServer, batch, live_server
 from workers.shards import ShardStore
 

@@ -13,8 +13,8 @@ import pytest
 
 from service.client import LifelongClient, LifelongError, encode_batch
 from service.settings import Settings
-from service.states import JobStatus
-from service.store import RedisStore
+from service.state.states import JobStatus
+from service.state.store import RedisStore
 from tests.service.conftest import JOB_SPEC, LiveServer, batch
 
 pytestmark = pytest.mark.integration

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from service.cli import app
+from service.client.cli import app
 from tests.service.conftest import JOB_SPEC, LiveServer, batch
 
 pytestmark = pytest.mark.integration

@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 
 from service.client import LifelongClient, LifelongError
-from service.keys import Keys
-from service.serving import ModelServer
+from service.runtime.serving import ModelServer
+from service.runtime.tracking import MlflowTracker
 from service.settings import Settings
-from service.states import JobStatus
-from service.store import RedisStore, StoreError
-from service.tracking import MlflowTracker
+from service.state.keys import Keys
+from service.state.states import JobStatus
+from service.state.store import RedisStore, StoreError
 from tests.service.conftest import JOB_SPEC, batch, live_server
 from workers.runner import run_name_for
 from workers.shards import remove_tree

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from service.client import LifelongClient, encode_batch
-from service.states import JobStatus
-from service.store import RedisStore
+from service.state.states import JobStatus
+from service.state.store import RedisStore
 from tests.service.conftest import JOB_SPEC, LiveServer, batch
 from workers.shards import ShardStore
 
@@ -140,7 +140,7 @@ def test_a_push_that_loses_the_race_deletes_its_shards(
     client: LifelongClient, server: LiveServer, store: RedisStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Two requests with one key both pass the first check; the second to commit keeps nothing."""
-    from service.control import ControlPlane
+    from service.jobs.control import ControlPlane
     from service.settings import Settings
     from workers.shards import ShardStore as Shards
 

@@ -9,9 +9,9 @@ import zipfile
 import numpy as np
 import pytest
 
-from service import ingest
 from service.client import encode_batch
-from service.errors import (
+from service.jobs import ingest
+from service.jobs.errors import (
     BadRequestError,
     InvalidError,
     ServiceError,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from service.api.models import EventPublic
-from service.live import JobView
+from service.client.live import JobView
 
 
 def _event(type: str, data: dict[str, object]) -> EventPublic:

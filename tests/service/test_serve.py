@@ -1,4 +1,4 @@
-"""The app as deployed: `lifelong serve` and `service.app:app` from the environment, the embedded
+"""The app as deployed: `lifelong serve` and `service.api.app:app` from the environment, the embedded
 Redis, API keys and roles."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from service.client import LifelongClient, LifelongError
-from service.processes import free_port, stop_process, wait_for_http
+from service.local.processes import free_port, stop_process, wait_for_http
 from service.settings import Settings
 from tests.service.conftest import JOB_SPEC, batch, live_server
 
@@ -38,9 +38,9 @@ def _env(redis_url: str, redis_prefix: str, tmp_path: Path, port: int) -> dict[s
     "command",
     [
         [str(BIN / "lifelong"), "serve"],
-        [sys.executable, "-m", "uvicorn", "service.app:app", "--port", "{port}"],
+        [sys.executable, "-m", "uvicorn", "service.api.app:app", "--port", "{port}"],
     ],
-    ids=["lifelong-serve", "uvicorn-service.app:app"],
+    ids=["lifelong-serve", "uvicorn-service.api.app:app"],
 )
 def test_served_from_the_environment(
     command: list[str], redis_url: str, redis_prefix: str, tmp_path: Path

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from service.spec import JobSpec, SpecError, validate_job_spec
+from service.jobs.spec import JobSpec, SpecError, validate_job_spec
 
 VALID: dict[str, Any] = {
     "name": "digits",

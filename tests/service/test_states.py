@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.states import TRANSITIONS, JobStatus, allowed_sources, can_transition
+from service.state.states import TRANSITIONS, JobStatus, allowed_sources, can_transition
 
 S = JobStatus
 

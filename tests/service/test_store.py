@@ -12,10 +12,10 @@ import pytest
 import redis
 
 from growth_policy import Decision, GrowthOp, Observation
-from service.manifest import RedisManifest
-from service.spec import JobSpec, validate_job_spec
-from service.states import CommandKind, CommandStatus, EventType, JobStatus
-from service.store import (
+from service.jobs.spec import JobSpec, validate_job_spec
+from service.state.manifest import RedisManifest
+from service.state.states import CommandKind, CommandStatus, EventType, JobStatus
+from service.state.store import (
     JobNotFoundError,
     JobTerminalError,
     RedisStore,

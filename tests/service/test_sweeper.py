@@ -7,12 +7,12 @@ from collections.abc import Iterator
 
 import pytest
 
-from service.processes import MlflowServer, free_port
-from service.spec import validate_job_spec
-from service.states import JobStatus
-from service.store import RedisStore
-from service.sweeper import OutboxSweeper
-from service.tracking import GENERATION_TAG, MlflowTracker
+from service.jobs.spec import validate_job_spec
+from service.local.processes import MlflowServer, free_port
+from service.runtime.sweeper import OutboxSweeper
+from service.runtime.tracking import GENERATION_TAG, MlflowTracker
+from service.state.states import JobStatus
+from service.state.store import RedisStore
 from tests.service.conftest import JOB_SPEC
 
 pytestmark = pytest.mark.integration

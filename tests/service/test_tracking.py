@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from service.processes import MlflowServer
-from service.tracking import ALIAS, GENERATION_TAG, PARENT_TAG, MlflowTracker
+from service.local.processes import MlflowServer
+from service.runtime.tracking import ALIAS, GENERATION_TAG, PARENT_TAG, MlflowTracker
 
 
 @pytest.fixture

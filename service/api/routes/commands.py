@@ -9,8 +9,8 @@ from fastapi import APIRouter, Body, Path, Query, Response, status
 from growth_policy import GrowthOp
 from service.api.deps import Admin, JobId, Plane, Reader
 from service.api.models import CommandList, CommandPublic, ErrorBody
-from service.records import CommandRecord
-from service.states import CommandKind
+from service.state.records import CommandRecord
+from service.state.states import CommandKind
 
 router = APIRouter(prefix="/v1/jobs/{job_id}", tags=["commands"])
 

@@ -9,7 +9,7 @@ from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import MAX_OFFSET, JobId, Plane, Reader, Writer
 from service.api.models import DatasetDetail, DatasetPublic, ErrorBody, PushResult
-from service.ingest import JSON, NPZ, PARQUET, SAFETENSORS
+from service.jobs.ingest import JSON, NPZ, PARQUET, SAFETENSORS
 
 router = APIRouter(prefix="/v1/jobs/{job_id}/data", tags=["data"])
 

@@ -11,7 +11,7 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from service.api.deps import ExistingJob, MetricsDep, Plane, Reader, SettingsDep
 from service.api.models import ErrorBody, EventPublic
-from service.errors import BadRequestError
+from service.jobs.errors import BadRequestError
 
 router = APIRouter(prefix="/v1/jobs/{job_id}", tags=["events"])
 

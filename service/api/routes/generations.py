@@ -16,8 +16,8 @@ from service.api.models import (
     PredictRequest,
     PredictResult,
 )
-from service.errors import InvalidError
-from service.ingest import SAFETENSORS, check_features
+from service.jobs.errors import InvalidError
+from service.jobs.ingest import SAFETENSORS, check_features
 
 router = APIRouter(prefix="/v1/jobs/{job_id}", tags=["generations"])
 

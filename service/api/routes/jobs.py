@@ -10,7 +10,7 @@ from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import MAX_OFFSET, Admin, JobId, Plane, Reader
 from service.api.models import JOB_EXAMPLE, ErrorBody, JobDeleted, JobList, JobPublic
-from service.records import DatasetSummary
+from service.state.records import DatasetSummary
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 EMPTY_DATASET = DatasetSummary(version=0, train_samples=0, val_samples=0, shards=0, bytes=0)

@@ -84,7 +84,7 @@ def serve(
     """Run the API under uvicorn, configured from the environment (see service/settings.py)."""
     import uvicorn
 
-    from service.app import create_app
+    from service.api.app import create_app
     from service.settings import Settings, is_loopback
 
     overrides: dict[str, object] = {}
@@ -317,7 +317,7 @@ def events(
     """Follow a job: a live view of its state and its notable events (Ctrl-C to stop)."""
     from rich.live import Live
 
-    from service.live import JobView
+    from service.client.live import JobView
 
     with _client() as client:
         try:
@@ -358,7 +358,7 @@ def up(
     import signal
     import time
 
-    from service.stack import Stack
+    from service.local.stack import Stack
 
     stack = Stack(workdir=workdir.resolve(), ray_nodes=1, cpus_per_node=cpus, dashboard=True)
     stop = False
@@ -426,7 +426,7 @@ def demo(
     """The demo: MNIST-1D pushed in stages to a job on the embedded stack, grown by its policy."""
     import time
 
-    from service.demo import DemoConfig, run_demo, summary_json
+    from service.local.demo import DemoConfig, run_demo, summary_json
 
     _exit_on_sigterm()
     folder = workdir or Path(".lifelong") / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"

@@ -23,8 +23,8 @@ from rich.live import Live
 from rich.table import Table
 
 from service.client import LifelongClient
-from service.live import JobView
-from service.stack import Stack
+from service.client.live import JobView
+from service.local.stack import Stack
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pydantic_core
 
-from service.errors import (
+from service.jobs.errors import (
     BadRequestError,
     InvalidError,
     TooLargeError,

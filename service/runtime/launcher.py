@@ -15,9 +15,9 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from service.states import JobStatus
-from service.store import RedisStore
-from service.supervisor import ACTOR_NAMESPACE, SupervisorConfig, actor_class
+from service.runtime.supervisor import ACTOR_NAMESPACE, SupervisorConfig, actor_class
+from service.state.states import JobStatus
+from service.state.store import RedisStore
 
 logger = logging.getLogger(__name__)
 

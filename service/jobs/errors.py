@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from service.spec import SpecProblem
+from service.jobs.spec import SpecProblem
 
 
 class ServiceError(Exception):

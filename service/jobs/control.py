@@ -1,7 +1,7 @@
 """The domain layer: what each request does, independent of HTTP.
 
 Routes parse the request, call one method of :class:`ControlPlane`, and return a response model.
-Every method validates before it stores anything, and raises a ``service.errors`` error (with its
+Every method validates before it stores anything, and raises a ``service.jobs.errors`` error (with its
 status code) that names the problem.
 """
 
@@ -22,8 +22,8 @@ import redis
 from starlette.concurrency import run_in_threadpool
 
 from growth_policy import GrowthOp
-from service import ingest
-from service.errors import (
+from service.jobs import ingest
+from service.jobs.errors import (
     BadRequestError,
     ConflictError,
     InvalidError,
@@ -31,13 +31,13 @@ from service.errors import (
     ServiceError,
     UnavailableError,
 )
-from service.growth import GrowthChecker
-from service.records import CommandRecord, DatasetSummary, EventRecord, JobRecord, PushRecord
-from service.serving import ModelServer
+from service.jobs.growth import GrowthChecker
+from service.jobs.spec import SpecError, base_param_count, validate_job_spec
+from service.runtime.serving import ModelServer
 from service.settings import Settings
-from service.spec import SpecError, base_param_count, validate_job_spec
-from service.states import CommandKind, JobStatus
-from service.store import (
+from service.state.records import CommandRecord, DatasetSummary, EventRecord, JobRecord, PushRecord
+from service.state.states import CommandKind, JobStatus
+from service.state.store import (
     JobActiveError,
     JobLeasedError,
     JobNotFoundError,

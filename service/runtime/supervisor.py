@@ -19,7 +19,7 @@ What it does, in order:
   decision goes to the event stream with its reason;
 * keeps the job's status in Redis true, and one record per generation (for ``/generations``,
   ``/model`` and ``/predict``);
-* tracks everything in MLflow through :class:`service.tracking.MlflowTracker`, which never blocks.
+* tracks everything in MLflow through :class:`service.runtime.tracking.MlflowTracker`, which never blocks.
 """
 
 from __future__ import annotations
@@ -40,11 +40,11 @@ from typing import Any, TypeVar, cast
 from pydantic import BaseModel, ConfigDict, Field
 
 from growth_policy import Controller, Decision, GrowthOp, Observation
-from service.manifest import RedisManifest
-from service.records import JobRecord
-from service.states import CommandKind, CommandStatus, EventType, JobStatus
-from service.store import RedisStore, StoreError, TransitionError
-from service.tracking import MlflowTracker
+from service.runtime.tracking import MlflowTracker
+from service.state.manifest import RedisManifest
+from service.state.records import JobRecord
+from service.state.states import CommandKind, CommandStatus, EventType, JobStatus
+from service.state.store import RedisStore, StoreError, TransitionError
 from workers.sources import CheckpointEvent, Directive, GrowthEvent, LoopStatus
 
 logger = logging.getLogger(__name__)

@@ -24,8 +24,8 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING
 
 from growth_policy import GrowthOp, Observation
-from service.errors import ConflictError, InvalidError, ServiceError
-from service.records import JobRecord
+from service.jobs.errors import ConflictError, InvalidError, ServiceError
+from service.state.records import JobRecord
 
 log = logging.getLogger("lifelong.service")
 
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from growth_policy.shape import ModelShape
-    from service.serving import ModelServer
+    from service.runtime.serving import ModelServer
 
 
 class GrowthChecker:

@@ -1,6 +1,6 @@
-"""The ASGI app: ``create_app(settings)`` for embedders and tests, ``service.app:app`` for servers.
+"""The ASGI app: ``create_app(settings)`` for embedders and tests, ``service.api.app:app`` for servers.
 
-``service.app:app`` is built on first access from the environment (``Settings()``), so importing
+``service.api.app:app`` is built on first access from the environment (``Settings()``), so importing
 this module reads nothing and connects to nothing. Redis is connected (or the embedded one started)
 in the app's lifespan, so that a server that cannot reach Redis still starts, answers /healthz, and
 says why in /readyz.
@@ -27,15 +27,15 @@ from service.api.limits import BodyLimitMiddleware
 from service.api.metrics import Metrics, MetricsMiddleware
 from service.api.models import ErrorBody, JobCreate
 from service.api.routes import commands, data, events, generations, health, jobs
-from service.control import ControlPlane, translate
-from service.embedded import EmbeddedRedis
-from service.errors import ServiceError
-from service.launcher import SupervisorLauncher
+from service.jobs.control import ControlPlane, translate
+from service.jobs.errors import ServiceError
+from service.jobs.spec import SpecProblem
+from service.local.embedded import EmbeddedRedis
+from service.runtime.launcher import SupervisorLauncher
+from service.runtime.supervisor import SupervisorConfig
+from service.runtime.sweeper import OutboxSweeper
 from service.settings import Settings
-from service.spec import SpecProblem
-from service.store import RedisStore, StoreError
-from service.supervisor import SupervisorConfig
-from service.sweeper import OutboxSweeper
+from service.state.store import RedisStore, StoreError
 from workers.shards import ShardStore
 
 log = logging.getLogger("lifelong.service")
@@ -272,7 +272,7 @@ def _app_from_environment() -> FastAPI:
 
 
 def __getattr__(name: str) -> Any:
-    # ``service.app:app``: built from the environment on first access.
+    # ``service.api.app:app``: built from the environment on first access.
     if name == "app":
         return _app_from_environment()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -16,7 +16,7 @@ from typing import Any
 
 import redis
 
-from service.keys import Keys
+from service.state.keys import Keys
 from workers.shards import Manifest, ShardInfo
 
 

@@ -34,7 +34,7 @@ from typing import Any
 
 import redis
 
-from service.keys import MLFLOW_OUTBOX_SUFFIX
+from service.state.keys import MLFLOW_OUTBOX_SUFFIX
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ touches one slot::
     <p>job:{<id>}:events             STREAM events (type, time, data JSON), trimmed MAXLEN ~
     <p>job:{<id>}:lease              STRING the supervisor's lease (owner token, PX expiry)
     <p>job:{<id>}:generations        HASH   generation -> GenerationRecord JSON (the supervisor)
-    <p>job:{<id>}:mlflow…            the job's MLflow outbox and ids (``service.tracking``)
+    <p>job:{<id>}:mlflow…            the job's MLflow outbox and ids (``service.runtime.tracking``)
     <p>deleting                      SET    ids of deleted jobs whose keys and files are being
                                             removed (finished again at start-up after a crash)
 
@@ -34,7 +34,7 @@ import re
 from dataclasses import dataclass
 
 COMMAND_GROUP = "supervisor"
-# Appended to a job's key (``Keys.job``) by ``service.tracking.MlflowTracker``.
+# Appended to a job's key (``Keys.job``) by ``service.runtime.tracking.MlflowTracker``.
 MLFLOW_OUTBOX_SUFFIX = ":mlflow:outbox"
 
 

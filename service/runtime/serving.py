@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from service.errors import ConflictError, InvalidError, NotFoundError, TooLargeError
-from service.store import RedisStore
-from service.supervisor import GenerationRecord, read_generations
+from service.jobs.errors import ConflictError, InvalidError, NotFoundError, TooLargeError
+from service.runtime.supervisor import GenerationRecord, read_generations
+from service.state.store import RedisStore
 from workers.checkpoint import LoadedCheckpoint, load_checkpoint
 from workers.shards import is_remote
 

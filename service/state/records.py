@@ -6,8 +6,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.spec import JobSpec
-from service.states import CommandKind, CommandStatus, EventType, JobStatus
+from service.jobs.spec import JobSpec
+from service.state.states import CommandKind, CommandStatus, EventType, JobStatus
 
 
 class _Record(BaseModel):

@@ -40,7 +40,7 @@ from service.api.models import (
     PushResult,
     Readiness,
 )
-from service.ingest import JSON, NPZ, PARQUET, SAFETENSORS
+from service.jobs.ingest import JSON, NPZ, PARQUET, SAFETENSORS
 
 Format = Literal["safetensors", "npz", "parquet", "json"]
 CONTENT_TYPE: dict[str, str] = {

@@ -5,7 +5,7 @@ it: creating a job (count limit, record, empty manifest, command group, first ev
 shards to a manifest (idempotency check, version bump, totals, the manifest log that wakes waiting
 workers, the answer kept for retries, the ``data`` event), a status change (transition check,
 ``status`` event), queueing a command and recording its outcome. The key layout is in
-``service.keys``.
+``service.state.keys``.
 
 Writers outside the API (the per-job supervisor of issue 7) use the same class:
 :meth:`RedisStore.set_status`, :meth:`record_observation`, :meth:`record_decision`,
@@ -25,17 +25,17 @@ import redis.asyncio as aredis
 from redis.typing import EncodableT, FieldT
 
 from growth_policy import Decision, Observation
-from service.keys import COMMAND_GROUP, Keys
-from service.manifest import RedisManifest
-from service.records import (
+from service.jobs.spec import JobSpec
+from service.state.keys import COMMAND_GROUP, Keys
+from service.state.manifest import RedisManifest
+from service.state.records import (
     CommandRecord,
     DatasetSummary,
     EventRecord,
     JobRecord,
     PushRecord,
 )
-from service.spec import JobSpec
-from service.states import (
+from service.state.states import (
     TERMINAL,
     CommandKind,
     CommandStatus,

@@ -15,9 +15,9 @@ import socket
 import threading
 import uuid
 
-from service.records import JobRecord
-from service.store import RedisStore
-from service.tracking import MlflowTracker
+from service.runtime.tracking import MlflowTracker
+from service.state.records import JobRecord
+from service.state.store import RedisStore
 
 logger = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from service.processes import ApiServer, MlflowServer, RayNode, RedisServer, free_port
+from service.local.processes import ApiServer, MlflowServer, RayNode, RedisServer, free_port
 
 
 @dataclass

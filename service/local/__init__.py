@@ -1,0 +1,1 @@
+"""The stack on one machine: child processes, the embedded Redis, the whole stack, the demo."""

@@ -1,0 +1,1 @@
+"""What runs a job on Ray: launcher, supervisor, grow commands, generations, tracking, serving."""

@@ -1,0 +1,1 @@
+"""Everything kept in Redis: key layout, store, Lua scripts, codec, records, job states, manifest."""
