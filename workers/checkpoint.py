@@ -12,6 +12,15 @@ A checkpoint is a folder, readable without unpickling anything::
 Rebuilding = build the base spec, replay the growth records with ``net2net.replay``, load the
 weights (:func:`load_checkpoint`). ``meta.json`` is written last, and a folder without it is not a
 checkpoint, so a reader never sees a half-written one.
+
+This module is also the one place that names checkpoints and says where they lie::
+
+    <storage_path>/lifelong-<job>/gen-<GGGG>-step-<SSSSSSSSS>/    Ray Train's copies (run_name)
+    <store_root>/<job>/checkpoints/gen-<GGGG>-step-<SSSSSSSSS>/   durable copies (durable_root)
+    <data_root>/<job>/tracked/gen-<G>-<dest>/                     copies handed to MLflow
+
+(:func:`checkpoint_name`, :func:`parse_checkpoint_name`, :func:`durable_root`, :func:`run_name`,
+:func:`tracked_copy_path`, :func:`newest_durable`, :func:`newest_complete`).
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -190,6 +200,14 @@ def save_checkpoint(
     meta = meta.model_copy(update={"param_count": count_parameters(model), "files": files})
     (path / META_FILE).write_text(meta.model_dump_json(indent=1))
     return path
+
+
+def save_temporary(
+    *, model: nn.Module, optimizer: torch.optim.Optimizer | None, meta: CheckpointMeta
+) -> Path:
+    """Write a checkpoint into a new temporary folder and return it (the caller removes it)."""
+    folder = Path(tempfile.mkdtemp(prefix="lifelong-ckpt-"))
+    return save_checkpoint(folder, model=model, optimizer=optimizer, meta=meta)
 
 
 def _digest(path: Path) -> FileDigest:
@@ -397,3 +415,127 @@ def _download(uri: str, local: Path) -> None:
 
     filesystem, base = pafs.FileSystem.from_uri(uri)
     pafs.copy_files(base, str(local), source_filesystem=filesystem)
+
+
+# -- names and places -----------------------------------------------------------------------------
+
+RUN_PREFIX = "lifelong-"
+_NAME = re.compile(r"gen-(\d{4,})-step-(\d{9,})")
+
+
+def checkpoint_name(generation: int, step: int) -> str:
+    """A checkpoint's folder name, ``gen-<GGGG>-step-<SSSSSSSSS>``: zero-padded, so that the names
+    of one generation sort by step."""
+    return f"gen-{generation:04d}-step-{step:09d}"
+
+
+def parse_checkpoint_name(name: str) -> tuple[int, int] | None:
+    """``(generation, step)`` of a name made by :func:`checkpoint_name`, or of a path ending in one;
+    None for anything else."""
+    match = _NAME.fullmatch(str(name).rstrip("/").rsplit("/", 1)[-1])
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+def checkpoint_path(root: str, generation: int, step: int) -> str:
+    """The checkpoint of ``generation`` at ``step`` under ``root`` (a folder or a URI)."""
+    return f"{root.rstrip('/')}/{checkpoint_name(generation, step)}"
+
+
+def durable_root(store_root: str, job_id: str, checkpoint_root: str | None = None) -> str:
+    """Where a job's durable checkpoints go: ``checkpoint_root`` if given, else
+    ``<store_root>/<job_id>/checkpoints`` (a folder or a URI, without a trailing slash)."""
+    root = checkpoint_root or f"{store_root.rstrip('/')}/{job_id}/checkpoints"
+    return root.rstrip("/")
+
+
+def run_name(job_id: str) -> str:
+    """Ray Train's run name for a job: its runs and checkpoints lie in ``<storage_path>/<name>``."""
+    return f"{RUN_PREFIX}{job_id}"
+
+
+def tracked_copy_path(data_root: str, job_id: str, generation: int, dest: str) -> str:
+    """Where a copy of generation ``generation``'s checkpoint ``dest`` waits for MLflow to take it:
+    ``<data_root>/<job_id>/tracked/gen-<generation>-<dest>`` (``data_root`` is a local folder)."""
+    root = data_root.removeprefix("file://").rstrip("/")
+    return f"{root}/{job_id}/tracked/gen-{generation}-{dest}"
+
+
+def storage_location(filesystem: Any, path: str) -> str:
+    """A path on a ``pyarrow.fs`` filesystem as a local path, or as a URI elsewhere."""
+    kind = getattr(filesystem, "type_name", "")
+    return path if kind in ("local", "") else f"{kind}://{path}"
+
+
+def _order(name: str) -> tuple[int, int]:
+    """(step, generation) of a checkpoint name: newer sorts higher; (-1, -1) for other names."""
+    parsed = parse_checkpoint_name(name)
+    return (parsed[1], parsed[0]) if parsed else (-1, -1)
+
+
+def stored_checkpoints(filesystem: Any, folder: str) -> list[str]:
+    """The checkpoint folder names in ``folder`` of a ``pyarrow.fs`` filesystem, newest (highest
+    step, then generation) first; an absent folder holds none."""
+    from pyarrow import fs as pafs
+
+    infos = filesystem.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
+    names = [
+        i.base_name
+        for i in infos
+        if i.type == pafs.FileType.Directory and parse_checkpoint_name(i.base_name)
+    ]
+    return sorted(names, key=_order, reverse=True)
+
+
+def is_complete(filesystem: Any, path: str) -> bool:
+    """Whether a stored checkpoint has every file its meta lists (whole, where it is local)."""
+    if filesystem.type_name == "local":
+        return verify_checkpoint(path) is not None
+    try:
+        with filesystem.open_input_stream(f"{path}/{META_FILE}") as stream:
+            meta = CheckpointMeta.model_validate_json(stream.read())
+    except Exception:
+        return False
+    if not meta.files:
+        return False
+    infos = filesystem.get_file_info([f"{path}/{name}" for name in meta.files])
+    # Sizes only: hashing would mean downloading.
+    return all(info.size == meta.files[info.base_name].size for info in infos)
+
+
+def newest_complete(filesystem: Any, folder: str, *, newer_than: str | None = None) -> str | None:
+    """The path of the newest complete checkpoint (:func:`is_complete`) in ``folder`` of a
+    ``pyarrow.fs`` filesystem, or None; with ``newer_than`` (a checkpoint name or path), only one
+    newer than that counts."""
+    floor = _order(newer_than) if newer_than is not None else None
+    for name in stored_checkpoints(filesystem, folder):
+        if floor is not None and _order(name) <= floor:
+            return None
+        path = f"{folder}/{name}"
+        if is_complete(filesystem, path):
+            return path
+    return None
+
+
+def newest_durable(root: str, generation: int) -> str | None:
+    """The newest durable checkpoint of ``generation`` under a checkpoint root (a folder or a URI):
+    its location (a path, or a URI for a remote root), or None when it has none.
+
+    Durable copies are renamed into place whole (:func:`save_durable`, :func:`publish`), so a
+    folder with its ``meta.json`` is complete: nothing is hashed, and this is cheap enough to call
+    per request.
+    """
+    from pyarrow import fs as pafs
+
+    if is_remote(root):
+        filesystem, folder = pafs.FileSystem.from_uri(root)
+    else:
+        filesystem = pafs.LocalFileSystem()
+        folder = str(Path(root.removeprefix("file://")).absolute())
+    for name in stored_checkpoints(filesystem, folder):
+        parsed = parse_checkpoint_name(name)
+        path = f"{folder}/{name}"
+        if parsed is not None and parsed[0] == generation:
+            meta = filesystem.get_file_info(f"{path}/{META_FILE}")
+            if meta.type == pafs.FileType.File:
+                return storage_location(filesystem, path)
+    return None

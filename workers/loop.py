@@ -28,13 +28,10 @@ Importing this module has no side effects (Ray is imported inside the functions)
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
-import re
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,11 +49,15 @@ from workers.checkpoint import (
     CheckpointMeta,
     GenerationInfo,
     build_optimizer,
+    checkpoint_name,
+    checkpoint_path,
+    durable_root,
     load_checkpoint,
+    newest_complete,
     publish,
-    save_checkpoint,
     save_durable,
-    verify_checkpoint,
+    save_temporary,
+    storage_location,
 )
 from workers.models import build_model, count_parameters
 from workers.reader import DataReader
@@ -96,7 +97,7 @@ class WorkerConfig(BaseModel):
     checkpoint_root: str | None = Field(
         default=None,
         description="Where durable copies go (growth, close, final): a folder or a URI. "
-        "None: '<store_root>/<job_id>/checkpoints'.",
+        "None: the job's folder under store_root (workers.checkpoint.durable_root).",
     )
     checkpoint_before_growth: bool = Field(
         default=True, description="Keep generation N's last state (a durable 'close' copy)."
@@ -133,8 +134,8 @@ class WorkerConfig(BaseModel):
         return value
 
     def durable_root(self) -> str:
-        root = self.checkpoint_root or f"{self.store_root.rstrip('/')}/{self.job_id}/checkpoints"
-        return root.rstrip("/")
+        """Where this job's durable checkpoints go (:func:`workers.checkpoint.durable_root`)."""
+        return durable_root(self.store_root, self.job_id, self.checkpoint_root)
 
     def as_loop_config(self) -> dict[str, Any]:
         """The ``train_loop_config`` dict (field values as objects; Ray cloudpickles it)."""
@@ -299,16 +300,14 @@ class TrainLoop:
         choice = None
         if self.group.is_main:
             choice = ""
-            best = _name_order(registered.path) if registered is not None else None
             try:
                 storage = ray.train.get_context().get_storage()
-                for name in _stored_checkpoints(storage):
-                    if best is not None and _name_order(name) <= best:
-                        break
-                    path = f"{storage.experiment_fs_path}/{name}"
-                    if _is_complete(storage.storage_filesystem, path):
-                        choice = path
-                        break
+                newer = newest_complete(
+                    storage.storage_filesystem,
+                    storage.experiment_fs_path,
+                    newer_than=str(registered.path) if registered is not None else None,
+                )
+                choice = newer or ""
             except Exception as exc:  # the registered checkpoint is still a valid resume point
                 logger.warning("could not look for unregistered checkpoints: %s", exc)
         choice = self.group.broadcast_str(choice)
@@ -682,7 +681,7 @@ class TrainLoop:
             return None
         started = time.perf_counter()
         self.group.sync_buffers(self.module)
-        name = _checkpoint_name(p.generation, p.step)
+        name = checkpoint_name(p.generation, p.step)
         durable = kind in ("growth", "final")
         upload: Path | None = None
         delete_after_upload = True
@@ -710,7 +709,7 @@ class TrainLoop:
         p.checkpointed = (p.step, p.generation)
         if not self.group.is_main:
             return None
-        ray_path = _ray_location(name)
+        ray_path = _ray_location(p.generation, p.step)
         event = CheckpointEvent(
             kind=kind,
             step=p.step,
@@ -732,7 +731,7 @@ class TrainLoop:
         itself where the root is local; a temporary copy where it is a URI).
         """
         p = self.progress
-        destination = f"{self.cfg.durable_root()}/{_checkpoint_name(p.generation, p.step)}"
+        destination = checkpoint_path(self.cfg.durable_root(), p.generation, p.step)
         folder = save_durable(
             destination, model=self.module, optimizer=self.optimizer, meta=self._meta(kind)
         )
@@ -764,9 +763,7 @@ class TrainLoop:
 
     def _write(self, kind: CheckpointKind) -> Path:
         """Rank 0: the current state in a new temporary folder."""
-        folder = Path(tempfile.mkdtemp(prefix="lifelong-ckpt-"))
-        save_checkpoint(folder, model=self.module, optimizer=self.optimizer, meta=self._meta(kind))
-        return folder
+        return save_temporary(model=self.module, optimizer=self.optimizer, meta=self._meta(kind))
 
     def _meta(self, kind: CheckpointKind) -> CheckpointMeta:
         p = self.progress
@@ -860,64 +857,18 @@ class _IdleMessage(BaseModel):
     manifest: Manifest | None = None
 
 
-_NAME = re.compile(r"gen-(\d{4,})-step-(\d{9,})$")
-
-
-def _checkpoint_name(generation: int, step: int) -> str:
-    return f"gen-{generation:04d}-step-{step:09d}"
-
-
-def _name_order(path: str) -> tuple[int, int]:
-    """(step, generation) of a checkpoint folder named by :func:`_checkpoint_name`."""
-    match = _NAME.search(str(path).rstrip("/"))
-    return (int(match.group(2)), int(match.group(1))) if match else (-1, -1)
-
-
-def _stored_checkpoints(storage: Any) -> list[str]:
-    """Checkpoint folder names in a Ray Train run's storage, newest first."""
-    from pyarrow import fs as pafs
-
-    infos = storage.storage_filesystem.get_file_info(
-        pafs.FileSelector(storage.experiment_fs_path, allow_not_found=True)
-    )
-    names = [
-        i.base_name for i in infos if i.type == pafs.FileType.Directory and _NAME.match(i.base_name)
-    ]
-    return sorted(names, key=_name_order, reverse=True)
-
-
-def _is_complete(filesystem: Any, path: str) -> bool:
-    """Whether a stored checkpoint has every file its meta lists (whole, where it is local)."""
-    if filesystem.type_name == "local":
-        return verify_checkpoint(path) is not None
-    try:
-        with filesystem.open_input_stream(f"{path}/meta.json") as stream:
-            meta = CheckpointMeta.model_validate_json(stream.read())
-    except Exception:
-        return False
-    if not meta.files:
-        return False
-    infos = filesystem.get_file_info([f"{path}/{name}" for name in meta.files])
-    return all(
-        info.size == meta.files[info.base_name].size for info in infos
-    )  # sizes only: hashing would mean downloading
-
-
-def _ray_location(name: str) -> str:
-    """Where Ray Train persists the checkpoint folder ``name`` of this run."""
+def _ray_location(generation: int, step: int) -> str:
+    """Where Ray Train persists this run's checkpoint of ``generation`` at ``step``."""
     import ray.train
 
     storage = ray.train.get_context().get_storage()
-    path = f"{storage.experiment_fs_path}/{name}"
-    kind = storage.storage_filesystem.type_name
-    return path if kind == "local" else f"{kind}://{path}"
+    path = checkpoint_path(storage.experiment_fs_path, generation, step)
+    return storage_location(storage.storage_filesystem, path)
 
 
 def _checkpoint_location(checkpoint: Any) -> str:
     """A Ray ``Checkpoint``'s persisted location as a path (local) or a URI."""
-    path = str(checkpoint.path)
-    with contextlib.suppress(Exception):
-        kind = checkpoint.filesystem.type_name
-        if kind not in ("local", ""):
-            return f"{kind}://{path}"
-    return path
+    try:
+        return storage_location(checkpoint.filesystem, str(checkpoint.path))
+    except Exception:
+        return str(checkpoint.path)

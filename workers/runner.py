@@ -14,14 +14,12 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from workers.checkpoint import run_name as run_name_for  # the service imports it from here
 from workers.loop import WorkerConfig, train_loop_per_worker
 
 HEALTH_CHECK_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
 
-
-def run_name_for(job_id: str) -> str:
-    """Ray Train's run name for a job: its runs and checkpoints lie in ``<storage>/<name>``."""
-    return f"lifelong-{job_id}"
+__all__ = ["HEALTH_CHECK_ENV", "TrainerSettings", "make_trainer", "run_name_for", "run_trainer"]
 
 
 class TrainerSettings(BaseModel):
@@ -39,7 +37,9 @@ class TrainerSettings(BaseModel):
         default=None, description="e.g. {'CPU': 1}; None: Ray Train's default (1 CPU or 1 GPU)."
     )
     storage_path: str = Field(description="Ray Train's run storage: a folder or a URI.")
-    run_name: str | None = Field(default=None, description="None: 'lifelong-<job_id>'.")
+    run_name: str | None = Field(
+        default=None, description="None: workers.checkpoint.run_name(job_id)."
+    )
     max_failures: int = Field(
         default=3, ge=-1, description="Worker failures to recover from (-1: no limit)."
     )

@@ -12,11 +12,21 @@ from workers.checkpoint import (
     META_FILE,
     CheckpointMeta,
     build_optimizer,
+    checkpoint_name,
+    checkpoint_path,
+    durable_root,
+    is_complete,
     load_checkpoint,
+    newest_complete,
+    newest_durable,
+    parse_checkpoint_name,
     publish,
     read_meta,
+    run_name,
     save_checkpoint,
     save_durable,
+    stored_checkpoints,
+    tracked_copy_path,
     verify_checkpoint,
 )
 from workers.models import build_model
@@ -169,3 +179,61 @@ def test_save_durable_writes_in_place_and_replaces(tmp_path: Path) -> None:
     assert read_meta(dest).step == 9
     assert [p.name for p in dest.parent.iterdir()] == [dest.name]  # no temporaries left
     assert save_durable("s3://bucket/x", model=model, optimizer=opt, meta=_meta()) is None
+
+
+def test_names_and_places() -> None:
+    assert checkpoint_name(1, 300) == "gen-0001-step-000000300"
+    assert parse_checkpoint_name("gen-0001-step-000000300") == (1, 300)
+    assert parse_checkpoint_name("/run/gen-0012-step-1000000000/") == (12, 1_000_000_000)
+    for other in ("checkpoint_000001", "gen-1-step-3", "xgen-0001-step-000000300", ""):
+        assert parse_checkpoint_name(other) is None
+    assert checkpoint_path("s3://b/ck/", 2, 5) == "s3://b/ck/gen-0002-step-000000005"
+    assert durable_root("/data/", "job1") == "/data/job1/checkpoints"
+    assert durable_root("/data", "job1", "s3://b/x/") == "s3://b/x"
+    assert run_name("job1") == "lifelong-job1"
+    assert (
+        tracked_copy_path("file:///data/", "job1", 3, "close") == "/data/job1/tracked/gen-3-close"
+    )
+
+
+def _store(root: Path, gen: int, step: int) -> Path:
+    model, opt = _trained(OptimizerSpec())
+    folder = root / checkpoint_name(gen, step)
+    return save_checkpoint(folder, model=model, optimizer=opt, meta=_meta(step=step))
+
+
+def test_finds_the_newest_complete_checkpoint_in_storage(tmp_path: Path) -> None:
+    from pyarrow import fs as pafs
+
+    run = tmp_path / "run"
+    for gen, step in ((0, 100), (1, 200), (1, 300), (0, 1000)):
+        _store(run, gen, step)
+    (run / "checkpoint_manager_snapshot.json").write_text("{}")
+    (run / "not-a-checkpoint").mkdir()
+    fs = pafs.LocalFileSystem()
+    names = stored_checkpoints(fs, str(run))
+    assert names == [
+        "gen-0000-step-000001000",
+        "gen-0001-step-000000300",
+        "gen-0001-step-000000200",
+        "gen-0000-step-000000100",
+    ]
+    assert is_complete(fs, f"{run}/{names[0]}")
+    assert newest_complete(fs, str(run)) == f"{run}/{names[0]}"
+    (run / names[0] / "model.safetensors").write_bytes(b"cut")
+    assert not is_complete(fs, f"{run}/{names[0]}")
+    assert newest_complete(fs, str(run)) == f"{run}/{names[1]}"
+    assert newest_complete(fs, str(run), newer_than=f"{run}/{names[2]}/") == f"{run}/{names[1]}"
+    assert newest_complete(fs, str(run), newer_than=names[1]) is None
+    assert stored_checkpoints(fs, str(tmp_path / "none")) == []
+
+
+def test_newest_durable_checkpoint_of_a_generation(tmp_path: Path) -> None:
+    root = tmp_path / "job1" / "checkpoints"
+    assert newest_durable(str(root), 0) is None  # no root yet
+    for gen, step in ((0, 100), (0, 900), (1, 950), (1, 2000)):
+        _store(root, gen, step)
+    (root / checkpoint_name(0, 1000)).mkdir()  # a folder without meta.json is not a checkpoint
+    assert newest_durable(str(root), 0) == str(root / "gen-0000-step-000000900")
+    assert newest_durable(f"file://{root}/", 1) == str(root / "gen-0001-step-000002000")
+    assert newest_durable(str(root), 2) is None

@@ -10,10 +10,7 @@ import pytest
 import ray.cloudpickle
 from pydantic import ValidationError
 
-from tests.workers._support import checkpoint_meta
-from workers.checkpoint import save_checkpoint
-from workers.loop import WorkerConfig, _is_complete, _name_order, _stored_checkpoints
-from workers.models import build_model
+from workers.loop import WorkerConfig
 from workers.runner import TrainerSettings
 from workers.shards import FileManifest
 from workers.sources import JsonlRecorder, ScriptedAction, ScriptedSource
@@ -77,45 +74,6 @@ def test_importing_the_workers_modules_starts_nothing() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stderr
-
-
-def test_finds_the_newest_complete_checkpoint_in_run_storage(tmp_path: Path) -> None:
-    from types import SimpleNamespace
-
-    from pyarrow import fs as pafs
-
-    task = TaskSpec(input_shape=(4,), num_classes=2)
-    spec = ModelSpec(family="mlp", hidden=[8])
-    model = build_model(spec, task)
-    meta = checkpoint_meta(task, spec, job_id="job1")
-    run = tmp_path / "run"
-    for gen, step in ((0, 100), (1, 200), (1, 300), (0, 1000)):
-        save_checkpoint(
-            run / f"gen-{gen:04d}-step-{step:09d}", model=model, optimizer=None, meta=meta
-        )
-    (run / "checkpoint_manager_snapshot.json").write_text("{}")
-    (run / "not-a-checkpoint").mkdir()
-    storage = SimpleNamespace(
-        storage_filesystem=pafs.LocalFileSystem(), experiment_fs_path=str(run)
-    )
-    names = _stored_checkpoints(storage)
-    assert names == [
-        "gen-0000-step-000001000",
-        "gen-0001-step-000000300",
-        "gen-0001-step-000000200",
-        "gen-0000-step-000000100",
-    ]
-    assert _name_order(f"{run}/gen-0001-step-000000300/") == (300, 1)
-    fs = pafs.LocalFileSystem()
-    assert _is_complete(fs, f"{run}/{names[0]}")
-    (run / names[0] / "model.safetensors").write_bytes(b"cut")
-    assert not _is_complete(fs, f"{run}/{names[0]}")
-    assert (
-        _stored_checkpoints(
-            SimpleNamespace(storage_filesystem=fs, experiment_fs_path=str(tmp_path / "none"))
-        )
-        == []
-    )
 
 
 def test_the_package_exports_lazily() -> None:
