@@ -1,10 +1,8 @@
 """When, where and how much to grow: policies, guards, and the controller that explains itself.
 
-``growth_policy.signals`` (``group_signals``, ``SignalGroup``) needs torch and is imported on first
-use, so that the service can validate job specs without loading torch.
+The saturation signals an observation carries (``Observation.group_signals``) are measured by the
+workers (``workers.signals``); nothing here needs torch.
 """
-
-from typing import TYPE_CHECKING, Any
 
 from growth_policy.config import (
     DataScalingConfig,
@@ -50,9 +48,6 @@ from growth_policy.shape import (
 )
 from growth_policy.types import Decision, GrowthKind, GrowthOp, Observation
 
-if TYPE_CHECKING:
-    from growth_policy.signals import SignalGroup, group_signals
-
 __all__ = [
     "Controller",
     "DataScalingConfig",
@@ -73,7 +68,6 @@ __all__ = [
     "SaturationConfig",
     "ScheduleConfig",
     "ShrinkPerturbConfig",
-    "SignalGroup",
     "SummaryError",
     "Verdict",
     "WidenConfig",
@@ -83,7 +77,6 @@ __all__ = [
     "derive_seed",
     "estimate_memory_bytes",
     "get_policy",
-    "group_signals",
     "growth_op_from_request",
     "manual",
     "parse_summary",
@@ -96,11 +89,3 @@ __all__ = [
     "schedule",
     "unregister_policy",
 ]
-
-
-def __getattr__(name: str) -> Any:
-    if name in ("group_signals", "SignalGroup"):
-        from growth_policy import signals
-
-        return getattr(signals, name)
-    raise AttributeError(f"module 'growth_policy' has no attribute {name!r}")

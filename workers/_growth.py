@@ -99,14 +99,6 @@ def summarize(module: nn.Module, example: torch.Tensor) -> dict[str, Any] | None
     return summary
 
 
-def group_signals(module: nn.Module, example: torch.Tensor, groups: Any) -> dict[str, Any]:
-    """``growth_policy.group_signals`` per width group (empty where unavailable)."""
-    from growth_policy import signals
-
-    out: dict[str, Any] = signals.group_signals(module, example, groups)
-    return out
-
-
 def width_groups(module: nn.Module, example: torch.Tensor) -> Any:
     import net2net
 

@@ -62,6 +62,7 @@ from workers.checkpoint import (
 from workers.models import build_model, count_parameters
 from workers.reader import DataReader
 from workers.shards import Manifest, ManifestSource, ShardStore, is_remote
+from workers.signals import group_signals
 from workers.sources import (
     BaseSource,
     CheckpointEvent,
@@ -423,7 +424,7 @@ class TrainLoop:
         signals: dict[str, dict[str, float]] = {}
         if self.cfg.signals and groups is not None:
             try:
-                signals = _growth.group_signals(self.module, self._example(), groups)
+                signals = group_signals(self.module, self._example(), groups)
             except Exception as exc:
                 logger.warning("group signals failed: %s", exc)
         return Observation(

@@ -66,7 +66,7 @@ def test_trainer_settings_name_the_run_after_the_job(tmp_path: Path) -> None:
 def test_importing_the_workers_modules_starts_nothing() -> None:
     code = (
         "import sys, threading; import workers.loop, workers.runner, workers.sources, "
-        "workers.checkpoint, workers.models; "
+        "workers.checkpoint, workers.models, workers.signals; "
         "assert 'ray' not in sys.modules, 'ray imported'; "
         "assert threading.active_count() == 1, threading.enumerate()"
     )

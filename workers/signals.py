@@ -112,6 +112,9 @@ def _signals(h: Tensor, dormant_threshold: float, max_rows: int) -> dict[str, fl
     }
 
 
+_Call = tuple[str, tuple[Any, ...], Any]  # (module name, its inputs, its output)
+
+
 def group_signals(
     model: nn.Module,
     batch: Tensor | Sequence[Tensor],
@@ -133,14 +136,20 @@ def group_signals(
 
         groups = importlib.import_module("net2net").width_groups(model, batch)
     inputs = tuple(batch) if isinstance(batch, list | tuple) else (batch,)
-    inputs = tuple(x[:max_samples] for x in inputs)
-
-    wanted: dict[str, list[tuple[Any, list[str]]]] = {}
+    names = {name for g in groups for name in _member_names(g)}
+    calls = _record_calls(model, tuple(x[:max_samples] for x in inputs), names)
+    out: dict[str, dict[str, float]] = {}
     for g in groups:
-        for name in _member_names(g):
-            wanted.setdefault(name, []).append((g, _member_names(g)))
-    modules = dict(model.named_modules())
-    calls: list[tuple[str, tuple[Any, ...], Any]] = []
+        h = _group_units(g, calls)
+        if h is not None and h.shape[0] > 0:
+            out[g.name] = _signals(h, dormant_threshold, max_rows)
+    return out
+
+
+def _record_calls(model: nn.Module, inputs: tuple[Tensor, ...], names: set[str]) -> list[_Call]:
+    """One forward pass in eval mode, without gradients: the calls of the modules named, in
+    execution order. Hooks are removed and training flags restored afterwards."""
+    calls: list[_Call] = []
 
     def hook(name: str) -> Any:
         def record(_m: nn.Module, args: tuple[Any, ...], out: Any) -> None:
@@ -148,7 +157,7 @@ def group_signals(
 
         return record
 
-    handles = [modules[n].register_forward_hook(hook(n)) for n in wanted if n in modules]
+    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if n in names]
     flags = {m: m.training for m in model.modules()}
     try:
         model.eval()
@@ -159,28 +168,18 @@ def group_signals(
             h.remove()
         for m, flag in flags.items():
             m.training = flag
+    return calls
 
-    out: dict[str, dict[str, float]] = {}
-    for g in groups:
-        members = set(_member_names(g))
-        consumers = set(_member_names(g, ("consumers",)))
-        seen = [(name, args, o) for name, args, o in calls if name in members]
-        h = None
-        for pool in (consumers, members):  # a consumer's input first: the units as used
-            h = next(
-                (
-                    u
-                    for name, args, _ in reversed(seen)
-                    if name in pool and args and (u := _units(args[0], g.width)) is not None
-                ),
-                None,
-            )
-            if h is not None:
-                break
-        if h is None:
-            h = next(
-                (u for _, _, o in reversed(seen) if (u := _units(o, g.width)) is not None), None
-            )
-        if h is not None and h.shape[0] > 0:
-            out[g.name] = _signals(h, dormant_threshold, max_rows)
-    return out
+
+def _group_units(group: Any, calls: Sequence[_Call]) -> Tensor | None:
+    """The (N, width) activations that stand for a group's units (module docstring): the input of
+    its last consumer that sees them whole, else of its last member that does, else the output of
+    its last member that has the width."""
+    members = set(_member_names(group))
+    consumers = set(_member_names(group, ("consumers",)))
+    seen = [(name, args, out) for name, args, out in reversed(calls) if name in members]
+    for pool in (consumers, members):
+        for name, args, _ in seen:
+            if name in pool and args and (h := _units(args[0], group.width)) is not None:
+                return h
+    return next((h for _, _, out in seen if (h := _units(out, group.width)) is not None), None)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from growth_policy import SignalGroup, group_signals
+from workers.signals import SignalGroup, group_signals
 
 
 def mlp() -> nn.Sequential:
