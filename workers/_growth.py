@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+import net2net
 from growth_policy.types import GrowthOp
 
 
@@ -37,22 +38,11 @@ def apply_op(
     ``θ ← shrink·θ + perturb·ε`` with ``ε ~ N(0, 1)`` drawn from ``op.seed`` (the same on every
     rank), keeps the architecture and the optimizer, and has no growth record.
     """
-    import net2net
-
     if op.op == "shrink_perturb":
         shrink_perturb(module, shrink=op.shrink, perturb=op.perturb, seed=op.seed)
         return Applied(module, optimizer, None, None)
     if op.op == "widen":
-        grown = net2net.widen(
-            module,
-            example,
-            factor=op.factor,
-            widths=op.widths,
-            init=op.init,
-            noise=op.noise,
-            split=op.split,
-            seed=op.seed,
-        )
+        grown = net2net.widen(module, example, **op.widen_kwargs())
     elif op.op == "deepen":
         assert op.after is not None
         grown = net2net.deepen(module, example, after=op.after, style=op.style, seed=op.seed)
@@ -86,20 +76,3 @@ def shrink_perturb(module: nn.Module, *, shrink: float, perturb: float, seed: in
     for param in module.parameters():
         noise = torch.randn(param.shape, generator=gen, dtype=param.dtype)
         param.mul_(shrink).add_(noise.to(param.device), alpha=perturb)
-
-
-def summarize(module: nn.Module, example: torch.Tensor) -> dict[str, Any] | None:
-    """``net2net.summarize`` of the module, or None where net2net cannot summarise it."""
-    import net2net
-
-    fn = getattr(net2net, "summarize", None)
-    if fn is None:
-        return None
-    summary: dict[str, Any] = fn(module, example)
-    return summary
-
-
-def width_groups(module: nn.Module, example: torch.Tensor) -> Any:
-    import net2net
-
-    return net2net.width_groups(module, example)

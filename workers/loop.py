@@ -41,6 +41,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
+import net2net
 from growth_policy.types import GrowthOp, Observation
 from workers import _growth
 from workers._dist import Group, module_digest
@@ -656,8 +657,8 @@ class TrainLoop:
             example = self._example()
             summary = groups = None
             try:
-                summary = _growth.summarize(self.module, example)
-                groups = _growth.width_groups(self.module, example)
+                summary = net2net.summarize(self.module, example)
+                groups = net2net.width_groups(self.module, example)
             except Exception as exc:
                 logger.warning("model summary failed: %s", exc)
             self._summary_cache = (generation, summary, groups)

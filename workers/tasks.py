@@ -31,10 +31,6 @@ def loss_fn(task: TaskSpec) -> LossFn:
     return functional.mse_loss
 
 
-def higher_is_better(task: TaskSpec) -> bool:
-    return task.kind == "classification"
-
-
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
