@@ -15,6 +15,7 @@ from torch import nn
 
 import growth_policy
 from growth_policy import Controller, GrowthOp, GrowthPolicyConfig, Observation, parse_summary
+from workers.signals import group_signals
 
 net2net: Any = pytest.importorskip("net2net")
 if not all(hasattr(net2net, f) for f in ("summarize", "widen", "deepen", "width_groups")):
@@ -100,7 +101,7 @@ def test_controller_decisions_apply_with_net2net() -> None:
             val_loss=1.1,
             param_count=count(model),
             summary=summary,
-            group_signals=growth_policy.group_signals(model, x),
+            group_signals=group_signals(model, x),
         )
         d = controller.observe(obs)
         assert d.op is not None, d.reason
@@ -116,7 +117,7 @@ def test_controller_decisions_apply_with_net2net() -> None:
         controller.notify_grown(step=step + 1, generation=generation + 1, op=d.op)
     assert kinds == ["widen", "deepen", "widen"]
     names = {g.name for g in net2net.width_groups(model, x)}
-    assert set(growth_policy.group_signals(model, x)) == names
+    assert set(group_signals(model, x)) == names
 
 
 def test_widen_kwargs_are_exactly_net2net_widens_keywords() -> None:
@@ -136,9 +137,9 @@ def test_widen_kwargs_are_exactly_net2net_widens_keywords() -> None:
 def test_group_signals_with_net2net_groups() -> None:
     model, x = cnn(), torch.randn(16, 3, 8, 8)
     groups = net2net.width_groups(model, x)
-    signals = growth_policy.group_signals(model, x)  # groups traced here
+    signals = group_signals(model, x)  # groups traced here
     assert set(signals) == {g.name for g in groups}
     for g in groups:
         assert signals[g.name]["width"] == g.width
         assert 0.0 <= signals[g.name]["active_fraction"] <= 1.0
-    assert signals == growth_policy.group_signals(model, x, groups)
+    assert signals == group_signals(model, x, groups)
