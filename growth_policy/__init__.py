@@ -46,7 +46,7 @@ from growth_policy.shape import (
     parse_summary,
     predict_param_count,
 )
-from growth_policy.types import Decision, GrowthKind, GrowthOp, Observation
+from growth_policy.types import Decision, GrowthKind, GrowthOp, GrowthRequest, Observation
 
 __all__ = [
     "Controller",
@@ -56,6 +56,7 @@ __all__ = [
     "GrowthKind",
     "GrowthOp",
     "GrowthPolicyConfig",
+    "GrowthRequest",
     "GuardsConfig",
     "Limits",
     "MemoryConfig",

@@ -26,6 +26,7 @@ stream shows changes, not every observation.
 from __future__ import annotations
 
 import hashlib
+import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -40,11 +41,12 @@ from growth_policy.policies import (
     relative_gap,
 )
 from growth_policy.shape import ModelShape, SummaryError, parse_summary
-from growth_policy.types import Decision, GrowthOp, Observation
+from growth_policy.types import Decision, GrowthOp, GrowthRequest, Observation
 
 Numbers = dict[str, float | int | str]
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: requests and the pending growth carry request ids
+_READABLE_VERSIONS = (1, 2)
 
 # Plan refusals after which the 'auto' strategy tries a deeper model instead of a wider one.
 _WIDEN_BLOCKED = frozenset(
@@ -62,8 +64,10 @@ class Controller:
     """Decides when, where and how much to grow, and says why.
 
     ``Controller(config, seed=0)``; then ``observe(obs) -> Decision`` every few hundred samples,
-    ``request(op, reason)`` for manual growth, ``state_dict()`` / ``load_state_dict()`` for
-    checkpoints. Given the same observations and seed, the decisions are the same.
+    ``request(op, reason) -> id`` for manual growth (``requests``, ``drop_request``), the
+    ``notify_*`` calls when the workers applied or failed a growth, ``state_dict()`` /
+    ``load_state_dict()`` for checkpoints. Given the same observations and seed, the decisions are
+    the same.
     """
 
     def __init__(
@@ -85,7 +89,7 @@ class Controller:
         self._last_growth_step: int | None = None
         self._last_kind: str | None = None
         self._pending: dict[str, Any] | None = None
-        self._requests: list[dict[str, Any]] = []
+        self._requests: list[GrowthRequest] = []
         self._first_dataset_size: int | None = None
         self._last_key: str | None = None
         self._growths = 0
@@ -104,51 +108,84 @@ class Controller:
         """The growth decided and not yet seen applied."""
         return None if self._pending is None else GrowthOp.model_validate(self._pending["op"])
 
-    def request(self, op: GrowthOp | None = None, reason: str = "requested") -> None:
-        """Queue a manual growth, applied at the next :meth:`observe`.
+    @property
+    def pending_request(self) -> str | None:
+        """The id of the request that the pending growth answers (None: none pending, or a
+        growth that a policy decided)."""
+        return None if self._pending is None else self._pending.get("request_id")
+
+    @property
+    def requests(self) -> tuple[GrowthRequest, ...]:
+        """The manual requests queued and not yet decided, first to be decided first."""
+        return tuple(self._requests)
+
+    def request(
+        self,
+        op: GrowthOp | None = None,
+        reason: str = "requested",
+        *,
+        request_id: str | None = None,
+    ) -> str:
+        """Queue a manual growth, decided at the next :meth:`observe`; returns the request's id
+        (``request_id``, or a fresh one), which the decision that answers it carries.
 
         ``op=None`` lets the controller choose what and where by its strategy. Manual growth skips
         the policies, the warm-up, the minimum steps and the cooldown, and is refused only by the
         hard limits: max generations, max params, memory. Its seed is derived like any other.
+        Requesting an id that is already queued, or whose growth is pending, changes nothing.
         """
-        self._requests.append(
-            {"op": None if op is None else op.model_dump(mode="json"), "reason": reason}
-        )
+        rid = uuid.uuid4().hex if request_id is None else request_id
+        if rid != self.pending_request and all(r.id != rid for r in self._requests):
+            self._requests.append(GrowthRequest(id=rid, op=op, reason=reason))
+        return rid
 
-    def notify_grown(self, *, step: int, generation: int, op: GrowthOp | None = None) -> None:
-        """The workers applied a growth at ``step``, creating ``generation``.
+    def drop_request(self, request_id: str) -> bool:
+        """Take a queued request out of the queue; False when none has that id."""
+        kept = [r for r in self._requests if r.id != request_id]
+        dropped = len(kept) < len(self._requests)
+        self._requests = kept
+        return dropped
+
+    def notify_grown(self, *, step: int, generation: int, op: GrowthOp | None = None) -> str | None:
+        """The workers applied a growth at ``step``, creating ``generation``. Returns the id of
+        the request the pending growth answered (None for a policy's growth, or none pending).
 
         Optional: the next observation's generation says the same, but this pins the cooldown to
         the exact step.
         """
         kind = op.op if op is not None else self._pending_kind()
+        answered = self.pending_request
         self._pending = None
         self._generation = generation
         if kind == "shrink_perturb":  # no new capacity: no cooldown, no growth counted
-            return
+            return answered
         self._last_growth_step = step
         self._last_kind = kind
         self._growths += 1
+        return answered
 
-    def on_growth(self, event: Any) -> None:
+    def on_growth(self, event: Any) -> str | None:
         """The workers' growth event (``workers.sources.GrowthEvent``, read by attribute):
         ``step``, ``generation_after`` and ``op``. Same as :meth:`notify_grown`."""
-        self.notify_grown(
+        return self.notify_grown(
             step=int(event.step),
             generation=int(event.generation_after),
             op=getattr(event, "op", None),
         )
 
-    def notify_failed(self, *, step: int, error: str) -> None:
+    def notify_failed(self, *, step: int, error: str) -> str | None:
         """The workers could not apply the pending growth. The cooldown starts at ``step``, and
-        the next decision reports the failure (notable)."""
+        the next decision reports the failure (notable). Returns the id of the request the
+        failed growth answered (None for a policy's growth, or none pending)."""
         decided = None if self._pending is None else self._pending["step"]
+        answered = self.pending_request
         self._pending = None
         self._last_growth_step = step
         self._failure = (
             f"the growth decided at step {decided} failed at step {step}: {error}; "
             f"cooling down for {self.config.guards.cooldown_steps} steps"
         )
+        return answered
 
     def observe(self, obs: Observation) -> Decision:
         """Take one observation; answer with a decision (growth, refusal, or nothing to do)."""
@@ -227,7 +264,7 @@ class Controller:
             "last_growth_step": self._last_growth_step,
             "last_kind": self._last_kind,
             "pending": self._pending,
-            "requests": list(self._requests),
+            "requests": [r.model_dump(mode="json") for r in self._requests],
             "first_dataset_size": self._first_dataset_size,
             "last_key": self._last_key,
             "growths": self._growths,
@@ -241,23 +278,26 @@ class Controller:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore :meth:`state_dict` output (the config comes from the job spec, not from here)."""
         version = state.get("version")
-        if version != STATE_VERSION:
+        if version not in _READABLE_VERSIONS:
             raise ValueError(
-                f"controller state version {version!r}; this code reads {STATE_VERSION}"
+                f"controller state version {version!r}; this code reads "
+                f"{', '.join(map(str, _READABLE_VERSIONS))}"
             )
         pending = state.get("pending")
         if pending is not None:
             GrowthOp.model_validate(pending["op"])
-        for r in state.get("requests", []):
-            if r.get("op") is not None:
-                GrowthOp.model_validate(r["op"])
+        # Version 1 had no request ids: such a request gets a fresh one.
+        requests = [
+            GrowthRequest.model_validate({"id": uuid.uuid4().hex, **r})
+            for r in state.get("requests", [])
+        ]
         history = [Observation.model_validate(o) for o in state.get("history", [])]
         self.seed = int(state["seed"])
         self._generation = state.get("generation")
         self._last_growth_step = state.get("last_growth_step")
         self._last_kind = state.get("last_kind")
         self._pending = None if pending is None else dict(pending)
-        self._requests = [dict(r) for r in state.get("requests", [])]
+        self._requests = requests
         self._first_dataset_size = state.get("first_dataset_size")
         self._last_key = state.get("last_key")
         self._growths = int(state.get("growths", 0))
@@ -460,10 +500,8 @@ class Controller:
                 )
         return widen
 
-    def _manual(
-        self, obs: Observation, shape: ModelShape | None, req: Mapping[str, Any]
-    ) -> Decision:
-        why = req["reason"]
+    def _manual(self, obs: Observation, shape: ModelShape | None, req: GrowthRequest) -> Decision:
+        why = req.reason
         g = self.config.guards
         if obs.generation >= g.max_generations:
             text = f"max generations {g.max_generations} reached"
@@ -476,12 +514,13 @@ class Controller:
                 key="manual_refused",
                 notable=True,
                 always=True,
+                request_id=req.id,
             )
         hard = Limits.from_config(self.config)
-        if req["op"] is None:
+        if req.op is None:
             plan = self._plan(obs, shape, hard, target=None, signals=obs.group_signals)
         else:
-            plan = check_op(obs, shape, GrowthOp.model_validate(req["op"]), self.config, hard)
+            plan = check_op(obs, shape, req.op, self.config, hard)
         if plan.op is None:
             return self._decide(
                 obs,
@@ -492,11 +531,20 @@ class Controller:
                 key="manual_refused",
                 notable=True,
                 always=True,
+                request_id=req.id,
             )
-        return self._grow(obs, plan, "manual", f"manual request ({why}): {plan.description}", {})
+        reason = f"manual request ({why}): {plan.description}"
+        return self._grow(obs, plan, "manual", reason, {}, request_id=req.id)
 
     def _grow(
-        self, obs: Observation, plan: Plan, policy: str, reason: str, numbers: Numbers
+        self,
+        obs: Observation,
+        plan: Plan,
+        policy: str,
+        reason: str,
+        numbers: Numbers,
+        *,
+        request_id: str | None = None,
     ) -> Decision:
         assert plan.op is not None
         op = plan.op.model_copy(update={"seed": derive_seed(self.seed, obs.generation + 1)})
@@ -505,9 +553,11 @@ class Controller:
             "step": obs.step,
             "generation": obs.generation,
             "policy": policy,
+            "request_id": request_id,
         }
+        numbers = {**numbers, **plan.numbers}
         return self._decide(
-            obs, op, policy, reason, {**numbers, **plan.numbers}, key="grow", notable=True
+            obs, op, policy, reason, numbers, key="grow", notable=True, request_id=request_id
         )
 
     def _idle(self, obs: Observation, verdicts: Sequence[Verdict]) -> Decision:
@@ -531,6 +581,7 @@ class Controller:
         key: str,
         notable: bool,
         always: bool = False,
+        request_id: str | None = None,
     ) -> Decision:
         """The decision; a refusal is notable only when its state changed (or ``always``)."""
         changed = key != self._last_key or always
@@ -543,4 +594,5 @@ class Controller:
             reason=reason,
             numbers=numbers,
             notable=op is not None or (notable and changed),
+            request_id=request_id,
         )

@@ -104,6 +104,18 @@ class GrowthOp(BaseModel):
         }
 
 
+class GrowthRequest(BaseModel):
+    """A manual growth queued in the controller and not yet decided (see ``Controller.request``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(min_length=1, description="Names the request in the decision that answers it.")
+    op: GrowthOp | None = Field(
+        default=None, description="None: the controller chooses what and where by its strategy."
+    )
+    reason: str = Field(default="requested", description="Quoted in the decision's reason.")
+
+
 class Decision(BaseModel):
     """The controller's answer to an observation: grow (with ``op``) or not, and why."""
 
@@ -120,6 +132,11 @@ class Decision(BaseModel):
         default=True,
         description="Worth an event: a growth, a refusal, or a change of state. Routine "
         "'nothing to do' answers are not notable.",
+    )
+    request_id: str | None = Field(
+        default=None,
+        description="The id of the queued request this decision answers (a manual growth or a "
+        "manual refusal); None for every other decision.",
     )
 
     @property

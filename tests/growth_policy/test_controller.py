@@ -15,6 +15,7 @@ from growth_policy import (
     Decision,
     GrowthOp,
     GrowthPolicyConfig,
+    GrowthRequest,
     Observation,
     PolicyContext,
     Verdict,
@@ -438,3 +439,164 @@ def test_config_as_a_mapping_and_the_workers_growth_event() -> None:
     assert d.reason.startswith("cooldown: 90 of 300 steps since the growth at step 1010")
     with pytest.raises(ValidationError):
         Controller({"bogus": 1})
+
+
+# ---------------------------------------------------------------- requests by id
+
+WIDEN2 = GrowthOp(op="widen", factor=2.0)
+SUMMARY = mlp_summary(40, [16, 16], 10)
+
+
+def test_requests_are_queued_listed_and_dropped_by_id() -> None:
+    c = Controller(cfg(policies=["manual"]))
+    first = c.request(WIDEN2, "first")
+    assert len(first) == 32 and int(first, 16) >= 0  # a fresh uuid hex
+    assert c.request(reason="second", request_id="cmd-2") == "cmd-2"
+    third = c.request(GrowthOp(op="deepen", after="act0"), "third")
+    assert third not in (first, "cmd-2")
+    assert c.requests == (
+        GrowthRequest(id=first, op=WIDEN2, reason="first"),
+        GrowthRequest(id="cmd-2", op=None, reason="second"),
+        GrowthRequest(id=third, op=GrowthOp(op="deepen", after="act0"), reason="third"),
+    )
+    # The same id again changes nothing, whatever it asks.
+    assert c.request(WIDEN2, "again", request_id="cmd-2") == "cmd-2"
+    assert [(r.id, r.reason) for r in c.requests] == [
+        (first, "first"),
+        ("cmd-2", "second"),
+        (third, "third"),
+    ]
+    assert c.drop_request("cmd-2") is True
+    assert c.drop_request("cmd-2") is False
+    assert c.drop_request("never") is False
+    assert [r.id for r in c.requests] == [first, third]
+    d = c.observe(make_obs(summary=SUMMARY))
+    assert d.request_id == first and d.op is not None and d.op.factor == 2.0
+    assert [r.id for r in c.requests] == [third]
+
+
+def test_a_growth_request_is_typed_and_rejects_unknown_fields() -> None:
+    r = GrowthRequest(id="a", op=WIDEN2, reason="r")
+    assert GrowthRequest.model_validate(r.model_dump(mode="json")) == r
+    with pytest.raises(ValidationError):
+        GrowthRequest.model_validate({"id": "a", "reason": "r", "priority": 1})
+    with pytest.raises(ValidationError, match="frozen"):
+        r.id = "b"  # type: ignore[misc]
+
+
+def test_a_manual_refusal_carries_the_request_id() -> None:
+    c = Controller(cfg(policies=["manual"], guards={"max_params": 1200}))
+    rid = c.request(WIDEN2, "too big", request_id="cmd-7")
+    d = c.observe(make_obs(summary=SUMMARY))
+    assert not d.grows and d.policy == "manual"
+    assert d.request_id == "cmd-7" == rid
+    assert d.reason.startswith("manual request (too big) refused: max params 1.2k")
+    assert c.requests == () and c.pending_request is None
+    # The next decision answers no request.
+    assert c.observe(make_obs(step=1050, summary=SUMMARY)).request_id is None
+
+
+def test_a_refusal_for_max_generations_carries_the_request_id() -> None:
+    c = Controller(cfg(policies=["manual"], guards={"max_generations": 1}))
+    c.request(WIDEN2, "late", request_id="cmd-9")
+    d = c.observe(make_obs(generation=1, generation_step=10, summary=SUMMARY))
+    assert not d.grows and d.request_id == "cmd-9"
+    assert d.reason == "manual request (late) refused: max generations 1 reached"
+
+
+def test_a_manual_growth_carries_the_request_id_and_a_policys_does_not() -> None:
+    c = Controller(cfg(guards={"min_generation_steps": 0}, data_scaling={"coefficient": 20}))
+    auto = c.observe(make_obs(summary=SUMMARY))
+    assert auto.grows and auto.policy == "data_scaling"
+    assert auto.request_id is None and c.pending_request is None
+    assert c.notify_grown(step=1001, generation=1) is None
+
+    m = Controller(cfg(policies=["manual"]))
+    rid = m.request(WIDEN2, "more")
+    d = m.observe(make_obs(summary=SUMMARY))
+    assert d.grows and d.policy == "manual" and d.request_id == rid
+    assert m.pending_request == rid and m.pending == d.op
+    # Requesting the id of the pending growth again does not queue it twice.
+    assert m.request(WIDEN2, "more", request_id=rid) == rid
+    assert m.requests == ()
+    wait = m.observe(make_obs(step=1050, summary=SUMMARY))
+    assert not wait.grows and wait.request_id is None
+
+
+def test_notify_grown_and_on_growth_return_the_request_answered() -> None:
+    c = Controller(cfg(policies=["manual"]))
+    c.request(WIDEN2, "more", request_id="cmd-1")
+    assert c.observe(make_obs(summary=SUMMARY)).request_id == "cmd-1"
+    assert c.notify_grown(step=1001, generation=1, op=WIDEN2) == "cmd-1"
+    assert c.pending_request is None and c.pending is None
+    assert c.notify_grown(step=1002, generation=2) is None  # nothing pending any more
+
+    c.request(WIDEN2, "again", request_id="cmd-2")
+    o = make_obs(step=1100, generation=2, generation_step=98, summary=SUMMARY)
+    assert c.observe(o).request_id == "cmd-2"
+    event = SimpleNamespace(step=1101, generation_after=3, op=WIDEN2)
+    assert c.on_growth(event) == "cmd-2"
+    assert c.on_growth(event) is None
+
+
+def test_notify_failed_returns_the_request_answered() -> None:
+    c = Controller(cfg(policies=["manual"]))
+    c.request(WIDEN2, "more", request_id="cmd-3")
+    assert c.observe(make_obs(summary=SUMMARY)).grows
+    assert c.notify_failed(step=1010, error="GrowthError: boom") == "cmd-3"
+    assert c.pending_request is None
+    assert c.notify_failed(step=1020, error="again") is None
+
+    auto = Controller(cfg(guards={"min_generation_steps": 0}, data_scaling={"coefficient": 20}))
+    assert auto.observe(make_obs(summary=SUMMARY)).grows
+    assert auto.notify_failed(step=1010, error="boom") is None
+
+
+def test_state_dict_round_trip_keeps_request_ids() -> None:
+    c = Controller(cfg(policies=["manual"]))
+    c.request(WIDEN2, "applied first", request_id="cmd-1")
+    c.request(GrowthOp(op="deepen", after="act0"), "queued", request_id="cmd-2")
+    c.request(reason="by strategy")
+    assert c.observe(make_obs(summary=SUMMARY)).request_id == "cmd-1"
+    state = json.loads(json.dumps(c.state_dict()))
+    assert state["version"] == 2
+    restored = Controller(cfg(policies=["manual"]))
+    restored.load_state_dict(state)
+    assert restored.requests == c.requests
+    assert restored.requests[0].id == "cmd-2"
+    assert restored.pending_request == "cmd-1"
+    assert restored.notify_grown(step=1001, generation=1) == "cmd-1"
+    o = make_obs(step=1100, generation=1, generation_step=99, summary=mlp_summary(40, [32, 32], 10))
+    d = restored.observe(o)
+    assert d.request_id == "cmd-2" and d.op is not None and d.op.op == "deepen"
+
+
+def test_a_version_1_state_loads_and_its_requests_get_fresh_ids() -> None:
+    c = Controller(cfg(policies=["manual"]))
+    c.request(WIDEN2, "applied first")
+    c.request(GrowthOp(op="deepen", after="act0"), "queued")
+    c.request(reason="by strategy")
+    assert c.observe(make_obs(summary=SUMMARY)).grows
+    v1 = json.loads(json.dumps(c.state_dict()))
+    v1["version"] = 1
+    for r in v1["requests"]:
+        del r["id"]
+    del v1["pending"]["request_id"]
+    assert v1["requests"] == [
+        {"op": GrowthOp(op="deepen", after="act0").model_dump(mode="json"), "reason": "queued"},
+        {"op": None, "reason": "by strategy"},
+    ]
+    restored = Controller(cfg(policies=["manual"]))
+    restored.load_state_dict(v1)
+    assert [(r.op, r.reason) for r in restored.requests] == [
+        (GrowthOp(op="deepen", after="act0"), "queued"),
+        (None, "by strategy"),
+    ]
+    ids = [r.id for r in restored.requests]
+    assert len(set(ids)) == 2 and all(len(i) == 32 for i in ids)
+    assert restored.pending == c.pending and restored.pending_request is None
+    assert restored.notify_grown(step=1001, generation=1) is None
+    o = make_obs(step=1100, generation=1, generation_step=99, summary=mlp_summary(40, [32, 32], 10))
+    d = restored.observe(o)
+    assert d.request_id == ids[0] and d.reason.startswith("manual request (queued)")
+    assert restored.state_dict()["version"] == 2
