@@ -44,7 +44,6 @@ from growth_policy.shape import (
     SummaryError,
     estimate_memory_bytes,
     parse_summary,
-    predict_param_count,
 )
 from growth_policy.types import Decision, GrowthKind, GrowthOp, GrowthRequest, Observation
 
@@ -84,7 +83,6 @@ __all__ = [
     "plan_deepen",
     "plan_widen",
     "plateau",
-    "predict_param_count",
     "register_policy",
     "registered_policies",
     "schedule",

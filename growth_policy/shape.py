@@ -16,8 +16,10 @@ The summary is JSON. What this module reads from it:
 - ``deepen_candidates``: ``after`` (the module to insert after), ``kind``, ``width``,
   ``identity_exact`` and ``added_params`` (parameters each style adds; None where not exact).
 
-From that, :func:`predict_param_count` gives the exact parameter count after a widen, and an
-exact one after a deepen when the summary gives ``added_params``, and :func:`estimate_memory_bytes` the training memory.
+From that, :meth:`ModelShape.count` gives the planner the exact parameter count at any widths (the
+same figure as ``net2net.predict_param_count``, the public prediction, which needs torch),
+:func:`deepen_param_count` what a deepen adds (exact when the summary gives ``added_params``), and
+:func:`estimate_memory_bytes` the training memory.
 """
 
 from __future__ import annotations
@@ -285,39 +287,6 @@ def deepen_param_count(candidate: DeepenCandidate, style: str = "identity") -> i
     if n is not None:
         return n
     return candidate.width * candidate.width + candidate.width
-
-
-def predict_param_count(
-    shape: ModelShape | Mapping[str, Any],
-    *,
-    factor: float | None = None,
-    widths: Mapping[str, int] | None = None,
-    deepen_after: str | None = None,
-    style: str = "identity",
-) -> int:
-    """Parameter count after ``widen(factor=…)``, ``widen(widths=…)`` or ``deepen(after=…)``.
-
-    Exact for widening: every tensor's dims are evaluated at the new widths (``factor`` rounds
-    each group up to ``ceil(width·factor)`` and its ``multiple_of``, as ``net2net.widen`` does;
-    an integer-factor group takes the factor rounded up to a whole number). For deepening it uses
-    the summary's ``added_params`` for the style when given, else ``width² + width``.
-    """
-    s = shape if isinstance(shape, ModelShape) else parse_summary(shape)
-    chosen = sum(x is not None for x in (factor, widths, deepen_after))
-    if chosen != 1:
-        raise ValueError("give exactly one of factor, widths, deepen_after")
-    if deepen_after is not None:
-        for c in s.deepen_candidates:
-            if c.after == deepen_after:
-                return s.count() + deepen_param_count(c, style)
-        raise KeyError(f"{deepen_after!r} is not a deepen candidate")
-    if factor is not None:
-        return s.count(s.widths_for_factor(factor))
-    assert widths is not None
-    unknown = sorted(set(widths) - set(s.widths))
-    if unknown:
-        raise KeyError(f"unknown width groups {unknown}; groups: {', '.join(s.widths)}")
-    return s.count(widths)
 
 
 def estimate_memory_bytes(

@@ -1,4 +1,4 @@
-"""Reading net2net summaries and predicting exact parameter counts without the model."""
+"""Reading net2net summaries and counting parameters exactly at other widths, without the model."""
 
 from __future__ import annotations
 
@@ -6,20 +6,20 @@ from typing import Any
 
 import pytest
 
-from growth_policy import SummaryError, estimate_memory_bytes, parse_summary, predict_param_count
+from growth_policy import SummaryError, estimate_memory_bytes, parse_summary
 from growth_policy.shape import activation_units, deepen_param_count
 
 from ._traces import mlp_params, mlp_summary
 
 
-def test_mlp_count_and_widen_predictions_are_exact() -> None:
-    s = mlp_summary(40, [16, 16], 10)
-    shape = parse_summary(s)
+def test_mlp_count_and_widen_counts_are_exact() -> None:
+    shape = parse_summary(mlp_summary(40, [16, 16], 10))
     assert shape.count() == mlp_params(40, [16, 16], 10) == 1098
-    assert predict_param_count(s, factor=2.0) == mlp_params(40, [32, 32], 10)
-    assert predict_param_count(shape, factor=1.5) == mlp_params(40, [24, 24], 10)
-    assert predict_param_count(shape, factor=1.3) == mlp_params(40, [21, 21], 10)  # 20.8 → 21
-    assert predict_param_count(shape, widths={"fc1": 40}) == mlp_params(40, [16, 40], 10)
+    assert shape.count(shape.widths_for_factor(2.0)) == mlp_params(40, [32, 32], 10)
+    assert shape.count(shape.widths_for_factor(1.5)) == mlp_params(40, [24, 24], 10)
+    assert shape.widths_for_factor(1.3) == {"fc0": 21, "fc1": 21}  # 20.8 → 21
+    assert shape.count(shape.widths_for_factor(1.3)) == mlp_params(40, [21, 21], 10)
+    assert shape.count({"fc1": 40}) == mlp_params(40, [16, 40], 10)
 
 
 def conv_concat_summary() -> dict[str, Any]:
@@ -57,13 +57,10 @@ def test_concatenation_flatten_and_grouped_dims() -> None:
     assert shape.group("a").modules == ("a", "fc")
     assert shape.count() == 8 * 27 + 8 + 4 * 4 + 10 * ((8 + 4) * 16 + 5) + 10
     after = 16 * 27 + 16 + 8 * 8 + 10 * ((16 + 8) * 16 + 5) + 10
-    assert predict_param_count(shape, factor=2.0) == after
+    assert shape.count(shape.widths_for_factor(2.0)) == after
     # b ×1.25 → 5, rounded up to a multiple of 2 → 6.
     assert shape.widths_for_factor(1.25) == {"a": 10, "b": 6}
-    assert (
-        predict_param_count(shape, widths={"b": 6})
-        == 8 * 27 + 8 + 6 * 4 + 10 * ((8 + 6) * 16 + 5) + 10
-    )
+    assert shape.count({"b": 6}) == 8 * 27 + 8 + 6 * 4 + 10 * ((8 + 6) * 16 + 5) + 10
     assert activation_units(shape) == 8 + 4 * 16
 
 
@@ -90,11 +87,12 @@ def test_integer_factor_groups_round_the_factor_up() -> None:
     assert shape.widths_for_factor(1.5) == {"h": 20, "g": 15}
 
 
-def test_deepen_prediction() -> None:
+def test_deepen_param_counts() -> None:
     s = mlp_summary(40, [16, 32], 10)
-    assert predict_param_count(s, deepen_after="act1") == mlp_params(40, [16, 32, 32], 10)
     shape = parse_summary(s)
-    assert predict_param_count(shape, deepen_after="act1") == shape.count() + 32 * 32 + 32
+    (act1,) = [c for c in shape.deepen_candidates if c.after == "act1"]
+    assert shape.count() + deepen_param_count(act1) == mlp_params(40, [16, 32, 32], 10)
+    assert deepen_param_count(act1) == 32 * 32 + 32
     given = {
         **s,
         "deepen_candidates": [
@@ -106,8 +104,6 @@ def test_deepen_prediction() -> None:
     assert deepen_param_count(cand, "residual") == 1168
     bare = parse_summary({**s, "deepen_candidates": [{"after": "y", "width": 8}]})
     assert deepen_param_count(bare.deepen_candidates[0]) == 8 * 8 + 8  # a square Linear
-    with pytest.raises(KeyError, match="'nope' is not a deepen candidate"):
-        predict_param_count(shape, deepen_after="nope")
 
 
 def test_deepen_candidate_exactness() -> None:
@@ -134,13 +130,6 @@ def test_deepen_candidate_exactness() -> None:
 def test_summary_errors_say_what_is_wrong(summary: dict[str, Any], message: str) -> None:
     with pytest.raises(SummaryError, match=message):
         parse_summary(summary)
-
-
-def test_predict_needs_exactly_one_change() -> None:
-    with pytest.raises(ValueError, match="exactly one"):
-        predict_param_count(mlp_summary(4, [3], 2), factor=2.0, widths={"fc0": 4})
-    with pytest.raises(KeyError, match="unknown width groups"):
-        predict_param_count(mlp_summary(4, [3], 2), widths={"zz": 4})
 
 
 def test_memory_estimate_formula() -> None:

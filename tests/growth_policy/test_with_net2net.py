@@ -13,8 +13,8 @@ import pytest
 import torch
 from torch import nn
 
-import growth_policy
 from growth_policy import Controller, GrowthOp, GrowthPolicyConfig, Observation, parse_summary
+from growth_policy.shape import deepen_param_count
 from workers.signals import group_signals
 
 net2net: Any = pytest.importorskip("net2net")
@@ -55,24 +55,28 @@ CASES = [(mlp, (32, 40)), (cnn, (4, 3, 8, 8))]
 
 
 @pytest.mark.parametrize(("build", "shape"), CASES, ids=["mlp", "cnn"])
-def test_predictions_match_net2net_and_the_grown_model(build: Any, shape: tuple[int, ...]) -> None:
+def test_planner_counts_match_net2net_and_the_grown_model(
+    build: Any, shape: tuple[int, ...]
+) -> None:
     model, x = build(), torch.randn(*shape)
     summary = net2net.summarize(model, x)
     s = parse_summary(summary)
     assert s.count() == count(model) == summary["param_count"]
     for factor in (1.5, 2.0, 1.3):
         grown = net2net.widen(model, x, factor=factor, init="random_zero")
-        assert growth_policy.predict_param_count(s, factor=factor) == count(grown.model)
-        assert growth_policy.predict_param_count(s, factor=factor) == net2net.predict_param_count(
-            summary, factor=factor
-        )
+        planned = s.count(s.widths_for_factor(factor))
+        assert planned == net2net.predict_param_count(summary, factor=factor)
+        assert planned == count(grown.model)
     first = s.groups[0].name
     widths = {first: s.groups[0].width + 3}
     grown = net2net.widen(model, x, widths=widths, init="random_zero")
-    assert growth_policy.predict_param_count(s, widths=widths) == count(grown.model)
+    assert s.count(widths) == net2net.predict_param_count(summary, widths=widths)
+    assert s.count(widths) == count(grown.model)
     for site in s.deepen_sites():
         deeper = net2net.deepen(model, x, after=site.after)
-        assert growth_policy.predict_param_count(s, deepen_after=site.after) == count(deeper.model)
+        planned = s.count() + deepen_param_count(site)
+        assert planned == net2net.predict_param_count(summary, deepen_after=site.after)
+        assert planned == count(deeper.model)
 
 
 def test_deepen_sites_on_real_models() -> None:
