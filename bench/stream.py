@@ -72,7 +72,7 @@ from bench._common import (
     train_flops,
 )
 from growth_policy import GrowthPolicyConfig
-from growth_policy.types import Observation
+from growth_policy.types import GrowthOp, Observation
 from workers.loop import TrainLoop, WorkerConfig
 from workers.shards import FileManifest, ShardInfo, ShardStore
 from workers.sources import (
@@ -288,10 +288,8 @@ class StageSource(BaseSource):
     def on_growth(self, event: GrowthEvent) -> None:
         self.inner.on_growth(event)
 
-    def on_growth_failed(self, op: Any, step: int, error: str) -> None:
-        hook = getattr(self.inner, "on_growth_failed", None)
-        if hook is not None:
-            hook(op, step, error)
+    def on_growth_failed(self, op: GrowthOp, step: int, error: str) -> None:
+        self.inner.on_growth_failed(op, step, error)
 
     def state_dict(self) -> dict[str, Any]:
         return {"inner": self.inner.state_dict(), "appended": self.appended}

@@ -42,7 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
 import net2net
-from growth_policy.types import GrowthOp, Observation
+from growth_policy.types import Observation
 from workers import _growth
 from workers._dist import Group, module_digest
 from workers.checkpoint import (
@@ -544,7 +544,7 @@ class TrainLoop:
         if errors or applied is None:
             logger.warning("growth %s failed: %s", op.model_dump_json(), errors[0])
             if self.group.is_main:
-                self._notify_failed(op, p.step, errors[0])
+                self.source.on_growth_failed(op, p.step, errors[0])
             return
         grown = applied.model.to(self.group.device).train()
         digests = self.group.gather_str(module_digest(grown))
@@ -622,11 +622,6 @@ class TrainLoop:
             pause_s=time.perf_counter() - pending.started,
         )
         self.source.on_growth(event)
-
-    def _notify_failed(self, op: GrowthOp, step: int, error: str) -> None:
-        hook = getattr(self.source, "on_growth_failed", None)
-        if hook is not None:
-            hook(op, step, error)
 
     # -- evaluation -------------------------------------------------------------------------------
 

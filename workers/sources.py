@@ -8,9 +8,9 @@ The loop's rank 0 talks to one :class:`DecisionSource`:
   stop or a resume arrives without any training step;
 * it reports what happened: ``on_status`` (starting, waiting for data, training, paused, stopped),
   ``on_growth`` (a :class:`GrowthEvent`, with the validation loss just before and after, the
-  preservation error and the pause) and ``on_checkpoint`` (a :class:`CheckpointEvent`, with where the
-  checkpoint was persisted); a source may also define ``on_growth_failed(op, step, error)``
-  (optional; :class:`BaseSource` has it);
+  preservation error and the pause), ``on_growth_failed(op, step, error)`` (a growth that could not
+  be applied; the model is unchanged) and ``on_checkpoint`` (a :class:`CheckpointEvent`, with where
+  the checkpoint was persisted);
 * ``state_dict()`` is saved in every checkpoint and given back with ``load_state_dict`` on resume.
 
 A source is passed to the trainer inside ``train_loop_config``, so it is cloudpickled to every
@@ -59,13 +59,19 @@ class Directive(BaseModel):
     checkpoint: bool = Field(default=False, description="Write a checkpoint now.")
 
     @classmethod
-    def from_decision(cls, decision: Decision) -> Directive:
-        """A growth controller's decision as a directive (grow or not, never pause or stop)."""
+    def from_decision(
+        cls, decision: Decision, *, pause: bool = False, stop: bool = False
+    ) -> Directive:
+        """A growth controller's decision as a directive: its op (grow, or not when None), reason,
+        policy and numbers, with the pause and stop state wanted besides (a controller decides
+        neither)."""
         return cls(
             op=decision.op,
             reason=decision.reason,
             policy=decision.policy,
             numbers=dict(decision.numbers),
+            pause=pause,
+            stop=stop,
         )
 
 
@@ -182,6 +188,10 @@ class DecisionSource(Protocol):
 
     def on_growth(self, event: GrowthEvent) -> None: ...
 
+    def on_growth_failed(self, op: GrowthOp, step: int, error: str) -> None:
+        """A growth decided at ``step`` could not be applied; the model is unchanged."""
+        ...
+
     def on_checkpoint(self, event: CheckpointEvent) -> None: ...
 
     def state_dict(self) -> dict[str, Any]:
@@ -210,7 +220,6 @@ class BaseSource:
         return None
 
     def on_growth_failed(self, op: GrowthOp, step: int, error: str) -> None:
-        """Optional hook: a growth could not be applied (the model is unchanged)."""
         return None
 
     def state_dict(self) -> dict[str, Any]:
@@ -400,9 +409,7 @@ class ActorSource(BaseSource):
         self.actor.on_checkpoint.remote(event)
 
     def on_growth_failed(self, op: GrowthOp, step: int, error: str) -> None:
-        hook = getattr(self.actor, "on_growth_failed", None)
-        if hook is not None:
-            hook.remote(op, step, error)
+        self.actor.on_growth_failed.remote(op, step, error)
 
     def state_dict(self) -> dict[str, Any]:
         import ray
@@ -458,9 +465,7 @@ class JsonlRecorder(BaseSource):
 
     def on_growth_failed(self, op: GrowthOp, step: int, error: str) -> None:
         self._write("growth_failed", GrowthFailure(op=op, step=step, error=error))
-        hook = getattr(self.inner, "on_growth_failed", None)
-        if hook is not None:
-            hook(op, step, error)
+        self.inner.on_growth_failed(op, step, error)
 
     def state_dict(self) -> dict[str, Any]:
         return self.inner.state_dict()

@@ -95,7 +95,33 @@ def test_directive_from_a_controller_decision() -> None:
     decision = Decision(step=5, op=WIDEN, policy="plateau", reason="flat", numbers={"gap": 0.1})
     d = Directive.from_decision(decision)
     assert (d.op, d.policy, d.reason, d.numbers) == (WIDEN, "plateau", "flat", {"gap": 0.1})
-    assert not d.pause and not d.stop
+    assert not d.pause and not d.stop and not d.checkpoint
+    held = Directive.from_decision(decision, pause=True, stop=True)
+    assert held.pause and held.stop and held.op == WIDEN
+    assert Directive.from_decision(Decision(step=5, policy="", reason="nothing to do")).op is None
+
+
+def test_a_source_without_the_failure_hook_is_not_a_decision_source() -> None:
+    class Partial:
+        def decide(self, observation: Observation) -> Directive:
+            return Directive()
+
+        def poll(self, status: LoopStatus) -> Directive:
+            return Directive()
+
+        def on_status(self, status: LoopStatus) -> None: ...
+
+        def on_growth(self, event: GrowthEvent) -> None: ...
+
+        def on_checkpoint(self, event: object) -> None: ...
+
+        def state_dict(self) -> dict[str, Any]:
+            return {}
+
+        def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+    assert not isinstance(Partial(), DecisionSource)
+    assert isinstance(BaseSource(), DecisionSource)
 
 
 def test_controller_source_decides_and_survives_pickling() -> None:
