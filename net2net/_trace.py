@@ -7,7 +7,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from torch import fx
 
 from ._layout import (
@@ -334,7 +333,3 @@ class OpContext:
                 merged = self.state.unify(merged, other, self.where())
             result[d] = merged
         return result
-
-
-def is_tensor(x: object) -> bool:
-    return isinstance(x, torch.Tensor)
