@@ -4,6 +4,12 @@ The saturation signals an observation carries (``Observation.group_signals``) ar
 workers (``workers.signals``); nothing here needs torch.
 """
 
+from growth_policy._registry import (
+    get_policy,
+    register_policy,
+    registered_policies,
+    unregister_policy,
+)
 from growth_policy.config import (
     DataScalingConfig,
     DeepenConfig,
@@ -31,13 +37,9 @@ from growth_policy.policies import (
     Verdict,
     data_scaling,
     data_target,
-    get_policy,
     manual,
     plateau,
-    register_policy,
-    registered_policies,
     schedule,
-    unregister_policy,
 )
 from growth_policy.shape import (
     ModelShape,

@@ -16,6 +16,8 @@ from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from growth_policy._registry import registered_policies
+
 Strategy = Literal["widen", "deepen", "alternate", "auto"]
 WidenMode = Literal["factor", "target", "saturated"]
 DeepenWhere = Literal["last", "first"]
@@ -224,13 +226,10 @@ class MemoryConfig(_Section):
 
 
 def _init_errors(w: WidenConfig) -> list[str]:
-    """Check ``init`` and ``noise`` against net2net's modes, when net2net lists them."""
-    try:
-        import importlib
+    """Check ``init`` and ``noise`` against net2net's modes."""
+    import net2net  # here, not above: importing growth_policy must not load torch
 
-        modes = importlib.import_module("net2net").init_modes()
-    except Exception:  # net2net unavailable or without the list: the worker's widen checks
-        return []
+    modes = net2net.init_modes()
     if w.init not in modes:
         return [f"widen.init: unknown mode {w.init!r}; net2net has {', '.join(sorted(modes))}"]
     if w.noise > 0 and not modes[w.init].get("noise", True):
@@ -269,8 +268,6 @@ class GrowthPolicyConfig(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
-        from growth_policy.policies import registered_policies
-
         errors: list[str] = []
         known = registered_policies()
         unknown = [name for name in self.policies if name not in known]

@@ -31,15 +31,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from growth_policy._format import count, num, pct
+from growth_policy._registry import get_policy
 from growth_policy.config import GrowthPolicyConfig
 from growth_policy.planning import Limits, Plan, check_op, plan_deepen, plan_widen
-from growth_policy.policies import (
-    PolicyContext,
-    Verdict,
-    data_target,
-    get_policy,
-    relative_gap,
-)
+from growth_policy.policies import PolicyContext, Verdict, data_target, relative_gap
 from growth_policy.shape import ModelShape, SummaryError, parse_summary
 from growth_policy.types import Decision, GrowthOp, GrowthRequest, Observation
 

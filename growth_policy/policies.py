@@ -13,6 +13,9 @@ Write your own with the same signature and register it under a name, then name i
         ...
 
     register_policy("loss_spike", loss_spike)
+
+The registry itself (``register_policy``, ``get_policy``, ...) is ``growth_policy._registry``, which
+the config reads without importing this module; the built-ins are registered at the end of it.
 """
 
 from __future__ import annotations
@@ -20,13 +23,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from growth_policy._format import count, num, pct
+from growth_policy._registry import add_builtins
+from growth_policy.config import GrowthPolicyConfig
 from growth_policy.types import Observation
-
-if TYPE_CHECKING:
-    from growth_policy.config import GrowthPolicyConfig
 
 Numbers = dict[str, float | int | str]
 
@@ -288,45 +289,6 @@ def schedule(ctx: PolicyContext) -> Verdict:
     )
 
 
-BUILTIN_POLICIES = ("manual", "plateau", "data_scaling", "schedule")
-
-_REGISTRY: dict[str, Policy] = {
-    "manual": manual,
-    "plateau": plateau,
-    "data_scaling": data_scaling,
-    "schedule": schedule,
-}
-
-
-def register_policy(name: str, policy: Policy, *, replace: bool = False) -> None:
-    """Make ``policy`` available under ``name`` in ``GrowthPolicyConfig.policies``.
-
-    Register before validating configs that use the name (for example at import time of an
-    operator's plugin module). Built-in names can be replaced only with ``replace=True``.
-    """
-    if not name or not name.replace("_", "").isalnum():
-        raise ValueError(f"policy name {name!r}: use letters, digits and '_'")
-    if name in _REGISTRY and not replace:
-        raise ValueError(f"policy {name!r} is already registered; pass replace=True to replace it")
-    _REGISTRY[name] = policy
-
-
-def unregister_policy(name: str) -> None:
-    """Remove a policy registered with :func:`register_policy` (built-ins stay)."""
-    if name in BUILTIN_POLICIES:
-        raise ValueError(f"policy {name!r} is built in and cannot be removed")
-    _REGISTRY.pop(name, None)
-
-
-def registered_policies() -> tuple[str, ...]:
-    """Names that ``GrowthPolicyConfig.policies`` accepts, built-ins first."""
-    return tuple(_REGISTRY)
-
-
-def get_policy(name: str) -> Policy:
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise KeyError(
-            f"unknown policy {name!r}; known: {', '.join(registered_policies())}"
-        ) from None
+add_builtins(
+    {"manual": manual, "plateau": plateau, "data_scaling": data_scaling, "schedule": schedule}
+)
