@@ -1,7 +1,6 @@
 """Against the real net2net: its summaries, its transforms, its width groups.
 
-Skipped where net2net does not provide ``summarize`` yet. These check that what the controller
-predicts and decides is what net2net then does.
+These check that what the controller predicts and decides is what net2net then does.
 """
 
 from __future__ import annotations
@@ -13,13 +12,10 @@ import pytest
 import torch
 from torch import nn
 
+import net2net
 from growth_policy import Controller, GrowthOp, GrowthPolicyConfig, Observation, parse_summary
 from growth_policy.shape import deepen_param_count
 from workers.signals import group_signals
-
-net2net: Any = pytest.importorskip("net2net")
-if not all(hasattr(net2net, f) for f in ("summarize", "widen", "deepen", "width_groups")):
-    pytest.skip("net2net has no summarize/widen/deepen yet", allow_module_level=True)
 
 
 def mlp() -> nn.Module:

@@ -1,7 +1,7 @@
 """The default growth policy in the real worker loop, on a local Ray cluster, with staged data.
 
-Issue 5's acceptance: on a stream whose data grows in stages, the default policy grows at least
-once, and never during the first pass over the first stage. The controller runs in the worker
+On a stream whose data grows in stages, the default policy grows at least once, and never during
+the first pass over the first stage. The controller runs in the worker
 (``workers.sources.ControllerSource``) with ``GrowthPolicyConfig()`` as it ships; the test process
 pushes sklearn digits in three stages and reads the loop's events from a JSON-lines file.
 """
@@ -23,16 +23,10 @@ from sklearn.datasets import load_digits
 
 from growth_policy import GrowthPolicyConfig
 from growth_policy.types import Observation
-
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-workers_loop = pytest.importorskip("workers.loop")
-if not hasattr(workers_loop, "train_loop_per_worker"):
-    pytest.skip("workers.train_loop_per_worker is not there yet", allow_module_level=True)
-
-from workers.runner import TrainerSettings, run_trainer  # noqa: E402
-from workers.shards import FileManifest, ShardStore  # noqa: E402
-from workers.sources import (  # noqa: E402
+from workers.loop import WorkerConfig
+from workers.runner import TrainerSettings, run_trainer
+from workers.shards import FileManifest, ShardStore
+from workers.sources import (
     BaseSource,
     ControllerSource,
     Directive,
@@ -40,7 +34,9 @@ from workers.sources import (  # noqa: E402
     JsonlRecorder,
     read_jsonl,
 )
-from workers.spec import ModelSpec, TaskSpec  # noqa: E402
+from workers.spec import ModelSpec, TaskSpec
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 STAGES = (400, 800, 1500)  # cumulative training samples
 STOP_AT = 700  # steps
@@ -109,7 +105,7 @@ def test_default_policy_grows_on_a_staged_stream_but_not_in_the_first_pass(
     stop_file = tmp_path / "stop"
     config = GrowthPolicyConfig()
     source = JsonlRecorder(StreamSource(config, STOP_AT, str(stop_file)), events)
-    worker = workers_loop.WorkerConfig(
+    worker = WorkerConfig(
         job_id="job",
         task=TASK,
         model=MODEL,
