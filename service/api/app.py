@@ -12,6 +12,7 @@ import functools
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -31,8 +32,8 @@ from service.jobs.control import ControlPlane, translate
 from service.jobs.errors import ServiceError
 from service.jobs.spec import SpecProblem
 from service.local.embedded import EmbeddedRedis
+from service.runtime.actor import SupervisorConfig
 from service.runtime.launcher import SupervisorLauncher
-from service.runtime.supervisor import SupervisorConfig
 from service.runtime.sweeper import OutboxSweeper
 from service.settings import Settings
 from service.state.store import RedisStore, StoreError
@@ -54,62 +55,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        embedded: EmbeddedRedis | None = None
-        url = settings.redis_url
-        if url is None:
-            embedded = EmbeddedRedis(
-                settings.embedded_redis_dir, appendfsync=settings.embedded_redis_fsync
-            )
-            url = await run_in_threadpool(embedded.start)
-        store = RedisStore(
-            url,
-            settings.key_prefix,
-            events_maxlen=settings.events_maxlen,
-            commands_maxlen=settings.commands_maxlen,
-            idempotency_ttl_s=settings.idempotency_ttl_s,
-        )
-        try:
-            await store.aping()
-        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
-            log.warning("Redis does not answer yet (%s); /readyz says 503 until it does", exc)
-        # Job creation builds the base model on torch's meta device: import torch now, not in
-        # the first request.
-        await run_in_threadpool(_warm_up)
-        plane = ControlPlane(
-            settings, store, ShardStore(settings.data_root_uri), on_ingest=metrics.ingested
-        )
-        app.state.plane = plane
-        try:
-            finished = await run_in_threadpool(plane.finish_deletions)
-            if finished:
-                log.info("finished deleting jobs %s", ", ".join(finished))
-        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
-            log.warning("could not finish earlier job deletions yet: %s", exc)
-        launcher = _launcher(settings, store, url) if settings.supervise else None
-        if launcher is not None:
-            plane.on_job_created = lambda job: launcher.ensure(job.id)
-            plane.readiness_checks["ray"] = launcher.readiness
-            launcher.start()
-        app.state.launcher = launcher
-        sweeper = (
-            OutboxSweeper(store, settings.mlflow_uri, interval=settings.reconcile_interval_s)
-            if settings.supervise
-            else None
-        )
-        if sweeper is not None:
-            sweeper.start()
-        app.state.sweeper = sweeper
+        parts = await _start(settings, metrics)
+        app.state.plane = parts.plane
+        app.state.launcher = parts.launcher
+        app.state.sweeper = parts.sweeper
         try:
             yield
         finally:
-            if launcher is not None:
-                launcher.stop()  # supervisors are detached: they go on without the API
-            if sweeper is not None:
-                await run_in_threadpool(sweeper.stop)
-            store.close()
-            await store.aclose()
-            if embedded is not None:
-                await run_in_threadpool(embedded.stop)
+            await parts.stop()
 
     app = FastAPI(
         title="Lifelong",
@@ -132,6 +85,73 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(MetricsMiddleware, metrics=metrics, root=app)
     app.openapi = _openapi_with(app)  # type: ignore[method-assign]
     return app
+
+
+@dataclass
+class _Parts:
+    """What the app starts with and stops at the end of its life span."""
+
+    store: RedisStore
+    plane: ControlPlane
+    embedded: EmbeddedRedis | None
+    launcher: SupervisorLauncher | None
+    sweeper: OutboxSweeper | None
+
+    async def stop(self) -> None:
+        if self.launcher is not None:
+            self.launcher.stop()  # supervisors are detached: they go on without the API
+        if self.sweeper is not None:
+            await run_in_threadpool(self.sweeper.stop)
+        self.store.close()
+        await self.store.aclose()
+        if self.embedded is not None:
+            await run_in_threadpool(self.embedded.stop)
+
+
+async def _start(settings: Settings, metrics: Metrics) -> _Parts:
+    """Redis (the embedded one when no URL is given), the control plane, and, when the app
+    supervises jobs, the supervisor launcher and the MLflow outbox sweeper."""
+    embedded: EmbeddedRedis | None = None
+    url = settings.redis_url
+    if url is None:
+        embedded = EmbeddedRedis(
+            settings.embedded_redis_dir, appendfsync=settings.embedded_redis_fsync
+        )
+        url = await run_in_threadpool(embedded.start)
+    store = RedisStore(
+        url,
+        settings.key_prefix,
+        events_maxlen=settings.events_maxlen,
+        commands_maxlen=settings.commands_maxlen,
+        idempotency_ttl_s=settings.idempotency_ttl_s,
+    )
+    try:
+        await store.aping()
+    except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+        log.warning("Redis does not answer yet (%s); /readyz says 503 until it does", exc)
+    # Job creation builds the base model on torch's meta device: import torch now, not in the
+    # first request.
+    await run_in_threadpool(_warm_up)
+    plane = ControlPlane(
+        settings, store, ShardStore(settings.data_root_uri), on_ingest=metrics.ingested
+    )
+    try:
+        finished = await run_in_threadpool(plane.finish_deletions)
+        if finished:
+            log.info("finished deleting jobs %s", ", ".join(finished))
+    except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+        log.warning("could not finish earlier job deletions yet: %s", exc)
+    parts = _Parts(store, plane, embedded, None, None)
+    if settings.supervise:
+        launcher = parts.launcher = _launcher(settings, store, url)
+        plane.on_job_created = lambda job: launcher.ensure(job.id)
+        plane.readiness_checks["ray"] = launcher.readiness
+        launcher.start()
+        parts.sweeper = OutboxSweeper(
+            store, settings.mlflow_uri, interval=settings.reconcile_interval_s
+        )
+        parts.sweeper.start()
+    return parts
 
 
 def _launcher(settings: Settings, store: RedisStore, redis_url: str) -> SupervisorLauncher:

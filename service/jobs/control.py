@@ -38,6 +38,7 @@ from service.settings import Settings
 from service.state.records import CommandRecord, DatasetSummary, EventRecord, JobRecord, PushRecord
 from service.state.states import CommandKind, JobStatus
 from service.state.store import (
+    AppendOutcome,
     JobActiveError,
     JobLeasedError,
     JobNotFoundError,
@@ -48,7 +49,7 @@ from service.state.store import (
     TrackingPendingError,
     TransitionError,
 )
-from workers.runner import run_name_for
+from workers.checkpoint import run_name
 from workers.shards import ShardInfo, ShardStore, Split, remove_tree
 
 log = logging.getLogger("lifelong.service")
@@ -83,28 +84,26 @@ class IngestStats:
     format: str
 
 
+# Store errors answered with 409, and what the answer adds to say what to do.
+_CONFLICTS: dict[type[StoreError], str] = {
+    JobTerminalError: "; it accepts no more data or commands",
+    TooManyJobsError: " (LIFELONG_MAX_JOBS); raise the limit to create more",
+    TransitionError: "",
+    JobActiveError: "; only a stopped or failed job can be deleted: stop it first "
+    "(POST /v1/jobs/{id}/stop) and delete it once its status is 'stopped'",
+    JobLeasedError: "; retry in a few seconds",
+    TrackingPendingError: " (the MLflow server was unreachable when it stopped); retry once "
+    "MLflow answers, or delete with force=true to drop them",
+}
+
+
 def translate(exc: StoreError) -> ServiceError:
     """The API error for a store error."""
     if isinstance(exc, JobNotFoundError):
         return NotFoundError(str(exc))
-    if isinstance(exc, JobTerminalError):
-        return ConflictError(f"{exc}; it accepts no more data or commands")
-    if isinstance(exc, TooManyJobsError):
-        return ConflictError(f"{exc} (LIFELONG_MAX_JOBS); raise the limit to create more")
-    if isinstance(exc, TransitionError):
-        return ConflictError(str(exc))
-    if isinstance(exc, JobActiveError):
-        return ConflictError(
-            f"{exc}; only a stopped or failed job can be deleted: stop it first "
-            "(POST /v1/jobs/{id}/stop) and delete it once its status is 'stopped'"
-        )
-    if isinstance(exc, JobLeasedError):
-        return ConflictError(f"{exc}; retry in a few seconds")
-    if isinstance(exc, TrackingPendingError):
-        return ConflictError(
-            f"{exc} (the MLflow server was unreachable when it stopped); retry once MLflow "
-            "answers, or delete with force=true to drop them"
-        )
+    for kind, hint in _CONFLICTS.items():
+        if isinstance(exc, kind):
+            return ConflictError(f"{exc}{hint}")
     return ServiceError(str(exc))
 
 
@@ -124,7 +123,7 @@ class ControlPlane:
         self.store = store
         self.shards = shards
         self.on_ingest = on_ingest
-        # Who starts the job's supervisor (issue 7); a failure there is logged, not answered:
+        # Who starts the job's supervisor; a failure there is logged, not answered:
         # the job is stored, and whatever reconciles jobs with supervisors picks it up.
         self.on_job_created = on_job_created
         self.readiness_checks: dict[str, Callable[[], str]] = {"storage": self._storage_check}
@@ -206,7 +205,7 @@ class ControlPlane:
     def _purge(self, job_id: str) -> tuple[bool, bool, int]:
         self.serving.forget(job_id)
         data = self.shards.delete_job(job_id)
-        checkpoints = remove_tree(self.settings.ray_storage_uri, run_name_for(job_id))
+        checkpoints = remove_tree(self.settings.ray_storage_uri, run_name(job_id))
         # Keys last: the id stays in the 'deleting' set until the files are gone.
         return data, checkpoints, self.store.purge_job(job_id)
 
@@ -235,6 +234,27 @@ class ControlPlane:
         checked = ingest.check(batch, job.spec.task, max_samples=limit)
         val = ingest.validation_mask(checked.features, job.spec.val_fraction)
 
+        written = self._write_shards(job_id, checked, val)
+        outcome = self._append(job_id, written, idempotency_key, fingerprint)
+        if outcome.replayed:
+            # A concurrent retry with the same key won the race: its answer stands, ours goes.
+            self._discard(written)
+            return self._replay(outcome.record, outcome.fingerprint or "", fingerprint)
+        if self.on_ingest is not None:
+            self.on_ingest(
+                IngestStats(
+                    samples_train=outcome.record.accepted_train,
+                    samples_val=outcome.record.accepted_val,
+                    body_bytes=len(body),
+                    format=fmt,
+                )
+            )
+        return PushOutcome(outcome.record, replayed=False)
+
+    def _write_shards(
+        self, job_id: str, checked: ingest.CheckedBatch, val: np.ndarray
+    ) -> list[ShardInfo]:
+        """One shard per split that has samples, written durably; none left behind on failure."""
         written: list[ShardInfo] = []
         try:
             splits: tuple[tuple[Split, np.ndarray], ...] = (("train", ~val), ("val", val))
@@ -255,8 +275,18 @@ class ControlPlane:
         except BaseException:
             self._discard(written)
             raise
+        return written
+
+    def _append(
+        self,
+        job_id: str,
+        written: list[ShardInfo],
+        idempotency_key: str | None,
+        fingerprint: str,
+    ) -> AppendOutcome:
+        """Append the written shards to the job's manifest (one script: all or nothing)."""
         try:
-            outcome = self.store.append_shards(
+            return self.store.append_shards(
                 job_id, written, idempotency_key=idempotency_key, fingerprint=fingerprint
             )
         except StoreError as exc:  # the script answered: it appended nothing
@@ -272,20 +302,6 @@ class ControlPlane:
         except BaseException:
             self._discard(written)
             raise
-        if outcome.replayed:
-            # A concurrent retry with the same key won the race: its answer stands, ours goes.
-            self._discard(written)
-            return self._replay(outcome.record, outcome.fingerprint or "", fingerprint)
-        if self.on_ingest is not None:
-            self.on_ingest(
-                IngestStats(
-                    samples_train=outcome.record.accepted_train,
-                    samples_val=outcome.record.accepted_val,
-                    body_bytes=len(body),
-                    format=fmt,
-                )
-            )
-        return PushOutcome(outcome.record, replayed=False)
 
     def _replay(self, record: PushRecord, stored: str, fingerprint: str) -> PushOutcome:
         if stored != fingerprint:

@@ -109,55 +109,22 @@ def _drive(
     data: tuple[np.ndarray, np.ndarray],
     console: Console,
 ) -> dict[str, Any]:
-    x, y = data
     job = client.create_job(job_spec(cfg))
-    created = time.monotonic()
     view = JobView(job.id, title=f"job {job.id} ({job.name})")
     stop_following = threading.Event()
-
-    def follow() -> None:
-        with LifelongClient(client.base_url) as events:
-            for event in events.events(job.id):
-                view.apply(event)
-                if stop_following.is_set() and event.type == "status" and view.status == "stopped":
-                    return
-
-    follower = threading.Thread(target=follow, daemon=True)
-    follower.start()
-    first_step: float | None = None
-    pushed = 0
+    threading.Thread(
+        target=_follow, args=(client.base_url, job.id, view, stop_following), daemon=True
+    ).start()
     with Live(view.render(), console=console, refresh_per_second=4) as live:
-
-        def wait(seconds: float) -> None:
-            nonlocal first_step
-            end = time.monotonic() + seconds
-            while time.monotonic() < end:
-                if first_step is None and view.step > 0:
-                    first_step = time.monotonic() - created
-                live.update(view.render())
-                time.sleep(0.25)
-
-        # Every push carries its hash-chosen share of validation samples, so the raw slices are
-        # the stage sizes scaled by (train + validation) / train.
-        scale = len(y) / cfg.stages[-1]
-        for index, size in enumerate(cfg.stages):
-            end = round(size * scale)
-            view.note = f"stage {index + 1}/{len(cfg.stages)}: pushing {end - pushed:,} samples"
-            client.push(job.id, x[pushed:end], y[pushed:end])
-            pushed = end
-            # The first stage waits for the trainer to start, then every stage gets its time.
-            if index == 0:
-                while view.step == 0:
-                    wait(0.5)
-            view.note = f"stage {index + 1}/{len(cfg.stages)}: training"
-            wait(cfg.stage_seconds if index < len(cfg.stages) - 1 else cfg.final_seconds)
+        screen = _Screen(view, live)
+        _push_in_stages(cfg, client, job.id, data, screen)
         view.note = "stopping"
         command = client.stop(job.id)
         stop_following.set()
         client.wait_command(job.id, command.id, timeout=180)
         deadline = time.monotonic() + 60
         while view.status != "stopped" and time.monotonic() < deadline:
-            wait(0.5)
+            screen.wait(0.5)
         live.update(view.render())
 
     listed = client.generations(job.id)
@@ -169,11 +136,65 @@ def _drive(
     _log_plot(stack, listed.generations[-1].mlflow_run_id, plot)
     return {
         "job_id": job.id,
-        "first_step_s": first_step,
+        "first_step_s": screen.first_step,
         "generations": listed.model_dump(mode="json")["generations"],
         "plot": str(plot),
         "final_val_accuracy": view.val_metric,
     }
+
+
+def _follow(base_url: str, job_id: str, view: JobView, stop_following: threading.Event) -> None:
+    """Feed the job's events to the view until the job has stopped after ``stop_following``."""
+    with LifelongClient(base_url) as events:
+        for event in events.events(job_id):
+            view.apply(event)
+            if stop_following.is_set() and event.type == "status" and view.status == "stopped":
+                return
+
+
+class _Screen:
+    """The live view on the terminal, refreshed while the demo waits; notes the first step."""
+
+    def __init__(self, view: JobView, live: Live) -> None:
+        self.view = view
+        self.live = live
+        self.created = time.monotonic()
+        self.first_step: float | None = None
+
+    def wait(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            if self.first_step is None and self.view.step > 0:
+                self.first_step = time.monotonic() - self.created
+            self.live.update(self.view.render())
+            time.sleep(0.25)
+
+
+def _push_in_stages(
+    cfg: DemoConfig,
+    client: LifelongClient,
+    job_id: str,
+    data: tuple[np.ndarray, np.ndarray],
+    screen: _Screen,
+) -> None:
+    """Push the data stage by stage; the first stage waits for the trainer to start, then
+    every stage gets its time."""
+    x, y = data
+    view = screen.view
+    # Every push carries its hash-chosen share of validation samples, so the raw slices are the
+    # stage sizes scaled by (train + validation) / train.
+    scale = len(y) / cfg.stages[-1]
+    pushed = 0
+    for index, size in enumerate(cfg.stages):
+        end = round(size * scale)
+        view.note = f"stage {index + 1}/{len(cfg.stages)}: pushing {end - pushed:,} samples"
+        client.push(job_id, x[pushed:end], y[pushed:end])
+        pushed = end
+        if index == 0:
+            while view.step == 0:
+                screen.wait(0.5)
+        view.note = f"stage {index + 1}/{len(cfg.stages)}: training"
+        screen.wait(cfg.stage_seconds if index < len(cfg.stages) - 1 else cfg.final_seconds)
 
 
 def _op_text(op: dict[str, Any] | None) -> str:

@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from service.runtime.supervisor import ACTOR_NAMESPACE, SupervisorConfig, actor_class
+from service.runtime.actor import ACTOR_NAMESPACE, SupervisorConfig, actor_class
 from service.state.states import JobStatus
 from service.state.store import RedisStore
 

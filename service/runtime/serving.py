@@ -1,9 +1,8 @@
 """Serving a job's generations: their records, their weights, and predictions from them.
 
-A generation's newest checkpoint is named in its record (kept by the supervisor). Ray Train keeps
-only its latest periodic checkpoints, so when that one is gone the newest durable copy of the same
-generation under ``<data_root>/<job>/checkpoints`` serves instead. Loaded models are cached by
-checkpoint path (checkpoints are immutable), a few at a time.
+The generations and the checkpoint that serves each come from the job's generation ledger
+(``service.runtime.generations``). Loaded models are cached by checkpoint path (checkpoints are
+immutable), a few at a time.
 """
 
 from __future__ import annotations
@@ -11,53 +10,35 @@ from __future__ import annotations
 import json
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from service.jobs.errors import ConflictError, InvalidError, NotFoundError, TooLargeError
-from service.runtime.supervisor import GenerationRecord, read_generations
+from service.runtime.generations import GenerationLedger, GenerationRecord
 from service.state.store import RedisStore
 from workers.checkpoint import LoadedCheckpoint, load_checkpoint
-from workers.shards import is_remote
 
 MAX_PREDICT_SAMPLES = 10_000
-
-
-@dataclass(frozen=True)
-class TrackedIds:
-    """Where a job is in MLflow: experiment, registered model, run and version per generation."""
-
-    experiment_id: str | None
-    model_name: str | None
-    runs: dict[int, str]
-    versions: dict[int, str]
 
 
 class ModelServer:
     """Generation records, weights and predictions for the jobs of one deployment."""
 
     def __init__(self, store: RedisStore, data_root: str, *, cache_size: int = 4) -> None:
-        # Keys under the job's key: ``:generations`` (supervisor), ``:mlflow*`` (tracker).
         self.store = store
         self.data_root = data_root
         self.cache_size = cache_size
         self._cache: OrderedDict[str, LoadedCheckpoint] = OrderedDict()
         self._lock = threading.Lock()
 
-    def generations(self, job_id: str) -> list[GenerationRecord]:
-        return read_generations(self.store, job_id)
+    def ledger(self, job_id: str) -> GenerationLedger:
+        """The job's generations, read-only."""
+        return GenerationLedger(self.store, job_id, data_root=self.data_root)
 
-    def tracker_ids(self, job_id: str) -> TrackedIds:
-        key = self.store.keys.job(job_id)
-        client = self.store.client
-        info = {str(k): str(v) for k, v in client.hgetall(f"{key}:mlflow").items()}
-        runs = {int(k): str(v) for k, v in client.hgetall(f"{key}:mlflow:runs").items()}
-        versions = {int(k): str(v) for k, v in client.hgetall(f"{key}:mlflow:versions").items()}
-        return TrackedIds(info.get("experiment_id"), info.get("model_name"), runs, versions)
+    def generations(self, job_id: str) -> list[GenerationRecord]:
+        return self.ledger(job_id).records()
 
     def resolve(self, job_id: str, generation: int | None) -> tuple[GenerationRecord, str]:
         """The generation (default: the newest) and the checkpoint that serves it."""
@@ -74,25 +55,13 @@ class ModelServer:
                     f"job '{job_id}' has no generation {generation} (generations 0 to {newest})"
                 )
             record = found[0]
-        path = self._checkpoint_path(job_id, record)
+        path = self.ledger(job_id).checkpoint_of(record)
         if path is None:
             raise ConflictError(
                 f"generation {record.generation} of job '{job_id}' has no checkpoint yet; "
                 "the first is written after the first training steps"
             )
         return record, path
-
-    def _checkpoint_path(self, job_id: str, record: GenerationRecord) -> str | None:
-        if record.checkpoint and (is_remote(record.checkpoint) or Path(record.checkpoint).exists()):
-            return record.checkpoint
-        if is_remote(self.data_root):
-            return None
-        durable = Path(self.data_root.removeprefix("file://")) / job_id / "checkpoints"
-        prefix = f"gen-{record.generation:04d}-"
-        candidates = sorted(
-            p for p in durable.glob(f"{prefix}*") if (p / "meta.json").exists()
-        ) if durable.exists() else []  # fmt: skip
-        return str(candidates[-1]) if candidates else None
 
     def load(self, path: str) -> LoadedCheckpoint:
         with self._lock:

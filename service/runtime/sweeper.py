@@ -92,7 +92,7 @@ class OutboxSweeper:
     def _drain(self, job: JobRecord) -> int:
         tracker = MlflowTracker.for_job(
             self.store.client,
-            self.store.keys.job(job.id),
+            self.store.keys,
             job_id=job.id,
             job_name=job.name,
             tracking_uri=self.tracking_uri,

@@ -34,7 +34,8 @@ from typing import Any
 
 import redis
 
-from service.state.keys import MLFLOW_OUTBOX_SUFFIX
+from service.state.codec import s as text
+from service.state.keys import Keys
 
 logger = logging.getLogger(__name__)
 
@@ -67,14 +68,14 @@ class TrackerStatus:
 class MlflowTracker:
     """The tracking of one job: experiment ``experiment_name``, one run per generation.
 
-    ``key`` is the job's Redis key base; the tracker keeps ``<key>:mlflow:outbox`` (LIST of
-    operations), ``<key>:mlflow:runs`` (HASH generation → run id), ``<key>:mlflow:versions`` (HASH
-    generation → registered model version) and ``<key>:mlflow`` (HASH: experiment id, model name,
-    the generation that ``latest`` points to, counters, last error).
+    The tracker keeps, under the job's keys (``service.state.keys.Keys``): ``mlflow_outbox`` (LIST
+    of operations), ``mlflow_runs`` (HASH generation → run id), ``mlflow_versions`` (HASH
+    generation → registered model version) and ``mlflow`` (HASH: experiment id, model name, the
+    generation that ``latest`` points to, counters, last error).
     """
 
     client: redis.Redis
-    key: str
+    keys: Keys
     job_id: str
     experiment_name: str
     model_name: str
@@ -93,7 +94,7 @@ class MlflowTracker:
     def for_job(
         cls,
         client: redis.Redis,
-        key: str,
+        keys: Keys,
         *,
         job_id: str,
         job_name: str,
@@ -103,7 +104,7 @@ class MlflowTracker:
         """The tracker of a job: experiment ``<prefix>/<name>-<id>``, model ``<prefix>-<id>``."""
         return cls(
             client=client,
-            key=key,
+            keys=keys,
             job_id=job_id,
             experiment_name=f"{prefix}/{job_name}-{job_id}",
             model_name=f"{prefix}-{job_id}",
@@ -113,19 +114,19 @@ class MlflowTracker:
     # --- keys --------------------------------------------------------------------------------
     @property
     def outbox_key(self) -> str:
-        return f"{self.key}{MLFLOW_OUTBOX_SUFFIX}"
+        return self.keys.mlflow_outbox(self.job_id)
 
     @property
     def runs_key(self) -> str:
-        return f"{self.key}:mlflow:runs"
+        return self.keys.mlflow_runs(self.job_id)
 
     @property
     def versions_key(self) -> str:
-        return f"{self.key}:mlflow:versions"
+        return self.keys.mlflow_versions(self.job_id)
 
     @property
     def info_key(self) -> str:
-        return f"{self.key}:mlflow"
+        return self.keys.mlflow(self.job_id)
 
     # --- producer side: only Redis, never MLflow ---------------------------------------------
     def _put(self, op: dict[str, Any]) -> bool:
@@ -176,9 +177,6 @@ class MlflowTracker:
             }
         )
 
-    def set_tags(self, generation: int, tags: dict[str, str]) -> None:
-        self._put({"kind": "tags", "gen": generation, "tags": tags})
-
     def log_artifacts(self, generation: int, path: str, artifact_path: str) -> None:
         """Upload a folder (or one file) of ``path`` under ``artifact_path`` of the run."""
         self._put({"kind": "artifacts", "gen": generation, "path": path, "dest": artifact_path})
@@ -195,14 +193,14 @@ class MlflowTracker:
     # --- what has been tracked ----------------------------------------------------------------
     def run_ids(self) -> dict[int, str]:
         raw = self.client.hgetall(self.runs_key)
-        return {int(_s(k)): _s(v) for k, v in raw.items()}
+        return {int(text(k)): text(v) for k, v in raw.items()}
 
     def model_versions(self) -> dict[int, str]:
         raw = self.client.hgetall(self.versions_key)
-        return {int(_s(k)): _s(v) for k, v in raw.items()}
+        return {int(text(k)): text(v) for k, v in raw.items()}
 
     def status(self) -> TrackerStatus:
-        info = {_s(k): _s(v) for k, v in self.client.hgetall(self.info_key).items()}
+        info = {text(k): text(v) for k, v in self.client.hgetall(self.info_key).items()}
         since = info.get("failing_since")
         return TrackerStatus(
             pending=int(self.client.llen(self.outbox_key)),
@@ -318,7 +316,7 @@ class MlflowTracker:
         if self._experiment_id is None:
             cached = self.client.hget(self.info_key, "experiment_id")
             if cached:
-                self._experiment_id = _s(cached)
+                self._experiment_id = text(cached)
             else:
                 mlflow = self._client()
                 exp = mlflow.get_experiment_by_name(self.experiment_name)
@@ -343,12 +341,7 @@ class MlflowTracker:
             return
         run_id = self._find_or_create_run(int(op["gen"]), None)
         mlflow = self._client()
-        if kind == "tags":
-            from mlflow.entities import RunTag
-
-            tags = [RunTag(k, str(v)) for k, v in op["tags"].items()]
-            self._guard(lambda: mlflow.log_batch(run_id, tags=tags), op)
-        elif kind == "artifacts":
+        if kind == "artifacts":
             path = Path(op["path"])
             if not path.exists():
                 logger.error("artifact %s of job %s is gone; not logged", path, self.job_id)
@@ -375,7 +368,7 @@ class MlflowTracker:
         if op["parent"] is not None:
             parent_run = self.client.hget(self.runs_key, str(op["parent"]))
             if parent_run is not None:
-                tags[PARENT_TAG] = _s(parent_run)
+                tags[PARENT_TAG] = text(parent_run)
                 tags["lifelong.parent_generation"] = str(op["parent"])
         params = [Param(k, str(v)[:6000]) for k, v in op["params"].items()]
         run_tags = [RunTag(k, str(v)) for k, v in tags.items()]
@@ -384,7 +377,7 @@ class MlflowTracker:
     def _find_or_create_run(self, generation: int, start_ms: int | None) -> str:
         cached = self.client.hget(self.runs_key, str(generation))
         if cached is not None:
-            return _s(cached)
+            return text(cached)
         mlflow = self._client()
         experiment_id = self._experiment()
         existing = mlflow.search_runs(
@@ -456,8 +449,3 @@ class MlflowTracker:
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
-
-
-def _s(value: bytes | str) -> str:
-    """Redis answers bytes or str depending on the client's ``decode_responses``."""
-    return value.decode() if isinstance(value, bytes) else value

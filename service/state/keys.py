@@ -17,8 +17,14 @@ touches one slot::
     <p>job:{<id>}:command:<cid>      HASH   one command: kind, args, status, detail, result, times
     <p>job:{<id>}:events             STREAM events (type, time, data JSON), trimmed MAXLEN ~
     <p>job:{<id>}:lease              STRING the supervisor's lease (owner token, PX expiry)
-    <p>job:{<id>}:generations        HASH   generation -> GenerationRecord JSON (the supervisor)
-    <p>job:{<id>}:mlflow…            the job's MLflow outbox and ids (``service.runtime.tracking``)
+    <p>job:{<id>}:generations        HASH   generation -> GenerationRecord JSON
+                                            (``service.runtime.generations``)
+    <p>job:{<id>}:tracked            SET    '<generation>:<what>': checkpoints sent to MLflow
+    <p>job:{<id>}:mlflow             HASH   experiment id, model name, counters, last error
+    <p>job:{<id>}:mlflow:runs        HASH   generation -> MLflow run id
+    <p>job:{<id>}:mlflow:versions    HASH   generation -> registered model version
+    <p>job:{<id>}:mlflow:outbox      LIST   MLflow operations not yet sent
+                                            (``service.runtime.tracking``)
     <p>deleting                      SET    ids of deleted jobs whose keys and files are being
                                             removed (finished again at start-up after a crash)
 
@@ -34,8 +40,6 @@ import re
 from dataclasses import dataclass
 
 COMMAND_GROUP = "supervisor"
-# Appended to a job's key (``Keys.job``) by ``service.runtime.tracking.MlflowTracker``.
-MLFLOW_OUTBOX_SUFFIX = ":mlflow:outbox"
 
 
 @dataclass(frozen=True)
@@ -73,8 +77,23 @@ class Keys:
     def lease(self, job_id: str) -> str:
         return f"{self.job(job_id)}:lease"
 
+    def generations(self, job_id: str) -> str:
+        return f"{self.job(job_id)}:generations"
+
+    def tracked(self, job_id: str) -> str:
+        return f"{self.job(job_id)}:tracked"
+
+    def mlflow(self, job_id: str) -> str:
+        return f"{self.job(job_id)}:mlflow"
+
+    def mlflow_runs(self, job_id: str) -> str:
+        return f"{self.job(job_id)}:mlflow:runs"
+
+    def mlflow_versions(self, job_id: str) -> str:
+        return f"{self.job(job_id)}:mlflow:versions"
+
     def mlflow_outbox(self, job_id: str) -> str:
-        return f"{self.job(job_id)}{MLFLOW_OUTBOX_SUFFIX}"
+        return f"{self.job(job_id)}:mlflow:outbox"
 
     def job_pattern(self, job_id: str) -> str:
         """A SCAN pattern that matches every key of the job but its hash (glob-escaped)."""

@@ -11,7 +11,7 @@
           every non-terminal state ──▶ pending (the supervisor restarts the job after a fault)
 
 The API creates a job as ``pending``; every later change is made by the job's supervisor
-(issue 7) through :meth:`service.state.store.RedisStore.set_status`, which checks the transition
+(``service.runtime.supervisor``) through :meth:`service.state.store.RedisStore.set_status`, which checks the transition
 atomically and writes a ``status`` event. Commands (grow, pause, resume, stop) are requests: the
 API queues them; the supervisor applies them and records their outcome.
 """
@@ -92,4 +92,4 @@ class EventType(StrEnum):
     DECISION = "decision"  # growth_policy.Decision
     COMMAND = "command"  # {command_id, kind, status, detail}: queued and every outcome
     DATA = "data"  # {version, accepted, train_samples, val_samples}
-    GENERATION = "generation"  # {generation, ...}: a generation opened (issue 7)
+    GENERATION = "generation"  # {generation, ...}: a generation opened

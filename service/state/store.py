@@ -1,13 +1,13 @@
 """Job state in Redis: jobs, manifests, idempotency keys, commands, events and leases.
 
 Every multi-key update is one Lua script, so it is atomic and a crash leaves either all or none of
-it: creating a job (count limit, record, empty manifest, command group, first event), appending
+it (the scripts are in ``service.state.scripts``, the record encoding in ``service.state.codec``): creating a job (count limit, record, empty manifest, command group, first event), appending
 shards to a manifest (idempotency check, version bump, totals, the manifest log that wakes waiting
 workers, the answer kept for retries, the ``data`` event), a status change (transition check,
 ``status`` event), queueing a command and recording its outcome. The key layout is in
 ``service.state.keys``.
 
-Writers outside the API (the per-job supervisor of issue 7) use the same class:
+Writers outside the API (the per-job supervisor, ``service.runtime.supervisor``) use the same class:
 :meth:`RedisStore.set_status`, :meth:`record_observation`, :meth:`record_decision`,
 :meth:`append_event`, :meth:`read_commands` / :meth:`update_command`, and the lease methods.
 """
@@ -26,6 +26,7 @@ from redis.typing import EncodableT, FieldT
 
 from growth_policy import Decision, Observation
 from service.jobs.spec import JobSpec
+from service.state import codec, scripts
 from service.state.keys import COMMAND_GROUP, Keys
 from service.state.manifest import RedisManifest
 from service.state.records import (
@@ -36,7 +37,6 @@ from service.state.records import (
     PushRecord,
 )
 from service.state.states import (
-    TERMINAL,
     CommandKind,
     CommandStatus,
     EventType,
@@ -44,149 +44,6 @@ from service.state.states import (
     allowed_sources,
 )
 from workers.shards import Manifest, ShardInfo
-
-_TERMINAL_CSV = ",".join(sorted(TERMINAL))
-
-# KEYS: jobs, job, manifest, commands, events
-# ARGV: job_id, now, max_jobs, events_maxlen, status event JSON, group, field, value, ...
-_CREATE_JOB = """
-if redis.call('EXISTS', KEYS[2]) == 1 then return {'exists'} end
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then return {'full'} end
-redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
-redis.call('HSET', KEYS[2], unpack(ARGV, 7))
-redis.call('HSET', KEYS[3], 'version', 0, 'train_samples', 0, 'val_samples', 0, 'shards', 0,
-           'bytes', 0)
-redis.call('XGROUP', 'CREATE', KEYS[4], ARGV[6], '0', 'MKSTREAM')
-redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[4], '*', 'type', 'status', 'time', ARGV[2],
-           'data', ARGV[5])
-return {'ok'}
-"""
-
-# KEYS: job, manifest, shards, manifest log, events, idempotency (or a dummy)
-# ARGV: terminal csv, has_idem, fingerprint, ttl, now, events_maxlen, accepted_train,
-#       accepted_val, nbytes, shard ids (csv), n, shard JSON x n
-_APPEND = """
-local status = redis.call('HGET', KEYS[1], 'status')
-if not status then return {'missing'} end
-for s in string.gmatch(ARGV[1], '[^,]+') do
-  if s == status then return {'terminal', status} end
-end
-if ARGV[2] == '1' and redis.call('EXISTS', KEYS[6]) == 1 then return {'replay'} end
-local version = redis.call('HINCRBY', KEYS[2], 'version', 1)
-local n = tonumber(ARGV[11])
-for i = 1, n do
-  local js = ARGV[11 + i]
-  redis.call('RPUSH', KEYS[3], '{"version":' .. version .. ',' .. string.sub(js, 2))
-end
-local train = redis.call('HINCRBY', KEYS[2], 'train_samples', ARGV[7])
-local val = redis.call('HINCRBY', KEYS[2], 'val_samples', ARGV[8])
-local shards = redis.call('HINCRBY', KEYS[2], 'shards', n)
-redis.call('HINCRBY', KEYS[2], 'bytes', ARGV[9])
-local log_id = redis.call('XADD', KEYS[4], 'MAXLEN', '~', 1000, '*', 'version', version)
-redis.call('HSET', KEYS[2], 'log_id', log_id, 'updated', ARGV[5])
-local accepted = tonumber(ARGV[7]) + tonumber(ARGV[8])
-redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[6], '*', 'type', 'data', 'time', ARGV[5], 'data',
-  '{"version":' .. version .. ',"accepted":' .. accepted .. ',"train_samples":' .. train ..
-  ',"val_samples":' .. val .. ',"shards":' .. shards .. '}')
-if ARGV[2] == '1' then
-  redis.call('HSET', KEYS[6], 'fingerprint', ARGV[3], 'version', version, 'accepted', accepted,
-    'accepted_train', ARGV[7], 'accepted_val', ARGV[8], 'train_samples', train,
-    'val_samples', val, 'shards', shards, 'shard_ids', ARGV[10], 'created', ARGV[5])
-  redis.call('EXPIRE', KEYS[6], ARGV[4])
-end
-return {'ok', version, train, val, shards}
-"""
-
-# KEYS: job, events. ARGV: new, reason, now, events_maxlen, allowed sources (csv)
-_SET_STATUS = """
-local current = redis.call('HGET', KEYS[1], 'status')
-if not current then return {'missing'} end
-local reason = redis.call('HGET', KEYS[1], 'reason') or ''
-if current == ARGV[1] and reason == ARGV[2] then return {'same', current} end
-local allowed = false
-for s in string.gmatch(ARGV[5], '[^,]+') do
-  if s == current then allowed = true end
-end
-if not allowed then return {'refused', current} end
-redis.call('HSET', KEYS[1], 'status', ARGV[1], 'reason', ARGV[2], 'updated', ARGV[3])
-local event_reason = cjson.null
-if ARGV[2] ~= '' then event_reason = ARGV[2] end
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'type', 'status', 'time', ARGV[3],
-  'data', cjson.encode({status = ARGV[1], previous = current, reason = event_reason}))
-return {'ok', current}
-"""
-
-# KEYS: job, commands, command, events
-# ARGV: terminal csv, command_id, kind, args JSON, now, commands_maxlen, events_maxlen, event JSON
-_ENQUEUE = """
-local status = redis.call('HGET', KEYS[1], 'status')
-if not status then return {'missing'} end
-for s in string.gmatch(ARGV[1], '[^,]+') do
-  if s == status then return {'terminal', status} end
-end
-local sid = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[6], '*', 'command_id', ARGV[2],
-  'kind', ARGV[3], 'args', ARGV[4])
-redis.call('HSET', KEYS[3], 'id', ARGV[2], 'kind', ARGV[3], 'args', ARGV[4], 'status', 'queued',
-  'detail', '', 'result', '', 'created', ARGV[5], 'updated', ARGV[5], 'stream_id', sid)
-redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[7], '*', 'type', 'command', 'time', ARGV[5],
-  'data', ARGV[8])
-return {'ok', sid}
-"""
-
-# KEYS: command, commands, events
-# ARGV: status, detail, result JSON, now, final ('1'/'0'), group, ttl, events_maxlen
-_UPDATE_COMMAND = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return {'missing'} end
-local previous = redis.call('HGET', KEYS[1], 'status')
-if previous == 'done' or previous == 'rejected' or previous == 'failed' then
-  return {'final', previous}
-end
-redis.call('HSET', KEYS[1], 'status', ARGV[1], 'detail', ARGV[2], 'result', ARGV[3],
-  'updated', ARGV[4])
-local detail = cjson.null
-if ARGV[2] ~= '' then detail = ARGV[2] end
-local fields = redis.call('HMGET', KEYS[1], 'id', 'kind', 'stream_id')
-if ARGV[5] == '1' then
-  redis.call('XACK', KEYS[2], ARGV[6], fields[3])
-  redis.call('EXPIRE', KEYS[1], ARGV[7])
-end
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[8], '*', 'type', 'command', 'time', ARGV[4],
-  'data', cjson.encode({command_id = fields[1], kind = fields[2], status = ARGV[1],
-                        detail = detail}))
-return {'ok', previous}
-"""
-
-# KEYS: lease. ARGV: owner, ttl_ms
-_RENEW_LEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0
-"""
-_RELEASE_LEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-
-# KEYS: jobs, job, lease, MLflow outbox, deleting. ARGV: job_id, terminal csv, force
-# The job leaves the listing and its hash goes, in one step; its other keys and its files are
-# removed afterwards (RedisStore.purge_job), with the id kept in the 'deleting' set until then.
-_DELETE_JOB = """
-local status = redis.call('HGET', KEYS[2], 'status')
-if not status then return {'missing'} end
-local terminal = false
-for s in string.gmatch(ARGV[2], '[^,]+') do
-  if s == status then terminal = true end
-end
-if not terminal then return {'active', status} end
-if redis.call('EXISTS', KEYS[3]) == 1 then return {'leased', status} end
-local pending = redis.call('LLEN', KEYS[4])
-if pending > 0 and ARGV[3] ~= '1' then return {'tracking', status, pending} end
-redis.call('ZREM', KEYS[1], ARGV[1])
-redis.call('DEL', KEYS[2])
-redis.call('SADD', KEYS[5], ARGV[1])
-return {'ok', status}
-"""
 
 
 class StoreError(Exception):
@@ -297,14 +154,14 @@ class RedisStore:
             socket_timeout=330,
             health_check_interval=30,
         )
-        self._create_job = self.client.register_script(_CREATE_JOB)
-        self._append = self.client.register_script(_APPEND)
-        self._set_status = self.client.register_script(_SET_STATUS)
-        self._enqueue = self.client.register_script(_ENQUEUE)
-        self._update_command = self.client.register_script(_UPDATE_COMMAND)
-        self._renew_lease = self.client.register_script(_RENEW_LEASE)
-        self._release_lease = self.client.register_script(_RELEASE_LEASE)
-        self._delete_job = self.client.register_script(_DELETE_JOB)
+        self._create_job = self.client.register_script(scripts.CREATE_JOB)
+        self._append = self.client.register_script(scripts.APPEND)
+        self._set_status = self.client.register_script(scripts.SET_STATUS)
+        self._enqueue = self.client.register_script(scripts.ENQUEUE)
+        self._update_command = self.client.register_script(scripts.UPDATE_COMMAND)
+        self._renew_lease = self.client.register_script(scripts.RENEW_LEASE)
+        self._release_lease = self.client.register_script(scripts.RELEASE_LEASE)
+        self._delete_job = self.client.register_script(scripts.DELETE_JOB)
 
     @property
     def prefix(self) -> str:
@@ -337,7 +194,7 @@ class RedisStore:
             created=now,
             updated=now,
         )
-        fields = _job_fields(record)
+        fields = codec.job_fields(record)
         event = json.dumps({"status": JobStatus.PENDING, "previous": None, "reason": None})
         k = self.keys
         (outcome,) = self._create_job(
@@ -368,12 +225,12 @@ class RedisStore:
         k = self.keys
         outcome = self._delete_job(
             keys=[k.jobs(), k.job(job_id), k.lease(job_id), k.mlflow_outbox(job_id), k.deleting()],
-            args=[job_id, _TERMINAL_CSV, "1" if force else "0"],
+            args=[job_id, scripts.TERMINAL_CSV, "1" if force else "0"],
         )
-        kind = _s(outcome[0])
+        kind = codec.s(outcome[0])
         if kind == "missing":
             raise JobNotFoundError(job_id)
-        status = _s(outcome[1])
+        status = codec.s(outcome[1])
         if kind == "active":
             raise JobActiveError(job_id, status)
         if kind == "leased":
@@ -392,7 +249,7 @@ class RedisStore:
         removed = 0
         batch: list[str] = []
         for key in self.client.scan_iter(match=self.keys.job_pattern(job_id), count=1000):
-            batch.append(_s(key))
+            batch.append(codec.s(key))
             if len(batch) >= 500:
                 removed += int(self.client.unlink(*batch))
                 batch.clear()
@@ -403,20 +260,16 @@ class RedisStore:
 
     def pending_deletions(self) -> list[str]:
         """Ids of deleted jobs whose keys or files may not all be removed yet."""
-        return sorted(_s(m) for m in self.client.smembers(self.keys.deleting()))
+        return sorted(codec.s(m) for m in self.client.smembers(self.keys.deleting()))
 
     def get_job(self, job_id: str) -> JobRecord | None:
-        return _parse_job(_hash(self.client.hgetall(self.keys.job(job_id))))
+        return codec.parse_job(codec.hash(self.client.hgetall(self.keys.job(job_id))))
 
     def require_job(self, job_id: str) -> JobRecord:
         job = self.get_job(job_id)
         if job is None:
             raise JobNotFoundError(job_id)
         return job
-
-    def job_status(self, job_id: str) -> JobStatus | None:
-        value = self.client.hget(self.keys.job(job_id), "status")
-        return JobStatus(_s(value)) if value else None
 
     def count_jobs(self) -> int:
         return int(self.client.zcard(self.keys.jobs()))
@@ -426,8 +279,8 @@ class RedisStore:
         ids = self.client.zrange(self.keys.jobs(), offset, offset + limit - 1)
         pipe = self.client.pipeline(transaction=False)
         for job_id in ids:
-            pipe.hgetall(self.keys.job(_s(job_id)))
-        jobs = (_parse_job(_hash(h)) for h in pipe.execute())
+            pipe.hgetall(self.keys.job(codec.s(job_id)))
+        jobs = (codec.parse_job(codec.hash(h)) for h in pipe.execute())
         return [j for j in jobs if j is not None]
 
     def set_status(
@@ -511,7 +364,7 @@ class RedisStore:
         return str(
             self.client.xadd(
                 self.keys.events(job_id),
-                _event_fields(type, data),
+                codec.event_fields(type, data),
                 maxlen=self.events_maxlen,
                 approximate=True,
             )
@@ -538,7 +391,7 @@ class RedisStore:
                     if event is not None:
                         pipe.xadd(
                             self.keys.events(job_id),
-                            _event_fields(*event),
+                            codec.event_fields(*event),
                             maxlen=self.events_maxlen,
                             approximate=True,
                         )
@@ -550,7 +403,7 @@ class RedisStore:
     # --- dataset ---------------------------------------------------------------------------
 
     def dataset_summary(self, job_id: str) -> DatasetSummary:
-        h = _hash(self.client.hgetall(self.keys.manifest(job_id)))
+        h = codec.hash(self.client.hgetall(self.keys.manifest(job_id)))
         if not h:
             raise JobNotFoundError(job_id)
         return DatasetSummary(
@@ -575,7 +428,7 @@ class RedisStore:
                 bytes=int(h.get("bytes", 0)),
                 updated=float(h["updated"]) if h.get("updated") else None,
             )
-            for h in map(_hash, pipe.execute())
+            for h in map(codec.hash, pipe.execute())
         ]
 
     def manifest_source(self, job_id: str) -> RedisManifest:
@@ -587,14 +440,14 @@ class RedisStore:
 
     def shard_page(self, job_id: str, *, offset: int, limit: int) -> list[ShardInfo]:
         items = self.client.lrange(self.keys.shards(job_id), offset, offset + limit - 1)
-        return [ShardInfo.model_validate_json(_s(s)) for s in items]
+        return [ShardInfo.model_validate_json(codec.s(s)) for s in items]
 
     def get_push(self, job_id: str, idempotency_key: str) -> tuple[PushRecord, str] | None:
         """The answer stored under ``idempotency_key`` and the fingerprint of its body, if any."""
-        h = _hash(self.client.hgetall(self.keys.idempotency(job_id, idempotency_key)))
+        h = codec.hash(self.client.hgetall(self.keys.idempotency(job_id, idempotency_key)))
         if not h:
             return None
-        return _parse_push(h), h["fingerprint"]
+        return codec.parse_push(h), h["fingerprint"]
 
     def append_shards(
         self,
@@ -627,7 +480,7 @@ class RedisStore:
                 idem_key,
             ],
             args=[
-                _TERMINAL_CSV,
+                scripts.TERMINAL_CSV,
                 "1" if idempotency_key else "0",
                 fingerprint,
                 self.idempotency_ttl_s,
@@ -641,6 +494,17 @@ class RedisStore:
                 *payloads,
             ],
         )
+        return self._append_outcome(job_id, result, shards, idempotency_key, fingerprint)
+
+    def _append_outcome(
+        self,
+        job_id: str,
+        result: list[Any],
+        shards: Sequence[ShardInfo],
+        idempotency_key: str | None,
+        fingerprint: str,
+    ) -> AppendOutcome:
+        """What the append script answered, as an outcome (or the store error it means)."""
         outcome = result[0]
         if outcome == "missing":
             raise JobNotFoundError(job_id)
@@ -653,6 +517,8 @@ class RedisStore:
                 raise StoreError("replay", "the idempotency key expired during the push; retry")
             return AppendOutcome(stored[0], replayed=True, fingerprint=stored[1])
         version, train, val, total_shards = (int(x) for x in result[1:5])
+        accepted_train = sum(s.num_samples for s in shards if s.split == "train")
+        accepted_val = sum(s.num_samples for s in shards if s.split == "val")
         record = PushRecord(
             version=version,
             accepted=accepted_train + accepted_val,
@@ -686,7 +552,7 @@ class RedisStore:
                 k.events(job_id),
             ],
             args=[
-                _TERMINAL_CSV,
+                scripts.TERMINAL_CSV,
                 command_id,
                 kind,
                 args_json,
@@ -711,15 +577,17 @@ class RedisStore:
         )
 
     def get_command(self, job_id: str, command_id: str) -> CommandRecord | None:
-        return _parse_command(_hash(self.client.hgetall(self.keys.command(job_id, command_id))))
+        return codec.parse_command(
+            codec.hash(self.client.hgetall(self.keys.command(job_id, command_id)))
+        )
 
     def list_commands(self, job_id: str, *, limit: int = 100) -> list[CommandRecord]:
         """The latest ``limit`` commands, newest first (finished ones expire after the TTL)."""
-        entries = _entries(self.client.xrevrange(self.keys.commands(job_id), count=limit))
+        entries = codec.entries(self.client.xrevrange(self.keys.commands(job_id), count=limit))
         pipe = self.client.pipeline(transaction=False)
         for _, fields in entries:
             pipe.hgetall(self.keys.command(job_id, fields["command_id"]))
-        commands = (_parse_command(_hash(h)) for h in pipe.execute())
+        commands = (codec.parse_command(codec.hash(h)) for h in pipe.execute())
         return [c for c in commands if c is not None]
 
     def read_commands(
@@ -738,12 +606,12 @@ class RedisStore:
         key = self.keys.commands(job_id)
         pending = self.client.xreadgroup(COMMAND_GROUP, consumer, {key: "0"}, count=count)
         # Entries trimmed from the stream while pending come back without fields.
-        entries = [(sid, f) for sid, f in _read_entries(pending) if f]
+        entries = [(sid, f) for sid, f in codec.read_entries(pending) if f]
         if not entries:
             fresh = self.client.xreadgroup(
                 COMMAND_GROUP, consumer, {key: ">"}, count=count, block=block_ms
             )
-            entries = _read_entries(fresh)
+            entries = codec.read_entries(fresh)
         out = []
         for _, fields in entries:
             command = self.get_command(job_id, fields["command_id"])
@@ -786,18 +654,18 @@ class RedisStore:
     def read_events(
         self, job_id: str, *, after: str = "0-0", count: int = 1000
     ) -> list[EventRecord]:
-        entries = _entries(
+        entries = codec.entries(
             self.client.xrange(self.keys.events(job_id), min=f"({after}", count=count)
         )
-        return [_parse_event(sid, f) for sid, f in entries]
+        return [codec.parse_event(sid, f) for sid, f in entries]
 
     async def aread_range(
         self, job_id: str, *, after: str = "0-0", count: int = 1000
     ) -> list[EventRecord]:
-        entries = _entries(
+        entries = codec.entries(
             await self.aclient.xrange(self.keys.events(job_id), min=f"({after}", count=count)
         )
-        return [_parse_event(sid, f) for sid, f in entries]
+        return [codec.parse_event(sid, f) for sid, f in entries]
 
     async def aread_events(
         self, job_id: str, *, after: str, block_ms: int, count: int = 100
@@ -806,14 +674,14 @@ class RedisStore:
         response = await self.aclient.xread(
             {self.keys.events(job_id): after}, count=count, block=block_ms
         )
-        return [_parse_event(sid, f) for sid, f in _read_entries(response)]
+        return [codec.parse_event(sid, f) for sid, f in codec.read_entries(response)]
 
     async def ajob_status(self, job_id: str) -> JobStatus | None:
         value = await self.aclient.hget(self.keys.job(job_id), "status")
-        return JobStatus(_s(value)) if value else None
+        return JobStatus(codec.s(value)) if value else None
 
     async def last_event_id(self, job_id: str) -> str:
-        entries = _entries(await self.aclient.xrevrange(self.keys.events(job_id), count=1))
+        entries = codec.entries(await self.aclient.xrevrange(self.keys.events(job_id), count=1))
         return entries[0][0] if entries else "0-0"
 
     # --- leases (one supervisor per job) ---------------------------------------------------
@@ -833,100 +701,3 @@ class RedisStore:
 
 
 # --- encoding -------------------------------------------------------------------------------
-
-
-def _s(value: Any) -> str:
-    """A response value as text (the clients decode responses; the types say bytes | str)."""
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _hash(h: Any) -> dict[str, str]:
-    return {_s(k): _s(v) for k, v in h.items()}
-
-
-def _entries(entries: Any) -> list[tuple[str, dict[str, str]]]:
-    """Stream entries from XRANGE / XREVRANGE (or one stream of an XREAD answer)."""
-    return [(_s(sid), _hash(fields) if fields else {}) for sid, fields in entries or []]
-
-
-def _read_entries(response: Any) -> list[tuple[str, dict[str, str]]]:
-    """The entries of the one stream asked for in an XREAD / XREADGROUP answer."""
-    if not response:
-        return []
-    if isinstance(response, dict):  # RESP3
-        return _entries(next(iter(response.values()))[0])
-    return _entries(response[0][1])
-
-
-def _job_fields(job: JobRecord) -> list[Any]:
-    return [
-        "id", job.id,
-        "name", job.name,
-        "spec", job.spec.model_dump_json(),
-        "status", job.status,
-        "reason", job.reason or "",
-        "generation", job.generation,
-        "param_count", "" if job.param_count is None else job.param_count,
-        "metrics", json.dumps(job.metrics),
-        "created", job.created,
-        "updated", job.updated,
-    ]  # fmt: skip
-
-
-def _parse_job(h: dict[str, str]) -> JobRecord | None:
-    if not h:
-        return None
-    return JobRecord(
-        id=h["id"],
-        name=h["name"],
-        spec=JobSpec.model_validate_json(h["spec"]),
-        status=JobStatus(h["status"]),
-        reason=h.get("reason") or None,
-        generation=int(h.get("generation") or 0),
-        param_count=int(h["param_count"]) if h.get("param_count") else None,
-        metrics=json.loads(h.get("metrics") or "{}"),
-        created=float(h["created"]),
-        updated=float(h["updated"]),
-    )
-
-
-def _parse_push(h: dict[str, str]) -> PushRecord:
-    return PushRecord(
-        version=int(h["version"]),
-        accepted=int(h["accepted"]),
-        accepted_train=int(h["accepted_train"]),
-        accepted_val=int(h["accepted_val"]),
-        train_samples=int(h["train_samples"]),
-        val_samples=int(h["val_samples"]),
-        shards=int(h["shards"]),
-        shard_ids=h["shard_ids"].split(",") if h.get("shard_ids") else [],
-    )
-
-
-def _parse_command(h: dict[str, str]) -> CommandRecord | None:
-    if not h:
-        return None
-    return CommandRecord(
-        id=h["id"],
-        kind=CommandKind(h["kind"]),
-        args=json.loads(h.get("args") or "{}"),
-        status=CommandStatus(h["status"]),
-        detail=h.get("detail") or None,
-        result=json.loads(h["result"]) if h.get("result") else None,
-        created=float(h["created"]),
-        updated=float(h["updated"]),
-        stream_id=h["stream_id"],
-    )
-
-
-def _event_fields(type: EventType, data: dict[str, Any]) -> dict[FieldT, EncodableT]:
-    return {"type": str(type), "time": repr(time.time()), "data": json.dumps(data)}
-
-
-def _parse_event(stream_id: str, fields: dict[str, str]) -> EventRecord:
-    return EventRecord(
-        id=stream_id,
-        type=EventType(fields["type"]),
-        time=float(fields["time"]),
-        data=json.loads(fields["data"]),
-    )

@@ -15,7 +15,7 @@ from service.state.keys import Keys
 from service.state.states import JobStatus
 from service.state.store import RedisStore, StoreError
 from tests.service.conftest import JOB_SPEC, batch, live_server
-from workers.runner import run_name_for
+from workers.checkpoint import run_name
 from workers.shards import remove_tree
 
 
@@ -27,7 +27,7 @@ def _job_keys(store: RedisStore, job_id: str) -> list[str]:
 
 def _fake_run_folder(settings: Settings, job_id: str) -> Path:
     """What Ray Train leaves for a job: its run folder with a checkpoint in it."""
-    folder = Path(settings.ray_storage_uri) / run_name_for(job_id) / "checkpoint_000001"
+    folder = Path(settings.ray_storage_uri) / run_name(job_id) / "checkpoint_000001"
     folder.mkdir(parents=True)
     (folder / "model.safetensors").write_bytes(b"weights")
     return folder.parents[0]
@@ -135,7 +135,7 @@ def test_key_names_and_patterns() -> None:
     assert keys.job_pattern("job_ab") == r"dep\[1\]\*:job:{job_ab}:*"
     tracker = MlflowTracker(
         client=None,  # type: ignore[arg-type]
-        key=keys.job("job_ab"),
+        keys=keys,
         job_id="job_ab",
         experiment_name="e",
         model_name="m",

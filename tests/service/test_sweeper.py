@@ -29,7 +29,7 @@ def _job_with_ops(store: RedisStore, status: JobStatus | None) -> str:
     """A job with 7 MLflow operations queued: its run opened, 5 metric points, the run closed."""
     job = store.create_job(validate_job_spec(JOB_SPEC, max_workers=4), max_jobs=100, param_count=1)
     tracker = MlflowTracker.for_job(
-        store.client, store.keys.job(job.id), job_id=job.id, job_name=job.name,
+        store.client, store.keys, job_id=job.id, job_name=job.name,
         tracking_uri="unused: producers never call MLflow",
     )  # fmt: skip
     tracker.open_generation(0, parent=None, step=0, tags={"lifelong.op": "base"})
@@ -62,7 +62,7 @@ def test_finished_jobs_outboxes_are_logged_once_mlflow_answers(
     assert away.sweep_once() == {stopped: 0}
     assert _pending(store, stopped) == 7
     status = MlflowTracker.for_job(
-        store.client, store.keys.job(stopped), job_id=stopped, job_name="digits",
+        store.client, store.keys, job_id=stopped, job_name="digits",
         tracking_uri=mlflow_server.url,
     ).status()  # fmt: skip
     assert status.pending == 7 and status.last_error and status.failing_since is not None
@@ -74,7 +74,7 @@ def test_finished_jobs_outboxes_are_logged_once_mlflow_answers(
     assert _pending(store, stopped) == 0 and store.lease_owner(stopped) is None
     assert _pending(store, training) == 7 and _pending(store, closing) == 7
     tracker = MlflowTracker.for_job(
-        store.client, store.keys.job(stopped), job_id=stopped, job_name="digits",
+        store.client, store.keys, job_id=stopped, job_name="digits",
         tracking_uri=mlflow_server.url,
     )  # fmt: skip
     assert tracker.status().last_error is None and tracker.status().failing_since is None

@@ -12,6 +12,7 @@ import redis
 
 from service.local.processes import MlflowServer
 from service.runtime.tracking import ALIAS, GENERATION_TAG, PARENT_TAG, MlflowTracker
+from service.state.keys import Keys
 
 
 @pytest.fixture
@@ -23,7 +24,7 @@ def tracker_factory(redis_url: str, redis_prefix: str) -> Iterator[type[MlflowTr
         job = uuid.uuid4().hex[:8]
         tracker = MlflowTracker(
             client=client,
-            key=f"{redis_prefix}job:{{{job}}}",
+            keys=Keys(redis_prefix),
             job_id=job,
             experiment_name=f"lifelong-test-{job}",
             model_name=f"lifelong-test-{job}",

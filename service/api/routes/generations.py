@@ -34,8 +34,8 @@ Generation = Annotated[
 def list_generations(job: ExistingJob, plane: Plane) -> GenerationList:
     """Every generation of the job's model, with its growth op and reason, preservation error,
     parameter count, latest metrics, MLflow run and registered model version."""
-    serving = plane.serving
-    runs = serving.tracker_ids(job.id)
+    ledger = plane.serving.ledger(job.id)
+    runs = ledger.tracked_ids()
     generations = [
         GenerationPublic(
             generation=r.generation,
@@ -54,7 +54,7 @@ def list_generations(job: ExistingJob, plane: Plane) -> GenerationList:
             mlflow_run_id=runs.runs.get(r.generation),
             model_version=runs.versions.get(r.generation),
         )
-        for r in serving.generations(job.id)
+        for r in ledger.records()
     ]
     return GenerationList(
         job_id=job.id,

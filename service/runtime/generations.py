@@ -1,0 +1,320 @@
+"""A job's generations: the ledger that records them, tracks them in MLflow, and serves them.
+
+A generation is one architecture of a job's model: generation 0 is the base model, and every
+growth (or shrink-and-perturb) that the workers apply opens the next. :class:`GenerationLedger` is
+the one owner of:
+
+* each generation's record (:class:`GenerationRecord`), a JSON value in the job's
+  ``Keys.generations`` hash: what ``GET /v1/jobs/{id}/generations``, ``/model`` and ``/predict``
+  read;
+* each generation's MLflow run: its tags and params when it opens, its metrics, its close;
+* the checkpoints handed to MLflow: a generation's first checkpoint is its registered model
+  version, its closing and final ones are logged beside it as ``checkpoint-final``, each from a
+  copy that outlives Ray Train's clean-up of its own checkpoints.
+
+The supervisor writes through a ledger that has a tracker; serving and the API read through one
+that has none. Nothing else reads or writes those keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from workers.checkpoint import GenerationInfo, durable_root, newest_durable, tracked_copy_path
+from workers.shards import is_remote
+
+if TYPE_CHECKING:
+    from growth_policy import Observation
+    from service.jobs.spec import JobSpec
+    from service.runtime.tracking import MlflowTracker
+    from service.state.store import RedisStore
+    from workers.sources import CheckpointEvent, GrowthEvent
+
+
+@dataclass
+class GenerationRecord:
+    """One generation of a job, as ``GET /v1/jobs/{id}/generations`` shows it."""
+
+    generation: int
+    parent: int | None
+    op: dict[str, Any] | None
+    reason: str
+    policy: str
+    started_step: int
+    param_count: int | None
+    max_abs_error: float | None = None
+    val_loss_before: float | None = None
+    val_loss_after: float | None = None
+    val_metric_before: float | None = None
+    val_metric_after: float | None = None
+    opened_at: float = field(default_factory=time.time)
+    closed_at: float | None = None
+    closed_step: int | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    checkpoint: str | None = None
+    checkpoint_step: int | None = None
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> GenerationRecord:
+        """Read a record; fields that this version does not know (older records) are left out."""
+        raw = json.loads(text)
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in raw.items() if k in known})
+
+
+@dataclass(frozen=True)
+class TrackedIds:
+    """Where a job is in MLflow: experiment, registered model, run and version per generation."""
+
+    experiment_id: str | None
+    model_name: str | None
+    runs: dict[int, str]
+    versions: dict[int, str]
+
+
+class GenerationLedger:
+    """The generations of one job. Reading needs the store alone; writing needs the job's spec,
+    its MLflow tracker and the data root where checkpoint copies wait for MLflow."""
+
+    def __init__(
+        self,
+        store: RedisStore,
+        job_id: str,
+        *,
+        tracker: MlflowTracker | None = None,
+        spec: JobSpec | None = None,
+        data_root: str | None = None,
+    ) -> None:
+        self.store = store
+        self.job_id = job_id
+        self.tracker = tracker
+        self.spec = spec
+        self.data_root = data_root
+        self._key = store.keys.generations(job_id)
+        # A growth's opening checkpoint reaches the ledger before the growth event that opens
+        # its generation: kept here until then.
+        self._early: dict[int, list[CheckpointEvent]] = {}
+
+    # --- reading -----------------------------------------------------------------------------
+    def records(self) -> list[GenerationRecord]:
+        raw = self.store.client.hgetall(self._key)
+        records = [GenerationRecord.from_json(str(v)) for v in raw.values()]
+        return sorted(records, key=lambda r: r.generation)
+
+    def get(self, generation: int) -> GenerationRecord | None:
+        raw = self.store.client.hget(self._key, str(generation))
+        return None if raw is None else GenerationRecord.from_json(str(raw))
+
+    def tracked_ids(self) -> TrackedIds:
+        keys, client = self.store.keys, self.store.client
+        info = {str(k): str(v) for k, v in client.hgetall(keys.mlflow(self.job_id)).items()}
+        runs = client.hgetall(keys.mlflow_runs(self.job_id))
+        versions = client.hgetall(keys.mlflow_versions(self.job_id))
+        return TrackedIds(
+            info.get("experiment_id"),
+            info.get("model_name"),
+            {int(k): str(v) for k, v in runs.items()},
+            {int(k): str(v) for k, v in versions.items()},
+        )
+
+    def checkpoint_of(self, record: GenerationRecord) -> str | None:
+        """The checkpoint that serves a generation: the newest named in its record while it
+        exists, else the newest durable copy of the generation (Ray Train keeps only its latest
+        periodic checkpoints)."""
+        named = record.checkpoint
+        if named and (is_remote(named) or Path(named).exists()):
+            return named
+        if self.data_root is None:
+            return None
+        return newest_durable(durable_root(self.data_root, self.job_id), record.generation)
+
+    # --- writing (the supervisor) --------------------------------------------------------------
+    def open(
+        self,
+        generation: int,
+        *,
+        parent: int | None,
+        op: dict[str, Any] | None,
+        reason: str,
+        policy: str,
+        step: int,
+        param_count: int | None,
+        growth: GrowthEvent | None = None,
+    ) -> GenerationRecord:
+        """The generation's record, created (with its MLflow run) unless it exists already."""
+        tracker = self._writer()
+        record = GenerationRecord(
+            generation=generation,
+            parent=parent,
+            op=op,
+            reason=reason,
+            policy=policy,
+            started_step=step,
+            param_count=param_count,
+        )
+        if growth is not None:
+            record.max_abs_error = growth.max_abs_error
+            record.val_loss_before = growth.val_loss_before
+            record.val_loss_after = growth.val_loss_after
+            record.val_metric_before = growth.val_metric_before
+            record.val_metric_after = growth.val_metric_after
+        # HSETNX: a restarted supervisor replaying the same growth creates nothing twice.
+        if self.store.client.hsetnx(self._key, str(generation), record.to_json()):
+            tracker.open_generation(
+                generation, parent=parent, step=step, tags=self._tags(record),
+                params=self._params(record),
+            )  # fmt: skip
+        else:
+            record = self.get(generation) or record
+        for early in self._early.pop(generation, []):
+            self._checkpointed(record, early)
+        return record
+
+    def close(self, generation: int, *, step: int) -> None:
+        tracker = self._writer()
+        record = self.get(generation)
+        if record is None or record.closed_at is not None:
+            return
+        record.closed_at = time.time()
+        record.closed_step = step
+        self._save(record)
+        tracker.close_generation(generation)
+
+    def catch_up(
+        self,
+        generation: int,
+        lineage: Sequence[GenerationInfo],
+        *,
+        step: int,
+        param_count: int | None,
+    ) -> None:
+        """Open every generation after the newest recorded one up to ``generation``, from a
+        checkpoint's lineage (the workers resumed from a growth whose event never came)."""
+        known = {info.generation: info for info in lineage}
+        newest = max((r.generation for r in self.records()), default=0)
+        for gen in range(newest + 1, generation + 1):
+            info = known.get(gen)
+            opened = info.opened_at_step if info else step
+            self.close(gen - 1, step=opened)
+            self.open(
+                gen,
+                parent=gen - 1,
+                op=info.op if info else None,
+                reason=info.reason if info else "found in the checkpoint the workers resumed from",
+                policy=info.policy if info else "unknown",
+                step=opened,
+                param_count=info.param_count if info else param_count,
+            )
+
+    def checkpointed(self, event: CheckpointEvent) -> None:
+        record = self.get(event.generation)
+        if record is None:
+            self._early.setdefault(event.generation, []).append(event)
+            return
+        self._checkpointed(record, event)
+
+    def observed(self, obs: Observation) -> None:
+        """An observation of the workers: MLflow metrics, and the record's latest metrics."""
+        values: dict[str, float | None] = {
+            "train_loss": obs.train_loss,
+            "val_loss": obs.val_loss,
+            f"val_{obs.metric_name}": obs.val_metric,
+            "dataset_size": float(obs.dataset_size),
+            "throughput": obs.throughput,
+            "param_count": float(obs.param_count),
+            "samples_seen": float(obs.samples_seen),
+        }
+        clean = {k: v for k, v in values.items() if v is not None}
+        tracker = self._writer()
+        tracker.log_metrics(obs.generation, obs.step, clean, int(obs.wall_time * 1000))
+        record = self.get(obs.generation)
+        if record is not None:
+            record.metrics = {"step": obs.step, **clean}
+            self._save(record)
+
+    # --- internals -----------------------------------------------------------------------------
+    def _writer(self) -> MlflowTracker:
+        if self.tracker is None:
+            raise RuntimeError("this generation ledger reads only: it was made without a tracker")
+        return self.tracker
+
+    def _save(self, record: GenerationRecord) -> None:
+        self.store.client.hset(self._key, str(record.generation), record.to_json())
+
+    def _checkpointed(self, record: GenerationRecord, event: CheckpointEvent) -> None:
+        """Keep the generation's newest checkpoint; send its first and its last to MLflow.
+
+        A generation's first checkpoint (for generation N > 0, the one that opened it: exactly the
+        previous generation's function) is its registered model version; its closing and final
+        checkpoints are logged beside it as ``checkpoint-final``.
+        """
+        if record.checkpoint_step is None or event.step >= record.checkpoint_step:
+            record.checkpoint = event.path
+            record.checkpoint_step = event.step
+            self._save(record)
+        if self._first_time(record.generation, "first"):
+            self._track_checkpoint(event, "checkpoint", register=True)
+        if event.kind in ("close", "final"):
+            self._track_checkpoint(event, "checkpoint-final", register=False)
+
+    def _first_time(self, generation: int, what: str) -> bool:
+        return bool(
+            self.store.client.sadd(self.store.keys.tracked(self.job_id), f"{generation}:{what}")
+        )
+
+    def _track_checkpoint(self, event: CheckpointEvent, dest: str, *, register: bool) -> None:
+        path = self._stable_copy(event, dest)
+        if path is None:
+            return
+        tracker = self._writer()
+        tracker.log_artifacts(event.generation, path, dest)
+        if register:
+            tracker.register(event.generation, dest)
+
+    def _stable_copy(self, event: CheckpointEvent, dest: str) -> str | None:
+        """A copy of the checkpoint that lives until MLflow has it (Ray may delete its own)."""
+        if event.durable or not event.path:
+            return event.path or None
+        source = Path(event.path)
+        if not source.exists() or self.data_root is None:
+            return None
+        target = Path(tracked_copy_path(self.data_root, self.job_id, event.generation, dest))
+        if not target.exists():
+            shutil.copytree(source, target)
+        return str(target)
+
+    def _tags(self, record: GenerationRecord) -> dict[str, str]:
+        assert self.spec is not None, "a writing ledger has the job's spec"
+        tags = {
+            "lifelong.op": record.op["op"] if record.op else "base",
+            "lifelong.policy": record.policy,
+            "lifelong.reason": record.reason[:5000],
+            "lifelong.job_name": self.spec.name,
+        }
+        if record.max_abs_error is not None:
+            tags["lifelong.max_abs_error"] = f"{record.max_abs_error:.3e}"
+        return tags
+
+    def _params(self, record: GenerationRecord) -> dict[str, str]:
+        spec = self.spec
+        assert spec is not None, "a writing ledger has the job's spec"
+        return {
+            "param_count": str(record.param_count),
+            "model_family": spec.model.family,
+            "model_base": spec.model.model_dump_json(),
+            "growth_op": json.dumps(record.op) if record.op else "none",
+            "task": spec.task.model_dump_json(),
+            "optimizer": spec.optimizer.model_dump_json(),
+            "batch_size": str(spec.batch_size),
+            "num_workers": str(spec.scaling.num_workers),
+        }
