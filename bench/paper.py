@@ -1,4 +1,4 @@
-"""The Net2Net paper's comparison, reproduced small (issue 9 part 1): from the same trained
+"""The Net2Net paper's comparison, reproduced small: from the same trained
 teacher, Net2WiderNet against random padding and a wider model trained from scratch, and
 Net2DeeperNet against a deeper model trained from scratch, on MNIST-1D generated offline.
 

@@ -1,4 +1,4 @@
-"""No loss spike after growth (issue 9 part 3): the loss over the steps after a widen, with the
+"""No loss spike after growth: the loss over the steps after a widen, with the
 optimizer state carried over by ``net2net.transfer_optimizer`` against a reset optimizer, for Adam
 and SGD with momentum, per init mode.
 
@@ -14,7 +14,7 @@ mode), so that it is not the noise of a mini-batch. Reported per mode, state and
 std over seeds:
 
 * ``peak``: the highest probe loss in the first 50 steps after growth divided by the probe loss
-  just before it (1.000 = never above where it stood; RESEARCH.md's spike measure, on the probe);
+  just before it (1.000 = never above where it stood);
 * ``excess``: the mean over those 50 steps of (loss − the teacher's loss at the same step), i.e.
   what growth cost or bought against not growing;
 * ``at +200``: the probe loss 200 steps after growth relative to the teacher's at that step.

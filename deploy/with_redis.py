@@ -41,23 +41,30 @@ def main(argv: list[str]) -> int:
     if not argv:
         print("usage: with_redis.py -- COMMAND [ARGS...]", file=sys.stderr)
         return 2
-
     env = dict(os.environ)
     url = env.get("REDIS_URL")
     if url:
-        parsed = urlparse(url)
-        if parsed.scheme in ("redis", "rediss") and not _ping(
-            parsed.hostname or "127.0.0.1", parsed.port or 6379
-        ):
-            print(f"with_redis: REDIS_URL={url} does not answer", file=sys.stderr)
-            return 1
-        return subprocess.call(argv, env=env)
-
+        return _with_given(url, argv, env)
     if _ping("127.0.0.1", 6379):
         env["REDIS_URL"] = "redis://127.0.0.1:6379/0"
         print("with_redis: using the Redis server on 127.0.0.1:6379", file=sys.stderr)
         return subprocess.call(argv, env=env)
+    return _with_own_server(argv, env)
 
+
+def _with_given(url: str, argv: list[str], env: dict[str, str]) -> int:
+    """Run under ``$REDIS_URL``, once it answers."""
+    parsed = urlparse(url)
+    if parsed.scheme in ("redis", "rediss") and not _ping(
+        parsed.hostname or "127.0.0.1", parsed.port or 6379
+    ):
+        print(f"with_redis: REDIS_URL={url} does not answer", file=sys.stderr)
+        return 1
+    return subprocess.call(argv, env=env)
+
+
+def _with_own_server(argv: list[str], env: dict[str, str]) -> int:
+    """Start a redis-server on a free loopback port, run the command, stop the server."""
     binary = shutil.which("redis-server")
     if binary is None:
         print("with_redis: no Redis answers and redis-server is not installed", file=sys.stderr)
@@ -65,21 +72,10 @@ def main(argv: list[str]) -> int:
     port = _free_port()
     workdir = tempfile.mkdtemp(prefix="lifelong-redis-")
     server = subprocess.Popen(
-        [
-            binary,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            workdir,
-        ],
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", workdir],
         stdout=subprocess.DEVNULL,
-    )
+    )  # fmt: skip
     try:
         deadline = time.monotonic() + 10
         while not _ping("127.0.0.1", port):
