@@ -91,57 +91,78 @@ def run_load(
     timeout: float = 30.0,
 ) -> LoadResult:
     """Push to ``job_id`` from ``clients`` threads for ``duration`` seconds; see the module doc."""
-    from service.client import encode_batch
-
     if batch * (duration * (rate or 1000) + 1) >= ID_STRIDE:
         raise ValueError("too many samples per client for exact float32 ids; lower the load")
-    result = LoadResult(clients=clients, duration=duration, rate=rate, batch=batch)
-    lock = threading.Lock()
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    pusher = _Pusher(
+        url=url, job_id=job_id, batch=batch, features=features, classes=classes, rate=rate,
+        headers={"Authorization": f"Bearer {api_key}"} if api_key else {}, timeout=timeout,
+        result=LoadResult(clients=clients, duration=duration, rate=rate, batch=batch),
+        deadline=time.monotonic() + duration,
+    )  # fmt: skip
     started = time.monotonic()
-    deadline = started + duration
-
-    def client(index: int) -> None:
-        next_id = ID_BASE + index * ID_STRIDE
-        due = time.monotonic()
-        with httpx.Client(base_url=url, headers=headers, timeout=timeout) as http:
-            while True:
-                if rate:
-                    due += 1.0 / rate
-                now = time.monotonic()
-                if now >= deadline:
-                    return
-                body, content_type = encode_batch(*_batch(next_id, batch, features, classes))
-                began = time.perf_counter()
-                try:
-                    response = http.post(
-                        f"/v1/jobs/{job_id}/data",
-                        content=body,
-                        headers={
-                            "Content-Type": content_type,
-                            "Idempotency-Key": str(uuid.uuid4()),
-                        },
-                    )
-                    status = str(response.status_code)
-                except httpx.TransportError as exc:
-                    status = f"no answer ({type(exc).__name__})"
-                seconds = time.perf_counter() - began
-                with lock:
-                    result.statuses[status] += 1
-                    if status == "201":
-                        result.latencies.append(seconds)
-                        result.acked_ids.extend(range(next_id, next_id + batch))
-                next_id += batch
-                if rate and due > time.monotonic():
-                    time.sleep(min(due - time.monotonic(), max(0.0, deadline - time.monotonic())))
-
-    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(clients)]
+    threads = [threading.Thread(target=pusher.run, args=(i,), daemon=True) for i in range(clients)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(timeout=duration + timeout + 10)
-    result.elapsed = time.monotonic() - started
-    return result
+    pusher.result.elapsed = time.monotonic() - started
+    return pusher.result
+
+
+@dataclass
+class _Pusher:
+    """What every pushing thread shares: the target, the pace, and the result under a lock."""
+
+    url: str
+    job_id: str
+    batch: int
+    features: int
+    classes: int
+    rate: float
+    headers: dict[str, str]
+    timeout: float
+    result: LoadResult
+    deadline: float
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def run(self, index: int) -> None:
+        """One client: a keep-alive connection, a fresh Idempotency-Key per push, no retries."""
+        next_id = ID_BASE + index * ID_STRIDE
+        due = time.monotonic()
+        with httpx.Client(base_url=self.url, headers=self.headers, timeout=self.timeout) as http:
+            while True:
+                if self.rate:
+                    due += 1.0 / self.rate
+                if time.monotonic() >= self.deadline:
+                    return
+                self._push(http, next_id)
+                next_id += self.batch
+                if self.rate and due > time.monotonic():
+                    left = max(0.0, self.deadline - time.monotonic())
+                    time.sleep(min(due - time.monotonic(), left))
+
+    def _push(self, http: httpx.Client, first_id: int) -> None:
+        from service.client import encode_batch
+
+        body, content_type = encode_batch(
+            *_batch(first_id, self.batch, self.features, self.classes)
+        )
+        began = time.perf_counter()
+        try:
+            response = http.post(
+                f"/v1/jobs/{self.job_id}/data",
+                content=body,
+                headers={"Content-Type": content_type, "Idempotency-Key": str(uuid.uuid4())},
+            )
+            status = str(response.status_code)
+        except httpx.TransportError as exc:
+            status = f"no answer ({type(exc).__name__})"
+        seconds = time.perf_counter() - began
+        with self.lock:
+            self.result.statuses[status] += 1
+            if status == "201":
+                self.result.latencies.append(seconds)
+                self.result.acked_ids.extend(range(first_id, first_id + self.batch))
 
 
 def check_stored(store: Any, shards: Any, job_id: str, acked_ids: list[int]) -> dict[str, int]:

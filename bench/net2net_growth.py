@@ -111,6 +111,45 @@ def _fwd_bwd(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
     F.cross_entropy(model(x), y).backward()
 
 
+def _speed_row(
+    name: str,
+    model: nn.Module,
+    make: Callable[[int], torch.Tensor],
+    batch_size: int,
+    repeats: int,
+) -> list[str]:
+    """Time tracing, widening ×2 and the optimizer transfer of one model, and a step of the
+    grown one."""
+    model.train()
+    example = make(8)  # the batch growth traces and verifies on
+    batch = make(batch_size)
+    labels = torch.randint(0, 10, (batch.shape[0],))
+    groups_s, groups = _timed(lambda m=model, e=example: net2net.width_groups(m, e), repeats)
+    widen_s, grown = _timed(lambda m=model, e=example: net2net.widen(m, e, factor=2.0), repeats)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    _fwd_bwd(model, batch[:8], labels[:8])
+    opt.step()
+    transfer_s, _ = _timed(
+        lambda o=opt, m=model, g=grown: net2net.transfer_optimizer(o, m, g), repeats
+    )
+    student = grown.model.train()
+    _fwd_bwd(student, batch, labels)  # warm-up
+    step_s, _ = _timed(lambda s=student, b=batch, y=labels: _fwd_bwd(s, b, y), repeats)
+    row = [
+        name,
+        f"{net2net.count_params(model) / 1e6:.1f}M → {net2net.count_params(student) / 1e6:.1f}M",
+        str(len(groups)),
+        f"{groups_s:.2f}",
+        f"{widen_s:.2f}",
+        f"{transfer_s:.2f}",
+        f"{step_s:.2f}",
+        f"{widen_s / step_s:.2f}",
+        f"{grown.max_abs_error:.1e}",
+    ]
+    print(row, flush=True)
+    return row
+
+
 def speed(quick: bool) -> str:
     torch.manual_seed(0)
     cases: list[tuple[str, nn.Module, Callable[[int], torch.Tensor]]] = [
@@ -126,37 +165,8 @@ def speed(quick: bool) -> str:
         ),
     ]
     repeats = 1 if quick else 3
-    rows = []
-    for name, model, make in cases:
-        model.train()
-        example = make(8)  # the batch growth traces and verifies on
-        batch = make(32 if quick else 128)
-        labels = torch.randint(0, 10, (batch.shape[0],))
-        groups_s, groups = _timed(lambda m=model, e=example: net2net.width_groups(m, e), repeats)
-        widen_s, grown = _timed(lambda m=model, e=example: net2net.widen(m, e, factor=2.0), repeats)
-        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-        _fwd_bwd(model, batch[:8], labels[:8])
-        opt.step()
-        transfer_s, _ = _timed(
-            lambda o=opt, m=model, g=grown: net2net.transfer_optimizer(o, m, g), repeats
-        )
-        student = grown.model.train()
-        _fwd_bwd(student, batch, labels)  # warm-up
-        step_s, _ = _timed(lambda s=student, b=batch, y=labels: _fwd_bwd(s, b, y), repeats)
-        rows.append(
-            [
-                name,
-                f"{net2net.count_params(model) / 1e6:.1f}M → {net2net.count_params(student) / 1e6:.1f}M",
-                str(len(groups)),
-                f"{groups_s:.2f}",
-                f"{widen_s:.2f}",
-                f"{transfer_s:.2f}",
-                f"{step_s:.2f}",
-                f"{widen_s / step_s:.2f}",
-                f"{grown.max_abs_error:.1e}",
-            ]
-        )
-        print(rows[-1], flush=True)
+    batch_size = 32 if quick else 128
+    rows = [_speed_row(name, model, make, batch_size, repeats) for name, model, make in cases]
     headers = [
         "model",
         "parameters",
@@ -164,7 +174,7 @@ def speed(quick: bool) -> str:
         "width_groups s",
         "widen ×2 s",
         "transfer_optimizer s",
-        f"fwd+bwd grown, batch {batch.shape[0]} s",
+        f"fwd+bwd grown, batch {batch_size} s",
         "widen / step",
         "max abs error",
     ]
@@ -274,6 +284,49 @@ MODES: list[tuple[str, dict[str, Any]]] = [
 ]
 
 
+def _modes_seed(
+    data: Data,
+    seed: int,
+    teacher_w: int,
+    factor: float,
+    steps: tuple[int, int, int],
+    *,
+    results: dict[tuple[str, str], list[tuple[float, float, float, float, float]]],
+) -> tuple[float, float]:
+    """One seed: train the teacher, grow it with every mode and optimizer state, train on; the
+    teacher trained on for the same steps is the baseline. Returns both teachers' accuracies."""
+    pre, post, track = steps
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    model = small_mlp(teacher_w)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    train(model, opt, data, pre, gen)
+    before = train_loss(model, data)
+    before_acc = accuracy(model, data)
+    for label, kwargs in MODES:
+        for state in ("carry", "reset"):
+            grown = net2net.widen(model, data.x[:256], factor=factor, seed=seed, **kwargs)
+            opt2 = net2net.transfer_optimizer(opt, model, grown, state=state)
+            g2 = torch.Generator().manual_seed(1000 + seed)
+            losses = train(grown.model, opt2, data, post, g2, track=track)
+            cos = new_unit_cosines(grown, model)
+            results.setdefault((label, state), []).append(
+                (
+                    max(losses) / before,
+                    accuracy(grown.model, data),
+                    float(cos.max()),
+                    float(cos.min()),
+                    grown.max_abs_error,
+                )
+            )
+    cont = small_mlp(teacher_w)
+    cont.load_state_dict(model.state_dict())
+    opt_c = torch.optim.Adam(cont.parameters(), lr=1e-3)
+    opt_c.load_state_dict(opt.state_dict())
+    train(cont, opt_c, data, post, torch.Generator().manual_seed(1000 + seed))
+    return before_acc, accuracy(cont, data)
+
+
 def modes(quick: bool) -> str:
     torch.set_num_threads(1)
     data = mnist1d(2000 if quick else 6000)
@@ -284,35 +337,11 @@ def modes(quick: bool) -> str:
     baseline: list[float] = []
     before_acc: list[float] = []
     for seed in seeds:
-        torch.manual_seed(seed)
-        gen = torch.Generator().manual_seed(seed)
-        model = small_mlp(teacher_w)
-        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-        train(model, opt, data, pre, gen)
-        before = train_loss(model, data)
-        before_acc.append(accuracy(model, data))
-        for label, kwargs in MODES:
-            for state in ("carry", "reset"):
-                grown = net2net.widen(model, data.x[:256], factor=factor, seed=seed, **kwargs)
-                opt2 = net2net.transfer_optimizer(opt, model, grown, state=state)
-                g2 = torch.Generator().manual_seed(1000 + seed)
-                losses = train(grown.model, opt2, data, post, g2, track=track)
-                cos = new_unit_cosines(grown, model)
-                results.setdefault((label, state), []).append(
-                    (
-                        max(losses) / before,
-                        accuracy(grown.model, data),
-                        float(cos.max()),
-                        float(cos.min()),
-                        grown.max_abs_error,
-                    )
-                )
-        cont = small_mlp(teacher_w)
-        cont.load_state_dict(model.state_dict())
-        opt_c = torch.optim.Adam(cont.parameters(), lr=1e-3)
-        opt_c.load_state_dict(opt.state_dict())
-        train(cont, opt_c, data, post, torch.Generator().manual_seed(1000 + seed))
-        baseline.append(accuracy(cont, data))
+        acc_before, acc_baseline = _modes_seed(
+            data, seed, teacher_w, factor, (pre, post, track), results=results
+        )
+        before_acc.append(acc_before)
+        baseline.append(acc_baseline)
         print(f"seed {seed} done", flush=True)
     rows = []
     for label, _ in MODES:
