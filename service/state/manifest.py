@@ -6,6 +6,11 @@ on first use. ``wait_newer`` blocks in Redis (``XREAD BLOCK`` on the job's manif
 worker costs no CPU and wakes up as soon as a push is acknowledged.
 
 This module imports only redis, pydantic and ``workers.shards``: it is what a worker process loads.
+
+Where the rest of the manifest lives: its model (``Manifest``, ``ShardInfo``) and the shard files
+are ``workers.shards``; the one writer is ``RedisStore.append_shards`` (``service.state.store``),
+which appends durable shards in one script; ingest (``service.jobs.control.ControlPlane.push``)
+writes the shards and then calls it.
 """
 
 from __future__ import annotations
