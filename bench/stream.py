@@ -15,12 +15,12 @@ idle and starts a new pass with it at the very next step, so every stage starts 
 ``stage × steps_per_stage``. At the end of the last stage it stops the loop. The growth
 controller sees the new data at the next observation (every 50 steps) and grows from there.
 
-``--engine local`` runs the same loop class in this process without Ray
-(:class:`LocalLoop`, a subclass of ``workers.loop.TrainLoop`` that replaces only the Ray parts:
-the rank context, checkpoint reports and the DDP wrap, which is a no-op with one worker). The
-training code (passes, steps, observations, growth, optimizer transfer) is the loop's own; with
-one thread it gives the same figures as the Ray engine (checked by ``--engine both``). The sweeps
-behind the chosen defaults use it, because a Ray Train run costs about 30 s to start.
+``--engine local`` runs the same loop in this process without Ray: ``workers.loop.run_loop`` on a
+``workers.runtime.LocalRuntime`` (one rank, no DDP, checkpoints in a local run folder) instead of
+the ``RayRuntime`` of a Ray Train worker. Everything else (passes, steps, observations, growth,
+optimizer transfer, checkpoints) is the loop's own code; with one thread it gives the same figures
+as the Ray engine (checked by ``--engine both``). The sweeps behind the chosen defaults use it,
+because a Ray Train run costs about 30 s to start.
 
 What is measured, per method and seed: validation accuracy at the end of every stage (the
 observation at the stage boundary), the training FLOPs (``6 × params × samples`` summed over the
@@ -50,6 +50,7 @@ import itertools
 import json
 import math
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -59,7 +60,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from bench._common import (
     fmt_duration,
@@ -73,7 +73,8 @@ from bench._common import (
 )
 from growth_policy import GrowthPolicyConfig
 from growth_policy.types import GrowthOp, Observation
-from workers.loop import TrainLoop, WorkerConfig
+from workers.loop import OptimizerState, WorkerConfig, run_loop
+from workers.runtime import LocalRuntime
 from workers.shards import FileManifest, ShardInfo, ShardStore
 from workers.sources import (
     BaseSource,
@@ -108,9 +109,9 @@ class Method:
     growth: dict[str, Any] | None = None  # GrowthPolicyConfig overrides (None: never grows)
     retrain: bool = False  # a fresh model trained from scratch at every stage
     note: str = ""
-    # Experiment only: force net2net.transfer_optimizer(state=...) ("carry" or "reset") in the
-    # worker, instead of the init mode's own rule ("auto"); see StageSource.
-    optimizer_state: str | None = None
+    # How a growth carries the optimizer state (WorkerConfig.optimizer_state): "auto" follows the
+    # init mode's own rule; "carry" and "reset" force it (an experiment of the sweep).
+    optimizer_state: OptimizerState = "auto"
 
     def config(self) -> GrowthPolicyConfig | None:
         if self.growth is None:
@@ -238,7 +239,7 @@ def parse_custom(text: str) -> Method:
         growth=d.get("growth"),
         retrain=bool(d.get("retrain", False)),
         note=d.get("note", ""),
-        optimizer_state=d.get("optimizer_state"),
+        optimizer_state=d.get("optimizer_state", "auto"),
     )
 
 
@@ -260,18 +261,14 @@ class StageSource(BaseSource):
         manifest: FileManifest,
         stages: Sequence[Sequence[ShardInfo]],
         steps_per_stage: int,
-        optimizer_state: str | None = None,
     ) -> None:
         self.inner = inner if inner is not None else BaseSource()
         self.manifest = manifest
         self.stages = [list(s) for s in stages]
         self.steps_per_stage = steps_per_stage
         self.appended = 1
-        self.optimizer_state = optimizer_state
 
     def decide(self, observation: Observation) -> Directive:
-        if self.optimizer_state is not None:
-            _force_optimizer_state(self.optimizer_state)
         directive = self.inner.decide(observation)
         boundary = self.appended * self.steps_per_stage
         if observation.step < boundary:
@@ -297,80 +294,6 @@ class StageSource(BaseSource):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.inner.load_state_dict(state.get("inner", {}))
         self.appended = int(state.get("appended", 1))
-
-
-def _force_optimizer_state(state: str) -> None:
-    """Experiment hook, in the process that grows (rank 0 of a one-worker run): make
-    ``net2net.transfer_optimizer`` use ``state`` whatever the init mode's rule says. The workers
-    call it as ``net2net.transfer_optimizer(optimizer, module, grown)``."""
-    import net2net
-
-    original = getattr(net2net.transfer_optimizer, "__wrapped__", net2net.transfer_optimizer)
-
-    def forced(optimizer: Any, old_model: Any, grown: Any, *, state_: str = state, **_: Any) -> Any:
-        return original(optimizer, old_model, grown, state=state_)
-
-    forced.__wrapped__ = original  # type: ignore[attr-defined]
-    net2net.transfer_optimizer = forced
-
-
-# ----------------------------------------------------------------------------- the local engine
-
-
-class LocalLoop(TrainLoop):
-    """``workers.loop.TrainLoop`` in this process, one rank, without Ray.
-
-    Only the Ray parts are replaced: the rank context (one rank on the CPU), the resume point (a
-    fresh model, as the loop builds it), the DDP wrap (none with one worker, as in Ray) and the
-    checkpoints (not written). Training, observations and growth are the loop's own code.
-    """
-
-    def setup(self) -> None:
-        from workers._dist import Group
-        from workers.reader import DataReader
-        from workers.tasks import loss_fn
-
-        self.group = Group(0, 1, torch.device("cpu"))
-        self.reader = DataReader(
-            ShardStore(self.cfg.store_root),
-            self.cfg.task,
-            rank=0,
-            world_size=1,
-            batch_size=self.cfg.batch_size,
-            seed=self.cfg.seed,
-            recency_half_life=self.cfg.recency_half_life,
-            load_val=True,
-            val_max_samples=self.cfg.val_max_samples,
-            max_steps_per_pass=self.cfg.max_steps_per_pass,
-            verify=self.cfg.verify_shards,
-        )
-        self.loss = loss_fn(self.cfg.task)
-        self._loss_sum = torch.zeros(())
-
-    def restore(self) -> None:
-        from workers.checkpoint import GenerationInfo, build_optimizer
-        from workers.models import build_model, count_parameters
-
-        torch.manual_seed(self.cfg.seed)
-        module = build_model(self.cfg.model, self.cfg.task).train()
-        self.progress.lineage = [
-            GenerationInfo(
-                generation=0, opened_at_step=0, param_count=count_parameters(module), records=0
-            )
-        ]
-        self.optimizer = build_optimizer(self.cfg.optimizer, module.parameters())
-        self._wrap(module)
-        self._set_state("starting", world_size=1, device="cpu", pids=[os.getpid()])
-
-    def _wrap(self, module: torch.nn.Module) -> None:
-        self.module = module
-        self.model = module
-
-    def checkpoint(self, kind: Any) -> None:
-        return None
-
-    def _save_durable(self, kind: Any) -> Any:
-        return None
 
 
 # ----------------------------------------------------------------------------- runs
@@ -423,7 +346,13 @@ class Stream:
 
 
 def _worker_config(
-    stream: Stream, method: Method, seed: int, source: DecisionSource, manifest: FileManifest
+    stream: Stream,
+    method: Method,
+    seed: int,
+    source: DecisionSource,
+    manifest: FileManifest,
+    *,
+    name: str,
 ) -> WorkerConfig:
     return WorkerConfig(
         job_id=JOB,
@@ -436,7 +365,8 @@ def _worker_config(
         batch_size=BATCH,
         observe_every=OBSERVE_EVERY,
         checkpoint_every=0,
-        checkpoint_root=str(stream.root / "durable"),
+        checkpoint_root=str(stream.root / "durable" / name),
+        optimizer_state=method.optimizer_state,
         poll_interval=0.02,
         seed=seed,
         signals=False,  # the default policies do not read the saturation signals
@@ -444,15 +374,19 @@ def _worker_config(
 
 
 def _run_loop(engine: str, worker: WorkerConfig, name: str, storage: Path) -> None:
-    if engine == "local":
-        loop = LocalLoop(worker)
-        try:
-            loop.setup()
-            loop.restore()
-            loop.run()
-        finally:
-            loop.cleanup()
-        return
+    """One run to its stop, in this process or through Ray. Its checkpoints are removed afterwards:
+    the recorded events are its result."""
+    try:
+        if engine == "local":
+            run_loop(worker, LocalRuntime(storage / name))
+        else:
+            _run_ray(worker, name, storage)
+    finally:
+        shutil.rmtree(storage / name, ignore_errors=True)
+        shutil.rmtree(worker.durable_root(), ignore_errors=True)
+
+
+def _run_ray(worker: WorkerConfig, name: str, storage: Path) -> None:
     from workers.runner import TrainerSettings, run_trainer
 
     result = run_trainer(
@@ -482,23 +416,18 @@ def run_one(
             manifest = stream.new_manifest([s for stage in stream.shards[: k + 1] for s in stage])
             events = stream.root / f"{tag}-stage{k}.jsonl"
             source = JsonlRecorder(StageSource(None, manifest, [[]], steps_per_stage), events)
-            worker = _worker_config(stream, method, seed, source, manifest)
-            _run_loop(engine, worker, f"{tag}-stage{k}", stream.root / "ray")
+            name = f"{tag}-stage{k}"
+            worker = _worker_config(stream, method, seed, source, manifest, name=name)
+            _run_loop(engine, worker, name, stream.root / "runs")
             segments.append(read_jsonl(events))
     else:
         config = method.config()
         inner = ControllerSource(config, seed=seed) if config is not None else None
         manifest = stream.new_manifest(stream.shards[0])
         events = stream.root / f"{tag}.jsonl"
-        source = JsonlRecorder(
-            StageSource(inner, manifest, stream.shards, steps_per_stage, method.optimizer_state),
-            events,
-        )
-        worker = _worker_config(stream, method, seed, source, manifest)
-        try:
-            _run_loop(engine, worker, tag, stream.root / "ray")
-        finally:
-            _restore_optimizer_state()  # the local engine grows in this process
+        source = JsonlRecorder(StageSource(inner, manifest, stream.shards, steps_per_stage), events)
+        worker = _worker_config(stream, method, seed, source, manifest, name=tag)
+        _run_loop(engine, worker, tag, stream.root / "runs")
         segments.append(read_jsonl(events))
     result = summarise(
         method,
@@ -795,7 +724,10 @@ def _width(params: int) -> int:
 def _engine_words(engine: str) -> str:
     if engine == "ray":
         return "the real worker loop on a local Ray cluster, one worker, with the growth controller"
-    return "the worker loop's own class (`workers.loop.TrainLoop`) in-process, one thread, no Ray"
+    return (
+        "the worker loop's own class (`workers.loop.TrainLoop`) in-process on "
+        "`workers.runtime.LocalRuntime`, one thread, no Ray"
+    )
 
 
 CURVES = ("default", "default-no-sp", "fixed-small", "fixed-large", "retrain-large")
@@ -960,7 +892,6 @@ def main(argv: Sequence[str] | None = None) -> None:
                 flush=True,
             )
     results = load_all(folder)
-    _restore_optimizer_state()
     for engine in engines:
         rs = [r for r in results if r.engine == engine and r.method in names]
         if not rs:
@@ -1011,14 +942,6 @@ def main(argv: Sequence[str] | None = None) -> None:
             ),
             write=write,
         )
-
-
-def _restore_optimizer_state() -> None:
-    import net2net
-
-    net2net.transfer_optimizer = getattr(
-        net2net.transfer_optimizer, "__wrapped__", net2net.transfer_optimizer
-    )
 
 
 def _consistency(results: Sequence[RunResult]) -> str:

@@ -2,9 +2,10 @@
 
 Model families and their validation (``workers.models``), the job's data as shards and manifests
 (``workers.shards``) read through ``workers.reader``, the continuous train loop
-(``workers.loop.train_loop_per_worker``) and its decision sources (``workers.sources``),
-checkpoints (``workers.checkpoint``) and the entry point that runs a job's trainer
-(``workers.runner.run_trainer``). See ``docs/workers.md``.
+(``workers.loop.train_loop_per_worker``), the runtimes it runs on (``workers.runtime``: Ray Train,
+or this process), its decision sources (``workers.sources``), the saturation signals it measures
+(``workers.signals``), checkpoints, their names and places (``workers.checkpoint``) and the entry
+point that runs a job's trainer (``workers.runner.run_trainer``). See ``docs/workers.md``.
 
 The names below are imported on first use, so ``import workers.spec`` (what the service needs to
 validate a job spec) loads neither torch nor Ray.
@@ -19,11 +20,17 @@ if TYPE_CHECKING:
     from workers.checkpoint import (
         CheckpointMeta,
         LoadedCheckpoint,
+        checkpoint_name,
+        durable_root,
         load_checkpoint,
+        newest_durable,
+        parse_checkpoint_name,
         read_meta,
+        run_name,
+        tracked_copy_path,
         verify_checkpoint,
     )
-    from workers.loop import WorkerConfig, train_loop_per_worker
+    from workers.loop import TrainLoop, WorkerConfig, run_loop, train_loop_per_worker
     from workers.models import (
         Family,
         ModelSpecError,
@@ -35,6 +42,7 @@ if TYPE_CHECKING:
     )
     from workers.reader import DataReader
     from workers.runner import TrainerSettings, make_trainer, run_trainer
+    from workers.runtime import LocalRuntime, RayRuntime, Runtime
     from workers.shards import FileManifest, Manifest, ManifestSource, ShardInfo, ShardStore
     from workers.sources import (
         ActorSource,
@@ -56,11 +64,17 @@ _EXPORTS = {
     "workers.checkpoint": [
         "CheckpointMeta",
         "LoadedCheckpoint",
+        "checkpoint_name",
+        "durable_root",
         "load_checkpoint",
+        "newest_durable",
+        "parse_checkpoint_name",
         "read_meta",
+        "run_name",
+        "tracked_copy_path",
         "verify_checkpoint",
     ],
-    "workers.loop": ["WorkerConfig", "train_loop_per_worker"],
+    "workers.loop": ["TrainLoop", "WorkerConfig", "run_loop", "train_loop_per_worker"],
     "workers.models": [
         "Family",
         "ModelSpecError",
@@ -72,6 +86,7 @@ _EXPORTS = {
     ],
     "workers.reader": ["DataReader"],
     "workers.runner": ["TrainerSettings", "make_trainer", "run_trainer"],
+    "workers.runtime": ["LocalRuntime", "RayRuntime", "Runtime"],
     "workers.shards": ["FileManifest", "Manifest", "ManifestSource", "ShardInfo", "ShardStore"],
     "workers.sources": [
         "ActorSource",
@@ -106,27 +121,38 @@ __all__ = [
     "GrowthFailure",
     "JsonlRecorder",
     "LoadedCheckpoint",
+    "LocalRuntime",
     "LoopStatus",
     "Manifest",
     "ManifestSource",
     "ModelSpec",
     "ModelSpecError",
     "OptimizerSpec",
+    "RayRuntime",
+    "Runtime",
     "ScriptedAction",
     "ScriptedSource",
     "ShardInfo",
     "ShardStore",
     "TaskSpec",
+    "TrainLoop",
     "TrainerSettings",
     "WorkerConfig",
     "build_model",
+    "checkpoint_name",
+    "durable_root",
     "estimate_param_count",
     "families",
     "load_checkpoint",
     "make_trainer",
+    "newest_durable",
+    "parse_checkpoint_name",
     "read_meta",
     "register_family",
+    "run_loop",
+    "run_name",
     "run_trainer",
+    "tracked_copy_path",
     "train_loop_per_worker",
     "validate_model_spec",
     "verify_checkpoint",

@@ -31,8 +31,11 @@ def apply_op(
     optimizer: torch.optim.Optimizer,
     example: torch.Tensor,
     op: GrowthOp,
+    *,
+    optimizer_state: str = "auto",
 ) -> Applied:
-    """Grow ``module`` (left untouched) by ``op``; carry the optimizer state to the grown module.
+    """Grow ``module`` (left untouched) by ``op``; carry the optimizer state to the grown module
+    (``net2net.transfer_optimizer(..., state=optimizer_state)``: "auto", "carry" or "reset").
 
     ``shrink_perturb`` is the exception: it changes the parameters in place,
     ``θ ← shrink·θ + perturb·ε`` with ``ε ~ N(0, 1)`` drawn from ``op.seed`` (the same on every
@@ -49,7 +52,7 @@ def apply_op(
     else:  # pragma: no cover - GrowthOp validates op
         raise ValueError(f"unknown growth op {op.op!r}")
     new_optimizer = in_module_order(
-        net2net.transfer_optimizer(optimizer, module, grown), grown.model
+        net2net.transfer_optimizer(optimizer, module, grown, state=optimizer_state), grown.model
     )
     return Applied(grown.model, new_optimizer, dict(grown.record), float(grown.max_abs_error))
 

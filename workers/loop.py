@@ -2,7 +2,7 @@
 
 It reads like a recipe::
 
-    setup → restore (from ray.train.get_checkpoint(), else a fresh model) →
+    setup → restore (from the runtime's newest checkpoint, else a fresh model) →
     loop over passes: sync the manifest; wait while there is no data; train the pass, and every
     ``observe_every`` steps observe and act on the directive (grow, checkpoint, pause, stop);
     checkpoint every ``checkpoint_every`` steps →
@@ -19,11 +19,15 @@ waits long enough to time out (gloo and NCCL time out after 30 minutes by defaul
 Growth. Every rank syncs BatchNorm buffers from rank 0, receives rank 0's example batch, applies the
 same ``net2net`` transform with the op's seed to the unwrapped module, carries the optimizer state
 over with ``net2net.transfer_optimizer``, checks that all ranks computed bit-identical parameters,
-re-wraps for DDP (``ray.train.torch.prepare_model``; parameters replaced under an existing DDP
-wrapper would get no gradient hooks), and checkpoints. Rank 0 measures the validation loss just
-before and just after, in eval mode.
+re-wraps for DDP (the runtime's ``wrap``; parameters replaced under an existing DDP wrapper would
+get no gradient hooks), and checkpoints. Rank 0 measures the validation loss just before and just
+after, in eval mode.
 
-Importing this module has no side effects (Ray is imported inside the functions).
+The loop is one class, :class:`TrainLoop`, on a runtime (``workers.runtime``) that gives it its
+ranks, its resume point, its DDP wrap and where its checkpoints are reported: ``RayRuntime`` in a
+Ray Train worker, ``LocalRuntime`` in the calling process without Ray (:func:`run_loop`).
+
+Importing this module has no side effects (Ray is imported inside the runtime's methods).
 """
 
 from __future__ import annotations
@@ -44,24 +48,22 @@ from torch import nn
 import net2net
 from growth_policy.types import Observation
 from workers import _growth
-from workers._dist import Group, module_digest
+from workers._dist import module_digest
 from workers.checkpoint import (
     CheckpointKind,
     CheckpointMeta,
     GenerationInfo,
+    LoadedCheckpoint,
     build_optimizer,
-    checkpoint_name,
     checkpoint_path,
     durable_root,
-    load_checkpoint,
-    newest_complete,
     publish,
     save_durable,
     save_temporary,
-    storage_location,
 )
 from workers.models import build_model, count_parameters
 from workers.reader import DataReader
+from workers.runtime import RayRuntime, Resumed, Runtime
 from workers.shards import Manifest, ManifestSource, ShardStore, is_remote
 from workers.signals import group_signals
 from workers.sources import (
@@ -77,6 +79,8 @@ from workers.spec import ModelSpec, OptimizerSpec, TaskSpec
 from workers.tasks import evaluate, loss_fn, targets
 
 logger = logging.getLogger(__name__)
+
+OptimizerState = Literal["auto", "carry", "reset"]
 
 
 class WorkerConfig(BaseModel):
@@ -103,6 +107,12 @@ class WorkerConfig(BaseModel):
     )
     checkpoint_before_growth: bool = Field(
         default=True, description="Keep generation N's last state (a durable 'close' copy)."
+    )
+    optimizer_state: OptimizerState = Field(
+        default="auto",
+        description="How a growth carries the optimizer state to the grown model "
+        "(net2net.transfer_optimizer's state): 'auto' follows the init mode's rule; 'carry' and "
+        "'reset' force it.",
     )
     loss_smoothing: float = Field(
         default=0.9, ge=0.0, lt=1.0, description="EMA factor of the observed train loss."
@@ -146,7 +156,12 @@ class WorkerConfig(BaseModel):
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train's per-worker function: runs until the decision source says stop."""
-    loop = TrainLoop(WorkerConfig.model_validate(config))
+    run_loop(WorkerConfig.model_validate(config), RayRuntime())
+
+
+def run_loop(config: WorkerConfig, runtime: Runtime) -> None:
+    """One rank's loop on ``runtime``, from setup to cleanup: runs until the source says stop."""
+    loop = TrainLoop(config, runtime=runtime)
     try:
         loop.setup()
         loop.restore()
@@ -179,10 +194,14 @@ class _PendingGrowth:
 
 
 class TrainLoop:
-    """One rank's loop. ``train_loop_per_worker`` drives it; tests may drive its parts."""
+    """One rank's loop on a runtime (``workers.runtime``: Ray Train, or this process).
 
-    def __init__(self, config: WorkerConfig) -> None:
+    :func:`run_loop` drives it (``train_loop_per_worker`` on Ray); tests may drive its parts.
+    """
+
+    def __init__(self, config: WorkerConfig, *, runtime: Runtime) -> None:
         self.cfg = config
+        self.runtime = runtime
         self.progress = Progress()
         self.source: DecisionSource = config.source if config.source is not None else BaseSource()
         self.state: LoopState = "starting"
@@ -202,16 +221,7 @@ class TrainLoop:
     # -- setup ------------------------------------------------------------------------------------
 
     def setup(self) -> None:
-        import ray.train
-        import ray.train.torch
-
-        ctx = ray.train.get_context()
-        device = ray.train.torch.get_device()
-        if isinstance(device, list):
-            device = device[0]
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        self.group = Group(ctx.get_world_rank(), ctx.get_world_size(), device)
+        self.group = self.runtime.start()
         self.reader = DataReader(
             ShardStore(self.cfg.store_root),
             self.cfg.task,
@@ -226,51 +236,21 @@ class TrainLoop:
             verify=self.cfg.verify_shards,
         )
         self.loss = loss_fn(self.cfg.task)
-        self._loss_sum = torch.zeros((), device=device)
+        self._loss_sum = torch.zeros((), device=self.group.device)
 
     def restore(self) -> None:
-        """Resume from Ray Train's latest checkpoint, or build the base model from the spec."""
-        import ray.train
-
-        resumed: dict[str, Any] | None = None
-        checkpoint = self._resume_point(ray.train.get_checkpoint())
-        if checkpoint is not None:
-            with checkpoint.as_directory() as folder:
-                loaded = load_checkpoint(folder)
-            meta = loaded.meta
-            module = loaded.model
-            optimizer_state = loaded.optimizer_state
-            self.progress = Progress(
-                step=meta.step,
-                generation=meta.generation,
-                generation_step=meta.generation_step,
-                samples_seen=meta.samples_seen,
-                passes=meta.passes,
-                records=list(meta.records),
-                lineage=list(meta.lineage),
-                train_loss_ema=meta.loop_state.get("train_loss_ema"),
-                checkpointed=(meta.step, meta.generation),
-            )
-            if self.group.is_main:
-                self.source.load_state_dict(meta.source_state)
-            resumed = {
-                "step": meta.step,
-                "generation": meta.generation,
-                "param_count": meta.param_count,
-                "records": len(meta.records),
-                "kind": meta.kind,
-                "path": _checkpoint_location(checkpoint),
-            }
+        """Resume from the runtime's newest checkpoint, or build the base model from the spec."""
+        resumed = self.runtime.resume(self.group)
+        if resumed is not None:
+            module = self._resume(resumed.checkpoint)
+            optimizer_state = resumed.checkpoint.optimizer_state
         else:
             torch.manual_seed(self.cfg.seed)  # the same initial weights on every rank
             module = build_model(self.cfg.model, self.cfg.task)
             optimizer_state = None
             self.progress.lineage = [
                 GenerationInfo(
-                    generation=0,
-                    opened_at_step=0,
-                    param_count=count_parameters(module),
-                    records=0,
+                    generation=0, opened_at_step=0, param_count=count_parameters(module), records=0
                 )
             ]
         module = module.to(self.group.device).train()
@@ -279,52 +259,38 @@ class TrainLoop:
             self.optimizer.load_state_dict(optimizer_state)
         self._wrap(module)
         pids = self.group.gather_str(str(os.getpid()))
-        nodes = self.group.gather_str(_node_id())
+        nodes = self.group.gather_str(self.runtime.node_id())
         self._set_state(
             "starting",
             world_size=self.group.world_size,
             device=str(self.group.device),
             pids=[int(p) for p in pids],
             node_ids=nodes,
-            resumed_from=resumed,
+            resumed_from=_resumed_detail(resumed),
         )
 
-    def _resume_point(self, registered: Any) -> Any:
-        """The newest complete checkpoint of this run, the same on every rank.
-
-        Ray Train registers a reported checkpoint asynchronously, so a crash right after a report
-        can leave the newest checkpoint persisted but unregistered, and ``get_checkpoint()``
-        returns the one before. Rank 0 therefore also looks at the run's storage for a newer
-        folder whose files are all there and whole (``verify``), and broadcasts its choice.
-        """
-        import ray.train
-
-        choice = None
+    def _resume(self, loaded: LoadedCheckpoint) -> nn.Module:
+        """Take the counters, the history and the source's state from a checkpoint."""
+        meta = loaded.meta
+        self.progress = Progress(
+            step=meta.step,
+            generation=meta.generation,
+            generation_step=meta.generation_step,
+            samples_seen=meta.samples_seen,
+            passes=meta.passes,
+            records=list(meta.records),
+            lineage=list(meta.lineage),
+            train_loss_ema=meta.loop_state.get("train_loss_ema"),
+            checkpointed=(meta.step, meta.generation),
+        )
         if self.group.is_main:
-            choice = ""
-            try:
-                storage = ray.train.get_context().get_storage()
-                newer = newest_complete(
-                    storage.storage_filesystem,
-                    storage.experiment_fs_path,
-                    newer_than=str(registered.path) if registered is not None else None,
-                )
-                choice = newer or ""
-            except Exception as exc:  # the registered checkpoint is still a valid resume point
-                logger.warning("could not look for unregistered checkpoints: %s", exc)
-        choice = self.group.broadcast_str(choice)
-        if not choice:
-            return registered
-        storage = ray.train.get_context().get_storage()
-        logger.info("resuming from %s, newer than the registered checkpoint", choice)
-        return ray.train.Checkpoint(choice, filesystem=storage.storage_filesystem)
+            self.source.load_state_dict(meta.source_state)
+        return loaded.model
 
     def _wrap(self, module: nn.Module) -> None:
         """Wrap for DDP (or not, with one rank); keep the plain module for growth and saving."""
-        import ray.train.torch
-
         self.module = module
-        self.model: nn.Module = ray.train.torch.prepare_model(module, move_to_device=False)
+        self.model = self.runtime.wrap(module)
 
     def cleanup(self) -> None:
         self._summary_cache = None
@@ -537,7 +503,9 @@ class TrainLoop:
         error = ""
         applied = None
         try:
-            applied = _growth.apply_op(self.module, self.optimizer, example, op)
+            applied = _growth.apply_op(
+                self.module, self.optimizer, example, op, optimizer_state=self.cfg.optimizer_state
+            )
         except Exception as exc:  # same model, example and seed: every rank fails alike
             error = f"{type(exc).__name__}: {exc}"
         errors = [e for e in self.group.gather_str(error) if e]
@@ -662,60 +630,52 @@ class TrainLoop:
     # -- checkpoints ------------------------------------------------------------------------------
 
     def checkpoint(self, kind: CheckpointKind) -> CheckpointEvent | None:
-        """Every rank: report a checkpoint to Ray Train (a barrier); rank 0 writes it.
+        """Every rank: report a checkpoint to the runtime (a barrier); rank 0 writes it.
 
-        Periodic checkpoints are written to a temporary folder and uploaded by Ray Train before
+        Periodic checkpoints are written to a temporary folder, which the runtime copies before
         ``report`` returns. Growth and final checkpoints are written once, durably, under the
-        checkpoint root (:meth:`_save_durable`), and Ray Train copies them into its run storage in
-        the background (``CheckpointUploadMode.ASYNC``), which keeps that copy out of the growth
-        pause. Nothing is written when nothing changed since the last checkpoint.
+        checkpoint root (:meth:`_save_durable_files`), and the runtime copies them into its own
+        storage in the background (Ray: ``CheckpointUploadMode.ASYNC``), which keeps that copy out
+        of the growth pause. Nothing is written when nothing changed since the last checkpoint.
         """
-        import ray.train
-        from ray.train import CheckpointUploadMode
-
         p = self.progress
         if p.checkpointed == (p.step, p.generation):
             return None
         started = time.perf_counter()
         self.group.sync_buffers(self.module)
-        name = checkpoint_name(p.generation, p.step)
         durable = kind in ("growth", "final")
-        upload: Path | None = None
-        delete_after_upload = True
+        folder: Path | None = None
         path = None
         if self.group.is_main:
             if durable:
-                path, upload = self._save_durable_files(kind)
-                # A local durable folder is kept; a temporary copy (remote root) is Ray's to delete.
-                delete_after_upload = is_remote(path)
+                path, folder = self._save_durable_files(kind)
             else:
-                upload = self._write(kind)
+                folder = self._write(kind)
         try:
-            ray.train.report(
+            runtime_path = self.runtime.report(
                 {"step": p.step, "generation": p.generation, "kind": kind},
-                checkpoint=ray.train.Checkpoint.from_directory(str(upload)) if upload else None,
-                checkpoint_dir_name=name,
-                checkpoint_upload_mode=(
-                    CheckpointUploadMode.ASYNC if durable else CheckpointUploadMode.SYNC
-                ),
-                delete_local_checkpoint_after_upload=delete_after_upload if durable else False,
+                folder,
+                generation=p.generation,
+                step=p.step,
+                background=durable,
+                # A local durable folder is kept; a temporary copy (remote root) is the runtime's.
+                delete_after=path is not None and is_remote(path),
             )
         finally:
-            if upload is not None and not durable:
-                shutil.rmtree(upload, ignore_errors=True)
+            if folder is not None and not durable:
+                shutil.rmtree(folder, ignore_errors=True)
         p.checkpointed = (p.step, p.generation)
         if not self.group.is_main:
             return None
-        ray_path = _ray_location(p.generation, p.step)
         event = CheckpointEvent(
             kind=kind,
             step=p.step,
             generation=p.generation,
             param_count=count_parameters(self.module),
             manifest_version=self.reader.manifest.version,
-            path=path or ray_path,
+            path=path or runtime_path,
             durable=durable,
-            ray_path=ray_path,
+            ray_path=runtime_path,
             seconds=time.perf_counter() - started,
         )
         self.source.on_checkpoint(event)
@@ -739,7 +699,7 @@ class TrainLoop:
         return destination, folder
 
     def _save_durable(self, kind: CheckpointKind) -> CheckpointEvent:
-        """Rank 0 only: a durable copy of the current state, outside Ray Train."""
+        """Rank 0 only: a durable copy of the current state, outside the runtime."""
         started = time.perf_counter()
         p = self.progress
         path, folder = self._save_durable_files(kind)
@@ -805,16 +765,6 @@ class TrainLoop:
             self.source.on_status(self._status(state, **detail))
 
 
-def _node_id() -> str:
-    """The Ray node this rank runs on (two nodes on one host share an IP, not a node id)."""
-    try:
-        import ray
-
-        return str(ray.get_runtime_context().get_node_id())
-    except Exception:
-        return ""
-
-
 FAULT_AFTER_TRANSFORM_ENV = "LIFELONG_FAULT_AFTER_TRANSFORM"
 
 
@@ -854,18 +804,16 @@ class _IdleMessage(BaseModel):
     manifest: Manifest | None = None
 
 
-def _ray_location(generation: int, step: int) -> str:
-    """Where Ray Train persists this run's checkpoint of ``generation`` at ``step``."""
-    import ray.train
-
-    storage = ray.train.get_context().get_storage()
-    path = checkpoint_path(storage.experiment_fs_path, generation, step)
-    return storage_location(storage.storage_filesystem, path)
-
-
-def _checkpoint_location(checkpoint: Any) -> str:
-    """A Ray ``Checkpoint``'s persisted location as a path (local) or a URI."""
-    try:
-        return storage_location(checkpoint.filesystem, str(checkpoint.path))
-    except Exception:
-        return str(checkpoint.path)
+def _resumed_detail(resumed: Resumed | None) -> dict[str, Any] | None:
+    """What the 'starting' status says of the checkpoint resumed from."""
+    if resumed is None:
+        return None
+    meta = resumed.checkpoint.meta
+    return {
+        "step": meta.step,
+        "generation": meta.generation,
+        "param_count": meta.param_count,
+        "records": len(meta.records),
+        "kind": meta.kind,
+        "path": resumed.location,
+    }

@@ -106,9 +106,14 @@ class CheckpointEvent(BaseModel):
     path: str = Field(description="Where it was persisted: a folder path or a storage URI.")
     durable: bool = Field(
         description="True for the copies under the job's checkpoint root (kept for good); "
-        "False for Ray Train's own, which its CheckpointConfig(num_to_keep) may delete later."
+        "False for the runtime's own, which it may delete later (Ray Train's "
+        "CheckpointConfig(num_to_keep)).",
     )
-    ray_path: str | None = Field(default=None, description="Ray Train's copy, if different.")
+    ray_path: str | None = Field(
+        default=None,
+        description="The runtime's copy (Ray Train's run storage; LocalRuntime's run folder), "
+        "if different.",
+    )
     seconds: float = Field(ge=0, description="Time to write and persist it.")
     wall_time: float = Field(default_factory=time.time)
 

@@ -107,6 +107,18 @@ def test_the_same_op_gives_bit_identical_models() -> None:
     assert module_digest(a) != module_digest(c)
 
 
+@pytest.mark.parametrize("rule", ["carry", "reset"])
+def test_the_optimizer_state_rule_is_passed_on(rule: str) -> None:
+    spec, task, _ = CASES[0]
+    torch.manual_seed(0)
+    model = build_model(spec, task)
+    opt = _warm(model, task)
+    x = torch.randn(8, *task.input_shape)
+    grown = apply_op(model, opt, x, GrowthOp(op="widen", factor=2.0, seed=1), optimizer_state=rule)
+    assert bool(grown.optimizer.state) is (rule == "carry")
+    assert grown.optimizer.param_groups[0]["lr"] == opt.param_groups[0]["lr"]
+
+
 def test_shrink_perturb_is_in_place_and_seeded() -> None:
     spec, task, _ = CASES[0]
     torch.manual_seed(0)

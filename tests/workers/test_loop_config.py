@@ -55,6 +55,8 @@ def test_rejects_unknown_keys_and_objects_that_do_not_fit(tmp_path: Path) -> Non
         _config(tmp_path, source=object())
     with pytest.raises(ValidationError, match="greater than or equal to 1"):
         _config(tmp_path, observe_every=0)
+    with pytest.raises(ValidationError, match="optimizer_state"):
+        _config(tmp_path, optimizer_state="keep")
 
 
 def test_trainer_settings_name_the_run_after_the_job(tmp_path: Path) -> None:
@@ -66,7 +68,7 @@ def test_trainer_settings_name_the_run_after_the_job(tmp_path: Path) -> None:
 def test_importing_the_workers_modules_starts_nothing() -> None:
     code = (
         "import sys, threading; import workers.loop, workers.runner, workers.sources, "
-        "workers.checkpoint, workers.models, workers.signals; "
+        "workers.checkpoint, workers.models, workers.signals, workers.runtime; "
         "assert 'ray' not in sys.modules, 'ray imported'; "
         "assert threading.active_count() == 1, threading.enumerate()"
     )
