@@ -14,8 +14,9 @@ class InitMode:
     source unit's (``"copy"``, plus ``noise`` if given) or fresh random draws (``"random"``).
     ``outgoing``: their outgoing weights (columns of the consumers) share the source's weight
     (``"split"``, the paper), start at zero (``"zero"``) or are random (``"random"``).
-    ``optimizer``: what :func:`net2net.transfer_optimizer` does by default after this mode, chosen
-    by measurement (``"carry"`` the state over with the mappings, or ``"reset"`` it).
+    ``optimizer``: what :func:`net2net.transfer_optimizer` does by default after this mode for
+    optimizers without a rule of their own (Adam, AdamW), chosen by measurement (``"carry"`` the
+    state over with the mappings, or ``"reset"`` it); SGD's momentum is reset after every widen.
     """
 
     name: str

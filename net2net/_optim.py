@@ -14,12 +14,18 @@ max_exp_avg_sq) by s_j². That is the state the student would hold had it follow
 trajectory, so Adam's normalised steps continue unchanged. Zero-outgoing modes have s = 1 for old
 units and s = 0 for new ones: old units keep their state exactly, new units' rows start at zero.
 Scalars (``step``) are copied. Layers inserted by deepen start with no state.
+
+Whether ``state="auto"`` carries or resets is measured, not derived (``bench.spike``; the section
+"Loss after growth: carried against reset optimizer state" of ``docs/benchmarks.md``): after a
+widen, Adam's and AdamW's carried moments give the lower loss spike with every init mode, while
+SGD's momentum gives the lower spike reset in four of the five modes (the fifth is a tie). So
+``"auto"`` resets SGD after a widen and otherwise follows the init mode's rule (carry).
 """
 
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -37,6 +43,12 @@ STATE_RULES: dict[type[torch.optim.Optimizer], dict[str, int]] = {
 }
 STATES = ("auto", "carry", "reset")
 
+# What state="auto" does after a widen for these optimizers, whatever the init mode (module
+# docstring); any other optimizer follows the init mode's rule.
+AUTO_AFTER_WIDEN: dict[type[torch.optim.Optimizer], Literal["carry", "reset"]] = {
+    torch.optim.SGD: "reset",
+}
+
 
 def _rules(optimizer: torch.optim.Optimizer) -> dict[str, int] | None:
     for cls in type(optimizer).__mro__:
@@ -45,12 +57,16 @@ def _rules(optimizer: torch.optim.Optimizer) -> dict[str, int] | None:
     return None
 
 
-def state_policy(grown: Grown) -> str:
-    """What ``state="auto"`` does after ``grown``: the init mode's measured rule."""
+def state_policy(optimizer: torch.optim.Optimizer, grown: Grown) -> Literal["carry", "reset"]:
+    """What ``state="auto"`` does for ``optimizer`` after ``grown``: after a widen, the measured
+    rule of the optimizer (SGD: reset) or else of the init mode; after a deepen, carry."""
     init = grown.init
-    if grown.op == "widen" and init in INIT_MODES and grown.widths:
-        return INIT_MODES[init].optimizer
-    return "carry"
+    if grown.op != "widen" or init not in INIT_MODES or not grown.widths:
+        return "carry"
+    for cls in type(optimizer).__mro__:
+        if cls in AUTO_AFTER_WIDEN:
+            return AUTO_AFTER_WIDEN[cls]
+    return INIT_MODES[init].optimizer
 
 
 def remap_state(value: torch.Tensor, plan: ParamPlan, power: int) -> torch.Tensor:
@@ -96,12 +112,13 @@ def transfer_optimizer(
     replicated parameters relate to the originals (module docstring and ``docs/net2net.md``):
     linear states × s along out axes, quadratic states × s². Parameters of inserted layers start
     with no state and join the param group of a nearby old parameter. ``state="auto"`` applies
-    the init mode's measured rule (``net2net.init_modes()[init]["optimizer"]``); ``"carry"`` and
-    ``"reset"`` force it. The old optimizer is left untouched.
+    the measured rule: after a widen, SGD starts with no state (its momentum reset) and Adam/AdamW
+    carry theirs (``net2net.init_modes()[init]["optimizer"]``); after a deepen the state is
+    carried. ``"carry"`` and ``"reset"`` force either. The old optimizer is left untouched.
     """
     if state not in STATES:
         raise GrowthError(f"transfer_optimizer: state must be one of {STATES}, got {state!r}")
-    policy = state_policy(grown) if state == "auto" else state
+    policy = state_policy(optimizer, grown) if state == "auto" else state
     rules = _rules(optimizer)
     if policy == "carry" and rules is None:
         raise GrowthError(

@@ -69,7 +69,7 @@ def test_state_shapes_and_rule(
     model, opt, x, _ = trained
     old_state = {k: {kk: vv.clone() for kk, vv in v.items()} for k, v in opt.state.items()}
     grown = net2net.widen(model, x, widths={"0": 13, "2": 11}, split="random", seed=7)
-    new_opt = net2net.transfer_optimizer(opt, model, grown)
+    new_opt = net2net.transfer_optimizer(opt, model, grown, state="carry")
     assert type(new_opt) is type(opt)
     assert new_opt.defaults == opt.defaults
     new_params = dict(grown.model.named_parameters())
@@ -205,6 +205,59 @@ def test_carried_adam_has_no_spike_but_reset_jumps() -> None:
     assert not reset.state
     after_reset = _train(reset_model.model, reset, x, y, 21)[1:]
     assert max(after_reset) > 1.2 * before
+
+
+@pytest.mark.parametrize("init", sorted(net2net.init_modes()))
+def test_auto_resets_sgd_after_a_widen_and_carries_adam(init: str) -> None:
+    """The rule that bench.spike measured (docs/benchmarks.md, "Loss after growth: carried against
+    reset optimizer state"): after a widen, SGD momentum is reset, Adam/AdamW state carried."""
+    torch.manual_seed(0)
+    x, y = _problem()
+    for name, make in OPTIMIZERS.items():
+        model = _mlp()
+        opt = make(model.parameters())
+        _train(model, opt, x, y, 5)
+        grown = net2net.widen(model, x, factor=2.0, init=init, seed=1)
+        auto = net2net.transfer_optimizer(opt, model, grown)
+        carried = net2net.transfer_optimizer(opt, model, grown, state="carry")
+        assert type(auto) is type(opt) and auto.defaults == opt.defaults
+        assert len(opt.state) == len(carried.state) > 0
+        if name == "sgd":
+            assert not auto.state, "SGD momentum is reset after a widen"
+        else:
+            assert len(auto.state) == len(carried.state)
+            for p in grown.model.parameters():
+                for key, value in carried.state[p].items():
+                    torch.testing.assert_close(auto.state[p][key], value, rtol=0, atol=0)
+
+
+def test_auto_carries_sgd_after_a_deepen_and_treats_subclasses_as_sgd() -> None:
+    torch.manual_seed(0)
+    x, y = _problem()
+    model = _mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    _train(model, opt, x, y, 5)
+    deeper = net2net.deepen(model, x, after="1")
+    carried = net2net.transfer_optimizer(opt, model, deeper)
+    assert len(carried.state) == len(opt.state)
+    old_params = dict(model.named_parameters())
+    new_params = dict(deeper.model.named_parameters())
+    for new_name, old_name in deeper.param_sources.items():
+        if old_name is not None:
+            torch.testing.assert_close(
+                carried.state[new_params[new_name]]["momentum_buffer"],
+                opt.state[old_params[old_name]]["momentum_buffer"],
+                rtol=0,
+                atol=0,
+            )
+
+    class Nesterov(torch.optim.SGD):
+        pass
+
+    nesterov = Nesterov(model.parameters(), lr=0.05, momentum=0.9, nesterov=True)
+    _train(model, nesterov, x, y, 2)
+    wider = net2net.widen(model, x, factor=2.0, init="random_zero")
+    assert not net2net.transfer_optimizer(nesterov, model, wider).state
 
 
 def test_unsupported_optimizer_is_refused_unless_reset() -> None:
