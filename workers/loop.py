@@ -46,7 +46,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
 import net2net
-from growth_policy.types import Observation
+from growth_policy.types import GrowthOp, Observation
 from workers import _growth
 from workers._dist import module_digest
 from workers.checkpoint import (
@@ -186,11 +186,63 @@ class Progress:
 
 
 @dataclass
-class _PendingGrowth:
-    """A growth applied, waiting for the first step of the grown model to complete its event."""
+class _Growth:
+    """One growth on this rank, step by step: what each step measured, then its event.
 
-    started: float
-    fields: dict[str, Any]
+    Applied, it waits as ``TrainLoop._pending`` for the first training step of the grown model,
+    which completes its timing (:meth:`event`).
+    """
+
+    directive: Directive
+    op: GrowthOp
+    decided: float  # perf_counter() at the decision: the pause runs from here
+    step: int
+    generation_before: int
+    params_before: int = 0
+    params_after: int = 0
+    applied: _growth.Applied | None = None
+    digests: list[str] = field(default_factory=list)
+    val_before: tuple[float, float] | None = None  # (loss, metric), rank 0
+    val_after: tuple[float, float] | None = None
+    closing: CheckpointEvent | None = None
+    opening: CheckpointEvent | None = None
+    transform_s: float = 0.0
+    eval_s: float = 0.0
+    checkpoint_s: float = 0.0
+
+    @property
+    def ranks_identical(self) -> bool:
+        return len(set(self.digests)) == 1
+
+    def event(self, first_step_s: float | None) -> GrowthEvent:
+        """The growth event, its pause ending now."""
+        assert self.applied is not None
+        before, after = self.val_before, self.val_after
+        return GrowthEvent(
+            step=self.step,
+            generation_before=self.generation_before,
+            generation_after=self.generation_before + 1,
+            op=self.op,
+            reason=self.directive.reason,
+            policy=self.directive.policy,
+            record=self.applied.record,
+            params_before=self.params_before,
+            params_after=self.params_after,
+            val_loss_before=before[0] if before else None,
+            val_loss_after=after[0] if after else None,
+            val_metric_before=before[1] if before else None,
+            val_metric_after=after[1] if after else None,
+            max_abs_error=self.applied.max_abs_error,
+            ranks_identical=self.ranks_identical,
+            rank_digests=self.digests,
+            transform_s=self.transform_s,
+            eval_s=self.eval_s,
+            checkpoint_s=self.checkpoint_s,
+            first_step_s=first_step_s,
+            pause_s=time.perf_counter() - self.decided,
+            closing_checkpoint=self.closing,
+            opening_checkpoint=self.opening,
+        )
 
 
 class TrainLoop:
@@ -206,7 +258,7 @@ class TrainLoop:
         self.source: DecisionSource = config.source if config.source is not None else BaseSource()
         self.state: LoopState = "starting"
         self.stopping = False
-        self._pending: _PendingGrowth | None = None
+        self._pending: _Growth | None = None
         self._summary_cache: tuple[int, dict[str, Any] | None, Any] | None = None
         self._loss_sum = torch.zeros(())
         self._loss_count = 0
@@ -415,55 +467,53 @@ class TrainLoop:
         )
 
     def act(self, directive: Directive, decided: float) -> None:
-        """Every rank, at the same step: apply what rank 0's source said."""
+        """Every rank, at the same step: apply what rank 0's source said; pause if it says so."""
+        self.apply(directive, decided)
+        if directive.pause and not self.stopping:
+            self.idle("paused")
+
+    def apply(self, directive: Directive, decided: float) -> None:
+        """Every rank: grow, checkpoint and stop as ``directive`` says (training or idle)."""
         if directive.op is not None:
             self.grow(directive, decided)
         if directive.checkpoint:
             self.checkpoint("periodic")
         if directive.stop:
             self.stop(directive.reason or "stopped by the decision source")
-        elif directive.pause:
-            self.idle("paused")
 
     def idle(self, state: LoopState) -> None:
         """Wait for data or for a resume, without spinning and in lock-step with every rank."""
         while not self.stopping:
-            wanted: LoopState = state
             if state == "waiting_for_data" and self.reader.ready:
                 return
             # A growth is reported at the grown model's first step (to time the pause); idling
             # may last long, so one applied just before is reported now, ahead of the idle state.
             self._finish_pending_growth(first_step_s=None)
-            self._set_state(wanted)
-            text = None
-            if self.group.is_main:
-                version = self.reader.manifest.version
-                if state == "waiting_for_data":
-                    manifest = self.cfg.manifest.wait_newer(version, self.cfg.poll_interval)
-                else:
-                    time.sleep(self.cfg.poll_interval)
-                    manifest = self.cfg.manifest.load()
-                directive = self.source.poll(self._status(state))
-                text = _IdleMessage(
-                    directive=directive,
-                    manifest=manifest if manifest.version != version else None,
-                ).model_dump_json()
+            self._set_state(state)
+            text = self._poll(state).model_dump_json() if self.group.is_main else None
             message = _IdleMessage.model_validate_json(self.group.broadcast_str(text))
             if message.manifest is not None:
                 self.reader.update(message.manifest)
                 self._replan = True
             directive = message.directive
-            if directive.op is not None:
-                self.grow(directive, time.perf_counter())
-            if directive.checkpoint:
-                self.checkpoint("periodic")
-            if directive.stop:
-                self.stop(directive.reason or "stopped by the decision source")
-                return
-            if state == "paused" and not directive.pause:
+            self.apply(directive, time.perf_counter())
+            if self.stopping or (state == "paused" and not directive.pause):
                 return
             if state == "waiting_for_data" and directive.pause:
                 state = "paused"
+
+    def _poll(self, state: LoopState) -> _IdleMessage:
+        """Rank 0, idle: wait ``poll_interval`` (or for a newer manifest), then ask the source."""
+        version = self.reader.manifest.version
+        if state == "waiting_for_data":
+            manifest = self.cfg.manifest.wait_newer(version, self.cfg.poll_interval)
+        else:
+            time.sleep(self.cfg.poll_interval)
+            manifest = self.cfg.manifest.load()
+        directive = self.source.poll(self._status(state))
+        return _IdleMessage(
+            directive=directive, manifest=manifest if manifest.version != version else None
+        )
 
     def stop(self, reason: str) -> None:
         self._finish_pending_growth(first_step_s=None)
@@ -474,122 +524,132 @@ class TrainLoop:
     # -- growth -----------------------------------------------------------------------------------
 
     def grow(self, directive: Directive, decided: float) -> None:
-        """Every rank: apply ``directive.op`` to the same module with the same example and seed."""
-        op = directive.op
-        assert op is not None
-        p = self.progress
+        """Every rank: apply ``directive.op`` to the same module with the same example and seed.
+
+        The steps: share rank 0's buffers and example; close generation N (a durable copy);
+        validate before; transform (on failure the model stays and the source hears why); open
+        generation N+1; validate after; checkpoint it. The event goes out after the grown model's
+        first step (:meth:`_finish_pending_growth`).
+        """
+        assert directive.op is not None
         self._finish_pending_growth(first_step_s=None)
+        p = self.progress
+        growth = _Growth(
+            directive, directive.op, decided=decided, step=p.step, generation_before=p.generation
+        )
+        example = self._shared_example()
+        self._close_generation(growth)
+        self._validate_before(growth)
+        if not self._transform(growth, example):
+            return
+        self._open_generation(growth)
+        self._validate_after(growth)
+        _fault_point(self.cfg.job_id, "transform")  # test-only crash points (docs/reliability.md)
+        self._open_checkpoint(growth)
+        _fault_point(self.cfg.job_id, "checkpoint")
+        self._pending = growth
+        if not growth.ranks_identical:
+            logger.error("ranks disagree after growth: %s", growth.digests)
+
+    def _shared_example(self) -> torch.Tensor:
+        """Every rank: rank 0's buffers, and rank 0's example batch to grow with."""
         self.group.sync_buffers(self.module)
-        example = self.group.broadcast_tensor(self._example() if self.group.is_main else None)
+        return self.group.broadcast_tensor(self._example() if self.group.is_main else None)
 
-        checkpoint_started = time.perf_counter()
-        closing = None
+    def _close_generation(self, growth: _Growth) -> None:
+        """Rank 0: generation N's last state, a durable 'close' copy (``checkpoint_before_growth``)."""
+        started = time.perf_counter()
         if self.cfg.checkpoint_before_growth and self.group.is_main:
-            closing = self._save_durable("close")
-        checkpoint_s = time.perf_counter() - checkpoint_started
+            growth.closing = self._save_durable("close")
+        growth.checkpoint_s += time.perf_counter() - started
 
-        eval_started = time.perf_counter()
-        before = None
+    def _validate_before(self, growth: _Growth) -> None:
+        """Rank 0: the validation loss before, reused from the deciding observation when that
+        measured these same weights."""
+        started = time.perf_counter()
         if self.group.is_main and self.reader.val_size:
             seen = self._observed_val
-            if seen is not None and seen[:2] == (p.step, p.generation):
-                before = seen[2]
+            if seen is not None and seen[:2] == (growth.step, growth.generation_before):
+                growth.val_before = seen[2]
             else:
-                before = self.validate()
-        eval_s = time.perf_counter() - eval_started
+                growth.val_before = self.validate()
+        growth.eval_s += time.perf_counter() - started
 
-        transform_started = time.perf_counter()
-        params_before = count_parameters(self.module)
+    def _transform(self, growth: _Growth, example: torch.Tensor) -> bool:
+        """Every rank: the transform, the optimizer carried over, the rank check and the re-wrap.
+
+        Every rank computes the same thing, so a failure is the same everywhere: then the model
+        is left as it was, the source hears why, and False is returned.
+        """
+        started = time.perf_counter()
+        growth.params_before = count_parameters(self.module)
         error = ""
-        applied = None
         try:
-            applied = _growth.apply_op(
-                self.module, self.optimizer, example, op, optimizer_state=self.cfg.optimizer_state
+            growth.applied = _growth.apply_op(
+                self.module,
+                self.optimizer,
+                example,
+                growth.op,
+                optimizer_state=self.cfg.optimizer_state,
             )
         except Exception as exc:  # same model, example and seed: every rank fails alike
             error = f"{type(exc).__name__}: {exc}"
         errors = [e for e in self.group.gather_str(error) if e]
-        if errors or applied is None:
-            logger.warning("growth %s failed: %s", op.model_dump_json(), errors[0])
+        if errors or growth.applied is None:
+            logger.warning("growth %s failed: %s", growth.op.model_dump_json(), errors[0])
             if self.group.is_main:
-                self.source.on_growth_failed(op, p.step, errors[0])
-            return
-        grown = applied.model.to(self.group.device).train()
-        digests = self.group.gather_str(module_digest(grown))
-        self.optimizer = applied.optimizer
+                self.source.on_growth_failed(growth.op, growth.step, errors[0])
+            return False
+        grown = growth.applied.model.to(self.group.device).train()
+        growth.digests = self.group.gather_str(module_digest(grown))
+        self.optimizer = growth.applied.optimizer
         if grown is not self.module:
             self._wrap(grown)
-        transform_s = time.perf_counter() - transform_started
+        growth.transform_s = time.perf_counter() - started
+        return True
 
-        generation_before = p.generation
+    def _open_generation(self, growth: _Growth) -> None:
+        """Every rank: generation N+1 begins, with the growth record and its lineage entry."""
+        applied = growth.applied
+        assert applied is not None
+        p = self.progress
         p.generation += 1
         p.generation_step = 0
         if applied.record is not None:
             p.records.append(applied.record)
+        growth.params_after = count_parameters(self.module)
         p.lineage.append(
             GenerationInfo(
                 generation=p.generation,
                 opened_at_step=p.step,
-                op=op.model_dump(mode="json"),
-                reason=directive.reason,
-                policy=directive.policy,
-                param_count=count_parameters(grown),
+                op=growth.op.model_dump(mode="json"),
+                reason=growth.directive.reason,
+                policy=growth.directive.policy,
+                param_count=growth.params_after,
                 max_abs_error=applied.max_abs_error,
                 records=len(p.records),
             )
         )
         self._summary_cache = None
 
-        eval_started = time.perf_counter()
-        after = self.validate() if self.group.is_main and self.reader.val_size else None
-        eval_s += time.perf_counter() - eval_started
+    def _validate_after(self, growth: _Growth) -> None:
+        """Rank 0: the validation loss of the grown model."""
+        started = time.perf_counter()
+        if self.group.is_main and self.reader.val_size:
+            growth.val_after = self.validate()
+        growth.eval_s += time.perf_counter() - started
 
-        _fault_point(self.cfg.job_id, "transform")  # test-only crash points (docs/reliability.md)
-
-        checkpoint_started = time.perf_counter()
-        opening = self.checkpoint("growth")
-        checkpoint_s += time.perf_counter() - checkpoint_started
-        _fault_point(self.cfg.job_id, "checkpoint")
-
-        self._pending = _PendingGrowth(
-            started=decided,
-            fields={
-                "step": p.step,
-                "generation_before": generation_before,
-                "generation_after": p.generation,
-                "op": op,
-                "reason": directive.reason,
-                "policy": directive.policy,
-                "record": applied.record,
-                "params_before": params_before,
-                "params_after": count_parameters(grown),
-                "val_loss_before": before[0] if before else None,
-                "val_loss_after": after[0] if after else None,
-                "val_metric_before": before[1] if before else None,
-                "val_metric_after": after[1] if after else None,
-                "max_abs_error": applied.max_abs_error,
-                "ranks_identical": len(set(digests)) == 1,
-                "rank_digests": digests,
-                "transform_s": transform_s,
-                "eval_s": eval_s,
-                "checkpoint_s": checkpoint_s,
-                "closing_checkpoint": closing,
-                "opening_checkpoint": opening,
-            },
-        )
-        if len(set(digests)) != 1:
-            logger.error("ranks disagree after growth: %s", digests)
+    def _open_checkpoint(self, growth: _Growth) -> None:
+        """Every rank: generation N+1's first state (durable, and reported to the runtime)."""
+        started = time.perf_counter()
+        growth.opening = self.checkpoint("growth")
+        growth.checkpoint_s += time.perf_counter() - started
 
     def _finish_pending_growth(self, first_step_s: float | None) -> None:
         pending, self._pending = self._pending, None
         if pending is None or not self.group.is_main:
             return
-        event = GrowthEvent(
-            **pending.fields,
-            first_step_s=first_step_s,
-            pause_s=time.perf_counter() - pending.started,
-        )
-        self.source.on_growth(event)
+        self.source.on_growth(pending.event(first_step_s))
 
     # -- evaluation -------------------------------------------------------------------------------
 
