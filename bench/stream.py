@@ -1,7 +1,7 @@
-"""The lifelong stream (issue 11; issue 9 part 2): growing through the real worker loop and the
-growth controller, against fixed and retrained models, on MNIST-1D.
+"""The lifelong stream: growing through the real worker loop and the growth controller, against
+fixed and retrained models, on MNIST-1D.
 
-Protocol (``../shared/RESEARCH.md`` §3). Training data arrives in 6 cumulative stages, 1k → 2k → 4k
+Protocol. Training data arrives in 6 cumulative stages, 1k → 2k → 4k
 → 8k → 16k → 32k samples, with the same number of steps in every stage (1,500 in the full run);
 Adam (lr 1e-3), batch 128, an MLP 40 → w → w → 10 (ReLU), a fixed validation set of 5,000 samples.
 
@@ -132,8 +132,8 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 def default_start() -> int:
-    """The starting width of the growing methods: RESEARCH.md's w16, below the data-scaling target
-    of the first stage, so that the controller's first growth shows (the recommended start, about
+    """The starting width of the growing methods: w16, below the data-scaling target of the
+    first stage, so that the controller's first growth shows (the recommended start, about
     the target to twice it, is in docs/learning.md; ``--sweep`` measures w64)."""
     return START
 
@@ -579,7 +579,8 @@ def _count(r: RunResult, ops: frozenset[str] = GROW) -> int:
 
 
 def acceptance(groups: dict[str, list[RunResult]], default: str = "default") -> list[str]:
-    """Issue 11's three targets on these results, each with its figures and a verdict."""
+    """The three acceptance targets of the stream on these results, each with its figures and a
+    verdict: beat retraining, match the fixed large model at less compute, no harmful growth."""
     lines: list[str] = []
     d, retrain, large = groups.get(default), groups.get("retrain-large"), groups.get("fixed-large")
     if not d:
@@ -623,6 +624,54 @@ def acceptance(groups: dict[str, list[RunResult]], default: str = "default") -> 
     return lines
 
 
+HEADS = ["method", "seeds", *(f"{s // 1000}k" for s in STAGES), "mean of 6 (area)", "GFLOP",
+         "vs fixed large", "final % per TFLOP", "final width", "growths",
+         "max drop at growth (pts)", "shrink-perturbs", "max drop at shrink-perturb (pts)",
+         "worst change 50 steps after a shrink-perturb (pts)"]  # fmt: skip
+
+
+def _row(label: str, rs: Sequence[RunResult], large_flops: float) -> list[Any]:
+    """One method's row of the table (``HEADS``), over its seeds."""
+    drop, sp_drop, recovery = _max_drop(rs), _max_drop(rs, SP), _worst_recovery(rs)
+    share = (
+        f"{100 * mean_std(r.train_flops for r in rs)[0] / large_flops:.0f}%"
+        if not math.isnan(large_flops)
+        else "–"
+    )
+    return [
+        label,
+        len(rs),
+        *(pm([r.stage_acc[k] for r in rs], 1, 100) for k in range(len(STAGES))),
+        pm([r.area for r in rs], 1, 100),
+        pm([r.train_flops / 1e9 for r in rs], 0),
+        share,
+        pm([100 * r.final / (r.train_flops / 1e12) for r in rs], 0),
+        "/".join(f"w{w}" for w in sorted({_width(r.final_params) for r in rs})),
+        "/".join(str(c) for c in sorted({_count(r) for r in rs})),
+        "–" if drop is None else f"{drop:+.2f}",
+        "/".join(str(c) for c in sorted({_count(r, SP) for r in rs})),
+        "–" if sp_drop is None else f"{sp_drop:+.2f}",
+        "–" if recovery is None else f"{recovery:+.2f}",
+    ]
+
+
+def _description(steps_per_stage: int, engine: str) -> str:
+    return (
+        f"MNIST-1D (generated offline), 6 cumulative stages, {steps_per_stage:,} steps per stage, "
+        f"Adam lr 1e-3, batch {BATCH}, MLP 40 → w → w → 10, validation on a fixed set of 5,000 "
+        f"samples. Engine: {_engine_words(engine)}. Compared at equal steps (the same data "
+        "schedule for every method), with the FLOPs each spent beside. Cells: validation accuracy "
+        "(%) at the end of each stage, mean ± standard deviation over the seeds. GFLOP: training "
+        "only, 6 × params × samples summed over the observation windows at each window's "
+        "parameter count; the observations' validation passes (2 × params × 5,000 every "
+        f"{OBSERVE_EVERY} steps) are the same for every method and left out. Growths "
+        "(widen/deepen) and shrink-perturbs: per run. Max drop: the largest fall in validation "
+        "accuracy from just before to just after the event, measured by the loop (positive = a "
+        "fall). Worst change 50 steps after: the lowest (accuracy at the next observation − "
+        "accuracy just before the shrink-perturb) over all of them (negative = not yet made up)."
+    )
+
+
 def report(
     results: Sequence[RunResult],
     order: Sequence[str],
@@ -642,66 +691,19 @@ def report(
     names = [m for m in order if m in groups] + [m for m in groups if m not in order]
     if not names:
         raise SystemExit(f"no {engine} results to report")
-    spst = groups[names[0]][0].steps_per_stage
-    heads = ["method", "seeds", *(f"{s // 1000}k" for s in STAGES), "mean of 6 (area)", "GFLOP",
-             "vs fixed large", "final % per TFLOP", "final width", "growths",
-             "max drop at growth (pts)", "shrink-perturbs", "max drop at shrink-perturb (pts)",
-             "worst change 50 steps after a shrink-perturb (pts)"]  # fmt: skip
     large_flops = mean_std(r.train_flops for r in groups.get("fixed-large", []))[0]
     rows = []
     for name in names:
-        rs = groups[name]
         m = all_methods.get(name)
-        label = m.label if m is not None else name
-        per_tflop = [100 * r.final / (r.train_flops / 1e12) for r in rs]
-        widths = sorted({_width(r.final_params) for r in rs})
-        n_growth = [_count(r) for r in rs]
-        n_sp = [_count(r, SP) for r in rs]
-        drop = _max_drop(rs)
-        sp_drop = _max_drop(rs, SP)
-        recovery = _worst_recovery(rs)
-        share = (
-            f"{100 * mean_std(r.train_flops for r in rs)[0] / large_flops:.0f}%"
-            if not math.isnan(large_flops)
-            else "–"
-        )
-        rows.append(
-            [
-                label,
-                len(rs),
-                *(pm([r.stage_acc[k] for r in rs], 1, 100) for k in range(len(STAGES))),
-                pm([r.area for r in rs], 1, 100),
-                pm([r.train_flops / 1e9 for r in rs], 0),
-                share,
-                pm(per_tflop, 0),
-                "/".join(f"w{w}" for w in widths),
-                "/".join(str(c) for c in sorted(set(n_growth))),
-                "–" if drop is None else f"{drop:+.2f}",
-                "/".join(str(c) for c in sorted(set(n_sp))),
-                "–" if sp_drop is None else f"{sp_drop:+.2f}",
-                "–" if recovery is None else f"{recovery:+.2f}",
-            ]
-        )
+        rows.append(_row(m.label if m is not None else name, groups[name], large_flops))
     body = [
-        f"MNIST-1D (generated offline), 6 cumulative stages, {spst:,} steps per stage, Adam lr "
-        f"1e-3, batch {BATCH}, MLP 40 → w → w → 10, validation on a fixed set of 5,000 samples. "
-        f"Engine: {_engine_words(engine)}. Compared at equal steps (the same data schedule "
-        "for every method), with the FLOPs each spent beside. Cells: validation accuracy (%) at "
-        "the end of each "
-        f"stage, mean ± standard deviation over the seeds. GFLOP: training only, 6 × params × "
-        f"samples summed over the observation windows at each window's parameter count; the "
-        f"observations' validation passes (2 × params × 5,000 every {OBSERVE_EVERY} steps) are "
-        "the same for every method and left out. Growths (widen/deepen) and shrink-perturbs: "
-        "per run. Max drop: the largest fall in validation accuracy from just before to just "
-        "after the event, measured by the loop (positive = a fall). Worst change 50 steps "
-        "after: the lowest (accuracy at the next observation − accuracy just before the "
-        "shrink-perturb) over all of them (negative = not yet made up).",
+        _description(groups[names[0]][0].steps_per_stage, engine),
         "",
-        table(heads, rows),
+        table(HEADS, rows),
         "",
         f"![stream](img/{plot_name}.png)",
         "",
-        "Acceptance (issue 11):",
+        "Acceptance:",
         "",
         *(f"- {line}" for line in acceptance(groups)),
     ]
@@ -820,7 +822,7 @@ def _iter_runs(
                 yield name, seed, engine
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="1 seed, 200 steps per stage")
     parser.add_argument("--seeds", type=int, default=None, help="seeds 0..n-1 (full: 3)")
@@ -843,10 +845,20 @@ def main(argv: Sequence[str] | None = None) -> None:
         action="store_true",
         help="the variants behind the defaults (in-process, 3 seeds)",
     )
-    args = parser.parse_args(argv)
+    return parser
 
-    set_threads(1)
-    steps = args.steps or (200 if args.quick else 1500)
+
+@dataclass
+class Plan:
+    """What a command runs and reports: the methods, the engines, and the runs in order."""
+
+    registry: dict[str, Method]
+    names: list[str]
+    engines: list[str]
+    runs: list[tuple[str, int, str]]  # (method, seed, engine)
+
+
+def _plan(args: argparse.Namespace) -> Plan:
     n_seeds = args.seeds or (1 if args.quick else 3)
     registry = sweep() if args.sweep else methods()
     if args.sweep:
@@ -862,86 +874,103 @@ def main(argv: Sequence[str] | None = None) -> None:
     if unknown:
         raise SystemExit(f"unknown methods {unknown}; known: {', '.join(registry)}")
     engines = ["local", "ray"] if args.engine == "both" else [args.engine]
-    plan = list(_iter_runs(names, range(n_seeds), engines))
+    runs = list(_iter_runs(names, range(n_seeds), engines))
     if args.quick and args.engine == "ray":
         # Quick: every method in-process, and the default once more through Ray to show that the
         # two engines agree (a Ray Train run costs ~30 s to start, the whole quick run ~2 min).
         engines = ["local"]
-        plan = [*_iter_runs(names, range(n_seeds), ["local"]), ("default", 0, "ray")]
+        runs = [*_iter_runs(names, range(n_seeds), ["local"]), ("default", 0, "ray")]
+    return Plan(registry, names, engines, runs)
+
+
+def _run_all(plan: Plan, steps: int, folder: Path, *, resume: bool) -> None:
+    """Run what the plan asks for (with ``resume``, only what is not stored yet), storing each
+    result in ``folder`` as it finishes."""
+    done = {(r.method, r.seed, r.engine) for r in load_all(folder)} if resume else set()
+    if not resume:
+        for old in folder.glob("*.json"):
+            old.unlink()
+    root = Path(tempfile.mkdtemp(prefix="lifelong-stream-"))
+    stream = Stream(root)
+    if any(e == "ray" for _, _, e in plan.runs):
+        _ray_init()
+    for name, seed, engine in plan.runs:
+        if (name, seed, engine) in done:
+            continue
+        result = run_one(stream, plan.registry[name], seed, steps, engine)
+        save(result, folder)
+        print(
+            f"{name:28s} seed {seed} {engine:5s} "
+            + " ".join(f"{100 * a:5.1f}" for a in result.stage_acc)
+            + f"  {result.train_flops / 1e9:7.1f} GFLOP  w{_width(result.final_params)}"
+            f"  growths {_count(result)}+{_count(result, SP)} sp  {result.wall_s:.0f} s",
+            flush=True,
+        )
+
+
+def _report_engine(
+    args: argparse.Namespace, plan: Plan, engine: str, results: Sequence[RunResult]
+) -> None:
+    """The table of one engine's runs (printed, or written to docs/benchmarks.md)."""
+    names = plan.names
+    rs = [r for r in results if r.engine == engine and r.method in names]
+    if not rs:
+        return
+    consistency = _consistency(results) if args.engine == "both" or args.quick else ""
+    if consistency:
+        print(consistency)
+    section = args.section or (
+        "stream-sweep" if args.sweep else "stream-quick" if args.quick else "stream"
+    )
+    title = (
+        "Lifelong stream: the sweep behind the defaults"
+        if args.sweep
+        else "Lifelong stream (quick)"
+        if args.quick
+        else "Lifelong stream: growth against fixed and retrained models"
+    )
+    runtime = (
+        f"Wall time of the runs: {fmt_duration(sum(r.wall_s for r in rs))} in all "
+        f"({len(rs)} runs, one after the other; mean per run: "
+        + ", ".join(f"{n} {fmt_duration(float(np.mean([r.wall_s for r in rs if r.method == n])))}"
+                    for n in names if any(r.method == n for r in rs))
+        + ")."
+    )  # fmt: skip
+    rebuilt = (
+        "Rebuilt from the per-run results stored by the same command without `--report-only` "
+        "(same code; nothing re-run)."
+    )
+    extra = [
+        runtime,
+        rebuilt if args.report_only else "",
+        f"The same runs in-process and through Ray:\n\n{consistency}" if consistency else "",
+    ]
+    report(
+        rs,
+        names,
+        plan.registry,
+        engine=engine,
+        section=section if engine == "ray" else f"{section}-local",
+        title=title if engine == "ray" else f"{title} (in-process engine)",
+        plot_name=section if engine == "ray" else f"{section}-local",
+        curves=not args.sweep,
+        extra="\n\n".join(x for x in extra if x),
+        write=not (args.no_write or (args.quick and not args.write)),
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    set_threads(1)
+    steps = args.steps or (200 if args.quick else 1500)
+    plan = _plan(args)
     tag = args.tag or f"{'sweep' if args.sweep else 'quick' if args.quick else 'full'}-{steps}"
     folder = results_dir(tag)
     if not args.report_only:
-        done = {(r.method, r.seed, r.engine) for r in load_all(folder)} if args.resume else set()
-        if not args.resume:
-            for old in folder.glob("*.json"):
-                old.unlink()
-        root = Path(tempfile.mkdtemp(prefix="lifelong-stream-"))
-        stream = Stream(root)
-        if any(e == "ray" for _, _, e in plan):
-            _ray_init()
-        for name, seed, engine in plan:
-            if (name, seed, engine) in done:
-                continue
-            result = run_one(stream, registry[name], seed, steps, engine)
-            save(result, folder)
-            print(
-                f"{name:28s} seed {seed} {engine:5s} "
-                + " ".join(f"{100 * a:5.1f}" for a in result.stage_acc)
-                + f"  {result.train_flops / 1e9:7.1f} GFLOP  w{_width(result.final_params)}"
-                f"  growths {_count(result)}+{_count(result, SP)} sp  {result.wall_s:.0f} s",
-                flush=True,
-            )
+        _run_all(plan, steps, folder, resume=args.resume)
     results = load_all(folder)
-    for engine in engines:
-        rs = [r for r in results if r.engine == engine and r.method in names]
-        if not rs:
-            continue
-        consistency = _consistency(results) if args.engine == "both" or args.quick else ""
-        if consistency:
-            print(consistency)
-        write = not (args.no_write or (args.quick and not args.write))
-        section = args.section or (
-            "stream-sweep" if args.sweep else "stream-quick" if args.quick else "stream"
-        )
-        title = (
-            "Lifelong stream: the sweep behind the defaults"
-            if args.sweep
-            else "Lifelong stream (quick)"
-            if args.quick
-            else "Lifelong stream: growth against fixed and retrained models"
-        )
-        runtime = (
-            f"Wall time of the runs: {fmt_duration(sum(r.wall_s for r in rs))} in all "
-            f"({len(rs)} runs, one after the other; mean per run: "
-            + ", ".join(f"{n} {fmt_duration(float(np.mean([r.wall_s for r in rs if r.method == n])))}"
-                        for n in names if any(r.method == n for r in rs))
-            + ")."
-        )  # fmt: skip
-        report(
-            rs,
-            names,
-            registry,
-            engine=engine,
-            section=section if engine == "ray" else f"{section}-local",
-            title=title if engine == "ray" else f"{title} (in-process engine)",
-            plot_name=section if engine == "ray" else f"{section}-local",
-            curves=not args.sweep,
-            extra="\n\n".join(
-                x
-                for x in (
-                    runtime,
-                    "Rebuilt from the per-run results stored by the same command without "
-                    "`--report-only` (same code; nothing re-run)."
-                    if args.report_only
-                    else "",
-                    f"The same runs in-process and through Ray:\n\n{consistency}"
-                    if consistency
-                    else "",
-                )
-                if x
-            ),
-            write=write,
-        )
+    for engine in plan.engines:
+        _report_engine(args, plan, engine, results)
 
 
 def _consistency(results: Sequence[RunResult]) -> str:

@@ -134,6 +134,25 @@ def window_rates(observations: Sequence[dict[str, Any]]) -> list[tuple[int, floa
     return out
 
 
+def pause_row(name: str, events: Sequence[dict[str, Any]]) -> list[str]:
+    """The growth-pause row of one run: its one growth, against the median step before it."""
+    (growth,) = [r for r in events if r["type"] == "growth"]
+    before = [o for o in events if o["type"] == "observation" and o["generation"] == 0]
+    step_s = statistics.median(w[2] for w in window_rates(before)[1:])
+    return [
+        f"{growth['op']['op']} ({name.split('-', maxsplit=1)[0].upper()})",
+        f"{growth['params_before']:,} → {growth['params_after']:,}",
+        f"{step_s * 1e3:.1f}",
+        f"{growth['pause_s']:.3f}",
+        f"{growth['pause_s'] / step_s:.1f}×",
+        f"{growth['transform_s']:.3f}",
+        f"{growth['checkpoint_s']:.3f}",
+        f"{growth['eval_s']:.3f}",
+        f"{growth['first_step_s'] * 1e3:.1f}",
+        f"{abs(growth['val_loss_after'] - growth['val_loss_before']):.1e}",
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--steps", type=int, default=900, help="Ray loop steps before growth")
@@ -235,26 +254,7 @@ def main() -> None:
     ]
     model = build_model(MODEL_1M, TASK)
 
-    # -- growth pause -------------------------------------------------------------------------
-    pause_rows = []
-    for name, events in runs.items():
-        (growth,) = [r for r in events if r["type"] == "growth"]
-        before = [o for o in events if o["type"] == "observation" and o["generation"] == 0]
-        step_s = statistics.median(w[2] for w in window_rates(before)[1:])
-        pause_rows.append(
-            [
-                f"{growth['op']['op']} ({name.split('-')[0].upper()})",
-                f"{growth['params_before']:,} → {growth['params_after']:,}",
-                f"{step_s * 1e3:.1f}",
-                f"{growth['pause_s']:.3f}",
-                f"{growth['pause_s'] / step_s:.1f}×",
-                f"{growth['transform_s']:.3f}",
-                f"{growth['checkpoint_s']:.3f}",
-                f"{growth['eval_s']:.3f}",
-                f"{growth['first_step_s'] * 1e3:.1f}",
-                f"{abs(growth['val_loss_after'] - growth['val_loss_before']):.1e}",
-            ]
-        )
+    pause_rows = [pause_row(name, events) for name, events in runs.items()]
 
     body = (
         f"Data: {args.samples:,} samples × {FEATURES} features in 10k-sample shards (plus 2,000 "
