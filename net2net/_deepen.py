@@ -91,42 +91,19 @@ def plan_deepen(an: Analysis, after: str, op: str = "deepen") -> DeepenPlan:
             f"{op}: module {after!r} does not output a batched tensor (shape {shape}); deepen "
             "after a layer with a (batch, features) or (batch, channels, ...) output"
         )
-    rank = len(shape)
-    layout = an.state.layouts.get(node, {})
-    if rank >= 3 and 1 in layout and rank <= 5:
-        kind, ch = f"conv{rank - 2}d", 1
-    elif rank == 2 or (rank - 1) in layout:
-        kind, ch = "linear", rank - 1
-    elif 3 <= rank <= 5:
-        kind, ch = f"conv{rank - 2}d", 1
-    else:
-        raise GrowthError(f"{op}: cannot tell the channel dim of {after!r}'s output {shape}")
+    kind, ch = _kind_and_channel_dim(an, node, shape, after, op)
     module = modules[after]
     handler = handler_for(module) if node.op == "call_module" else None
     activation: nn.Module | None = None
-    body_activation: nn.Module | None = None
     refusal: str | None = None
-    identity_exact = True
     if handler is not None and handler.activation:
         activation = body_activation = module
-        if not handler.idempotent:
-            identity_exact = False
-            name = type(module).__name__
-            refusal = (
-                f"{op}: style='identity' after {after!r} ({name}) is not exact, because "
-                f"{name}({name}(v)) != {name}(v); use style='residual' (x + f(x) with f's last "
-                "layer at zero is exact for any activation)"
-            )
+        refusal = None if handler.idempotent else _identity_refusal(module, after, op)
     else:
         body_activation = _downstream_activation(an, node)
     bn: nn.Module | None = None
-    if handler is not None and handler.activation and (kind != "linear" or rank == 2):
-        src = node.args[0] if node.args else None
-        if isinstance(src, fx.Node) and src.op == "call_module":
-            prev = an.gm.get_submodule(str(src.target))
-            h = handler_for(prev)
-            if h is not None and h.batch_norm and an.state.shapes.get(src) == shape:
-                bn = prev
+    if activation is not None and (kind != "linear" or len(shape) == 2):
+        bn = _feeding_batch_norm(an, node, shape)
     return DeepenPlan(
         after=after,
         kind=kind,
@@ -135,10 +112,46 @@ def plan_deepen(an: Analysis, after: str, op: str = "deepen") -> DeepenPlan:
         activation=activation,
         body_activation=body_activation,
         batch_norm=bn,
-        identity_exact=identity_exact,
+        identity_exact=refusal is None,
         identity_refusal=refusal,
         template=_template(an, node),
     )
+
+
+def _kind_and_channel_dim(
+    an: Analysis, node: fx.Node, shape: tuple[int, ...], after: str, op: str
+) -> tuple[str, int]:
+    """The layer that fits the output (``"linear"`` or ``"conv{n}d"``) and its channel dim."""
+    rank = len(shape)
+    layout = an.state.layouts.get(node, {})
+    if rank >= 3 and 1 in layout and rank <= 5:
+        return f"conv{rank - 2}d", 1
+    if rank == 2 or (rank - 1) in layout:
+        return "linear", rank - 1
+    if 3 <= rank <= 5:
+        return f"conv{rank - 2}d", 1
+    raise GrowthError(f"{op}: cannot tell the channel dim of {after!r}'s output {shape}")
+
+
+def _identity_refusal(activation: nn.Module, after: str, op: str) -> str:
+    """Why style='identity' is not exact after an activation that is not idempotent."""
+    name = type(activation).__name__
+    return (
+        f"{op}: style='identity' after {after!r} ({name}) is not exact, because "
+        f"{name}({name}(v)) != {name}(v); use style='residual' (x + f(x) with f's last "
+        "layer at zero is exact for any activation)"
+    )
+
+
+def _feeding_batch_norm(an: Analysis, node: fx.Node, shape: tuple[int, ...]) -> nn.Module | None:
+    """The BatchNorm module that feeds the activation ``node`` directly, at the same shape."""
+    src = node.args[0] if node.args else None
+    if isinstance(src, fx.Node) and src.op == "call_module":
+        prev = an.gm.get_submodule(str(src.target))
+        h = handler_for(prev)
+        if h is not None and h.batch_norm and an.state.shapes.get(src) == shape:
+            return prev
+    return None
 
 
 def _downstream_activation(an: Analysis, node: fx.Node) -> nn.Module | None:
@@ -382,38 +395,11 @@ def deepen_impl(
         torch.manual_seed(derive_seed(seed, "deepen", after))
         block = build_block(plan, style, "cpu")
     student = copy_model(model, "deepen")
-    if style == "identity":
-        seq = block
-        assert isinstance(seq, nn.Sequential)
-        _identity_(seq[0], plan.kind)
-        if plan.batch_norm is not None:
-            _calibrate_(seq[1], student, after, batches, plan.channel_dim)
-    else:
-        assert isinstance(block, Residual)
-        last = cast(nn.Linear | nn.modules.conv._ConvNd, cast(nn.Sequential, block.body)[-1])
-        with torch.no_grad():
-            last.weight.zero_()
-            if last.bias is not None:
-                last.bias.zero_()
+    _initialise_block_(block, plan, style, student, batches)
     block = block.to(device=device, dtype=dtype)
     inserted, renamed = insert_after(student, after, block)
     err = verify("deepen", an.output, student, inputs) if check else float("nan")
-    sources: dict[str, str | None] = {}
-    plans: dict[str, ParamPlan] = {}
-    new_names: list[str] = []
-    for name, _ in student.named_parameters():
-        if name.startswith(inserted + "."):
-            sources[name] = None
-            new_names.append(name)
-            plans[name] = ParamPlan(None, template=plan.template)
-            continue
-        old = name
-        for old_prefix, new_prefix in renamed.items():
-            if name.startswith(new_prefix + "."):
-                old = old_prefix + name[len(new_prefix) :]
-        sources[name] = old
-        if old != name:
-            plans[name] = ParamPlan(old)
+    sources, plans = _param_sources(student, inserted, renamed, plan.template)
     record: dict[str, Any] = {
         "op": "deepen",
         "format": RECORD_FORMAT,
@@ -432,7 +418,52 @@ def deepen_impl(
         record=record,
         max_abs_error=err,
         exact=True,
-        new_param_names=new_names,
+        new_param_names=[name for name, old in sources.items() if old is None],
         param_sources=sources,
         plans=plans,
     )
+
+
+def _initialise_block_(
+    block: nn.Module,
+    plan: DeepenPlan,
+    style: str,
+    student: nn.Module,
+    batches: list[tuple[torch.Tensor, ...]],
+) -> None:
+    """Make the new block compute the identity: an identity layer (its BatchNorm calibrated on
+    ``student``), or a residual branch whose last layer is zero."""
+    if style == "identity":
+        assert isinstance(block, nn.Sequential)
+        _identity_(block[0], plan.kind)
+        if plan.batch_norm is not None:
+            _calibrate_(block[1], student, plan.after, batches, plan.channel_dim)
+        return
+    assert isinstance(block, Residual)
+    last = cast(nn.Linear | nn.modules.conv._ConvNd, cast(nn.Sequential, block.body)[-1])
+    with torch.no_grad():
+        last.weight.zero_()
+        if last.bias is not None:
+            last.bias.zero_()
+
+
+def _param_sources(
+    student: nn.Module, inserted: str, renamed: dict[str, str], template: str | None
+) -> tuple[dict[str, str | None], dict[str, ParamPlan]]:
+    """Each parameter's old name (None: in the inserted block), and the plans of the inserted
+    and renamed ones."""
+    sources: dict[str, str | None] = {}
+    plans: dict[str, ParamPlan] = {}
+    for name, _ in student.named_parameters():
+        if name.startswith(inserted + "."):
+            sources[name] = None
+            plans[name] = ParamPlan(None, template=template)
+            continue
+        old = name
+        for old_prefix, new_prefix in renamed.items():
+            if name.startswith(new_prefix + "."):
+                old = old_prefix + name[len(new_prefix) :]
+        sources[name] = old
+        if old != name:
+            plans[name] = ParamPlan(old)
+    return sources, plans

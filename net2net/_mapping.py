@@ -225,35 +225,73 @@ def grow_tensor(
         scale == "matched" and random_idx is not None and random_idx.numel() > 0
     )
     std = _std(t, axes.out, "matched") if need_std else 0.0
+    t = _gather(t, axes, o, i, in_groups)
+    if i is not None and axes.in_ is not None and bool(i.random_cols.any()):
+        t = _random_cols(t, axes.out, axes.in_, i, in_groups, gen=gen, scale=scale)
+    if o is not None and axes.out is not None and random_idx is not None:
+        idx = random_idx.to(t.device)
+        if axes.fresh == "random":
+            _random_rows_(t, axes.out, idx, copies_idx, std=std, noise=noise, gen=gen, scale=scale)
+        elif idx.numel():  # "zero": the biases of random new units
+            t.index_fill_(axes.out, idx, 0.0)
+    return t.contiguous()
+
+
+def _gather(
+    t: torch.Tensor, axes: ParamAxes, o: AxisMap | None, i: AxisMap | None, in_groups: int
+) -> torch.Tensor:
+    """Rows taken by the out mapping, columns by the in mapping times their outgoing share."""
     dev = t.device
     if o is not None and i is not None and in_groups == 1 and (axes.out, axes.in_) == (0, 1):
         t = t[o.index.to(dev)[:, None], i.index.to(dev)[None, :]]  # both axes in one gather
         t.mul_(_view(i.share.to(device=dev, dtype=t.dtype), 1, t.dim()))
-    else:
-        if o is not None:
-            assert axes.out is not None
-            t = t.index_select(axes.out, o.index.to(dev))
-        if i is not None:
-            assert axes.in_ is not None
-            t = gather_in(t, axes.in_, i, in_groups, i.share)
-    if i is not None and axes.in_ is not None and bool(i.random_cols.any()):
-        cstd = _std(t, axes.out, scale)
-        if in_groups == 1:
-            idx = i.random_cols.nonzero().view(-1).to(dev)
-            t.index_copy_(axes.in_, idx, _randn_rows(t, axes.in_, idx, gen) * cstd)
-        else:
-            mask = _cols_mask(i.random_cols.to(dev), t, axes.in_, in_groups)
-            draw = torch.randn(t.shape, generator=gen).to(dev, t.dtype)
-            t = torch.where(mask, draw * cstd, t)
-    if o is not None and axes.out is not None and random_idx is not None:
-        idx = random_idx.to(dev)
-        if axes.fresh == "random":
-            if idx.numel():
-                rstd = std if scale == "matched" else _default_std(t, axes.out)
-                t.index_copy_(axes.out, idx, _randn_rows(t, axes.out, idx, gen) * rstd)
-            if copies_idx is not None and copies_idx.numel():
-                cidx = copies_idx.to(dev)
-                t.index_add_(axes.out, cidx, _randn_rows(t, axes.out, cidx, gen) * (noise * std))
-        elif idx.numel():  # "zero": the biases of random new units
-            t.index_fill_(axes.out, idx, 0.0)
-    return t.contiguous()
+        return t
+    if o is not None:
+        assert axes.out is not None
+        t = t.index_select(axes.out, o.index.to(dev))
+    if i is not None:
+        assert axes.in_ is not None
+        t = gather_in(t, axes.in_, i, in_groups, i.share)
+    return t
+
+
+def _random_cols(
+    t: torch.Tensor,
+    out_axis: int | None,
+    in_axis: int,
+    i: AxisMap,
+    in_groups: int,
+    *,
+    gen: torch.Generator,
+    scale: str,
+) -> torch.Tensor:
+    """The new input columns that start random, drawn."""
+    dev = t.device
+    cstd = _std(t, out_axis, scale)
+    if in_groups == 1:
+        idx = i.random_cols.nonzero().view(-1).to(dev)
+        t.index_copy_(in_axis, idx, _randn_rows(t, in_axis, idx, gen) * cstd)
+        return t
+    mask = _cols_mask(i.random_cols.to(dev), t, in_axis, in_groups)
+    draw = torch.randn(t.shape, generator=gen).to(dev, t.dtype)
+    return torch.where(mask, draw * cstd, t)
+
+
+def _random_rows_(
+    t: torch.Tensor,
+    out_axis: int,
+    idx: torch.Tensor,
+    copies_idx: torch.Tensor | None,
+    *,
+    std: float,
+    noise: float,
+    gen: torch.Generator,
+    scale: str,
+) -> None:
+    """The new rows that start random, drawn; then noise on the rows that are copies."""
+    if idx.numel():
+        rstd = std if scale == "matched" else _default_std(t, out_axis)
+        t.index_copy_(out_axis, idx, _randn_rows(t, out_axis, idx, gen) * rstd)
+    if copies_idx is not None and copies_idx.numel():
+        cidx = copies_idx.to(t.device)
+        t.index_add_(out_axis, cidx, _randn_rows(t, out_axis, cidx, gen) * (noise * std))

@@ -7,7 +7,7 @@ the way. Anything without a rule blocks the groups that reach it (the refusal na
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, cast
 
 import torch
@@ -297,6 +297,7 @@ def _getitem(ctx: OpContext) -> Layout:
 
 
 def _register() -> None:
+    """The built-in rules, as a table: each rule and the functions and tensor methods it covers."""
     unary_functions: list[Any] = [
         torch.relu,
         torch.relu_,
@@ -338,9 +339,7 @@ def _register() -> None:
         operator.neg,
         operator.pos,
     ]
-    for f in unary_functions:
-        FUNCTIONS[f] = _unary
-    for f in (
+    elementwise_functions = (
         operator.add,
         operator.sub,
         operator.mul,
@@ -357,77 +356,64 @@ def _register() -> None:
         torch.minimum,
         torch.pow,
         operator.pow,
-    ):
-        FUNCTIONS[f] = _elementwise
-    FUNCTIONS[torch.where] = _where
-    for f in (torch.cat, torch.concat, torch.concatenate):
-        FUNCTIONS[f] = _cat
-    FUNCTIONS[torch.stack] = _stack
-    for f in (torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze, torch.unflatten):
-        FUNCTIONS[f] = _reshape
-    for f in (torch.permute, torch.transpose, torch.swapaxes, torch.t, torch.movedim):
-        FUNCTIONS[f] = _permute
-    for f in (torch.mean, torch.sum, torch.amax, torch.amin):
-        FUNCTIONS[f] = _reduce
-    for f, nd in (
-        (F.max_pool1d, 1),
-        (F.max_pool2d, 2),
-        (F.max_pool3d, 3),
-        (F.avg_pool1d, 1),
-        (F.avg_pool2d, 2),
-        (F.avg_pool3d, 3),
-        (F.adaptive_avg_pool1d, 1),
-        (F.adaptive_avg_pool2d, 2),
-        (F.adaptive_avg_pool3d, 3),
-        (F.adaptive_max_pool1d, 1),
-        (F.adaptive_max_pool2d, 2),
-        (F.adaptive_max_pool3d, 3),
-        (F.interpolate, None),
-    ):
-        FUNCTIONS[f] = _spatial(nd)
-    FUNCTIONS[F.pad] = _pad
-    for f in (F.softmax, F.log_softmax, torch.softmax, torch.log_softmax):
-        FUNCTIONS[f] = _softmax
-    FUNCTIONS[operator.getitem] = _getitem
-    FUNCTIONS[getattr] = _no_tensor
-
-    for m in (
-        "relu",
-        "relu_",
-        "tanh",
-        "sigmoid",
-        "exp",
-        "abs",
-        "neg",
-        "square",
-        "sqrt",
-        "clamp",
-        "clamp_",
-        "clip",
-        "contiguous",
-        "clone",
-        "detach",
-        "float",
-        "double",
-        "half",
-        "bfloat16",
-        "to",
-        "type_as",
-        "requires_grad_",
-    ):
-        METHODS[m] = _unary
-    for m in ("add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "pow"):
-        METHODS[m] = _elementwise
-    for m in ("view", "reshape", "flatten", "unflatten", "squeeze", "unsqueeze", "view_as"):
-        METHODS[m] = _reshape
-    for m in ("permute", "transpose", "swapaxes", "swapdims", "t", "movedim"):
-        METHODS[m] = _permute
-    for m in ("mean", "sum", "amax", "amin"):
-        METHODS[m] = _reduce
-    for m in ("softmax", "log_softmax"):
-        METHODS[m] = _softmax
-    for m in ("size", "dim", "numel", "ndimension"):
-        METHODS[m] = _no_tensor
+    )
+    functions: list[tuple[OpRule, Iterable[Any]]] = [
+        (_unary, unary_functions),
+        (_elementwise, elementwise_functions),
+        (_where, [torch.where]),
+        (_cat, [torch.cat, torch.concat, torch.concatenate]),
+        (_stack, [torch.stack]),
+        (_reshape, [torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze, torch.unflatten]),
+        (_permute, [torch.permute, torch.transpose, torch.swapaxes, torch.t, torch.movedim]),
+        (_reduce, [torch.mean, torch.sum, torch.amax, torch.amin]),
+        (_spatial(1), [F.max_pool1d, F.avg_pool1d, F.adaptive_avg_pool1d, F.adaptive_max_pool1d]),
+        (_spatial(2), [F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d, F.adaptive_max_pool2d]),
+        (_spatial(3), [F.max_pool3d, F.avg_pool3d, F.adaptive_avg_pool3d, F.adaptive_max_pool3d]),
+        (_spatial(None), [F.interpolate]),  # spatial dims: all after (batch, channels)
+        (_pad, [F.pad]),
+        (_softmax, [F.softmax, F.log_softmax, torch.softmax, torch.log_softmax]),
+        (_getitem, [operator.getitem]),
+        (_no_tensor, [getattr]),
+    ]
+    methods: list[tuple[OpRule, Iterable[str]]] = [
+        (
+            _unary,
+            [
+                "relu",
+                "relu_",
+                "tanh",
+                "sigmoid",
+                "exp",
+                "abs",
+                "neg",
+                "square",
+                "sqrt",
+                "clamp",
+                "clamp_",
+                "clip",
+                "contiguous",
+                "clone",
+                "detach",
+                "float",
+                "double",
+                "half",
+                "bfloat16",
+                "to",
+                "type_as",
+                "requires_grad_",
+            ],
+        ),
+        (_elementwise, ["add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "pow"]),
+        (_reshape, ["view", "reshape", "flatten", "unflatten", "squeeze", "unsqueeze", "view_as"]),
+        (_permute, ["permute", "transpose", "swapaxes", "swapdims", "t", "movedim"]),
+        (_reduce, ["mean", "sum", "amax", "amin"]),
+        (_softmax, ["softmax", "log_softmax"]),
+        (_no_tensor, ["size", "dim", "numel", "ndimension"]),
+    ]
+    for rule, targets in functions:
+        FUNCTIONS.update(dict.fromkeys(targets, rule))
+    for rule, names in methods:
+        METHODS.update(dict.fromkeys(names, rule))
 
 
 _register()

@@ -127,12 +127,35 @@ def transfer_optimizer(
             "new optimizer with the same hyper-parameters and no state)"
         )
     old_names = {id(p): n for n, p in old_model.named_parameters()}
-    old_params = dict(old_model.named_parameters())
-    new_params = dict(grown.model.named_parameters())
     by_old: dict[str, list[str]] = {}
     for new_name, old_name in grown.param_sources.items():
         if old_name is not None:
             by_old.setdefault(old_name, []).append(new_name)
+    new_opt = _construct(optimizer, _param_groups(optimizer, grown, old_names, by_old))
+    if policy == "carry":
+        assert rules is not None
+        _carry_state(
+            optimizer,
+            new_opt,
+            grown,
+            old_model=old_model,
+            rules=rules,
+            old_names=old_names,
+            by_old=by_old,
+        )
+    return new_opt
+
+
+def _param_groups(
+    optimizer: torch.optim.Optimizer,
+    grown: Grown,
+    old_names: dict[int, str],
+    by_old: dict[str, list[str]],
+) -> list[dict[str, Any]]:
+    """The optimizer's param groups over the grown parameters: each old parameter's successors
+    in its group, each new parameter in the group of the old one it was modelled on (or the
+    first)."""
+    new_params = dict(grown.model.named_parameters())
     groups: list[dict[str, Any]] = []
     group_of_old: dict[str, int] = {}
     for gi, group in enumerate(optimizer.param_groups):
@@ -153,10 +176,22 @@ def transfer_optimizer(
         template = plan.template if plan is not None else None
         gi = group_of_old.get(template or "", 0)
         groups[gi]["params"].append(new_params[name])
-    new_opt = _construct(optimizer, groups)
-    if policy == "reset":
-        return new_opt
-    assert rules is not None
+    return groups
+
+
+def _carry_state(
+    optimizer: torch.optim.Optimizer,
+    new_opt: torch.optim.Optimizer,
+    grown: Grown,
+    *,
+    old_model: nn.Module,
+    rules: dict[str, int],
+    old_names: dict[int, str],
+    by_old: dict[str, list[str]],
+) -> None:
+    """Put each old parameter's state, remapped, on its successors in ``new_opt``."""
+    old_params = dict(old_model.named_parameters())
+    new_params = dict(grown.model.named_parameters())
     for old_p, st in optimizer.state.items():
         old_name = old_names.get(id(old_p))
         if old_name is None:
@@ -164,17 +199,23 @@ def transfer_optimizer(
         for new_name in by_old.get(old_name, []):
             plan = grown.plans.get(new_name, ParamPlan(old_name))
             _check_shapes(old_params[old_name], plan, old_name)
-            new_p = new_params[new_name]
-            carried: dict[str, Any] = {}
-            for key, value in st.items():
-                if isinstance(value, torch.Tensor) and key in rules and value.shape == old_p.shape:
-                    carried[key] = remap_state(value, plan, rules[key])
-                elif isinstance(value, torch.Tensor):
-                    carried[key] = value.clone()
-                else:
-                    carried[key] = value
-            new_opt.state[new_p] = carried
-    return new_opt
+            new_opt.state[new_params[new_name]] = _carried(st, old_p, plan, rules)
+
+
+def _carried(
+    st: dict[str, Any], old_p: torch.Tensor, plan: ParamPlan, rules: dict[str, int]
+) -> dict[str, Any]:
+    """One parameter's state on a successor: the gradient-shaped tensors of the rules remapped,
+    other tensors copied, scalars kept."""
+    carried: dict[str, Any] = {}
+    for key, value in st.items():
+        if isinstance(value, torch.Tensor) and key in rules and value.shape == old_p.shape:
+            carried[key] = remap_state(value, plan, rules[key])
+        elif isinstance(value, torch.Tensor):
+            carried[key] = value.clone()
+        else:
+            carried[key] = value
+    return carried
 
 
 def _construct(

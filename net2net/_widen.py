@@ -84,39 +84,60 @@ def resolve_widths(
     """
     if (factor is None) == (widths is None):
         raise GrowthError(f"{op}: give exactly one of factor= or widths=")
-    by_name = {str(g["name"]): g for g in groups}
-    out: dict[str, int] = {}
     if factor is not None:
-        if isinstance(factor, bool) or not isinstance(factor, (int, float)):
-            raise GrowthError(f"{op}: factor must be a number >= 1, got {factor!r}")
-        if not math.isfinite(factor) or factor < 1:
-            raise GrowthError(
-                f"{op}: factor must be a finite number >= 1 (net2net only grows), got {factor!r}"
-            )
-        if not groups:
-            raise GrowthError(
-                f"{op}: the model has no width group that can grow"
-                + (f" ({_blocked_summary(blocked)})" if blocked else "")
-            )
-        for g in groups:
-            width = int(g["width"])
-            new = math.ceil(width * factor - 1e-9)
-            if g.get("integer_factor") and new % width:
-                raise GrowthError(
-                    f"{op}: {_norm_phrase(g)} normalises over group '{g['name']}' (width {width}), "
-                    f"which stays exact only if every unit is replicated equally often; factor "
-                    f"{factor} gives width {new}: use an integer factor, or widths= with a "
-                    f"multiple of {width} for this group"
-                )
-            mult = int(g.get("multiple_of", 1))
-            new = -(-new // mult) * mult
-            if new != width:
-                out[str(g["name"])] = new
-        return out
+        return _widths_for_factor(groups, blocked, factor, op)
     assert widths is not None
+    return _checked_widths(groups, blocked, widths, op)
+
+
+def _widths_for_factor(
+    groups: Sequence[Mapping[str, Any]],
+    blocked: Sequence[Mapping[str, Any]],
+    factor: float,
+    op: str,
+) -> dict[str, int]:
+    """Every growable group ×factor, rounded up (to its ``multiple_of``); the groups that change."""
+    if isinstance(factor, bool) or not isinstance(factor, (int, float)):
+        raise GrowthError(f"{op}: factor must be a number >= 1, got {factor!r}")
+    if not math.isfinite(factor) or factor < 1:
+        raise GrowthError(
+            f"{op}: factor must be a finite number >= 1 (net2net only grows), got {factor!r}"
+        )
+    if not groups:
+        raise GrowthError(
+            f"{op}: the model has no width group that can grow"
+            + (f" ({_blocked_summary(blocked)})" if blocked else "")
+        )
+    out: dict[str, int] = {}
+    for g in groups:
+        width = int(g["width"])
+        new = math.ceil(width * factor - 1e-9)
+        if g.get("integer_factor") and new % width:
+            raise GrowthError(
+                f"{op}: {_norm_phrase(g)} normalises over group '{g['name']}' (width {width}), "
+                f"which stays exact only if every unit is replicated equally often; factor "
+                f"{factor} gives width {new}: use an integer factor, or widths= with a "
+                f"multiple of {width} for this group"
+            )
+        mult = int(g.get("multiple_of", 1))
+        new = -(-new // mult) * mult
+        if new != width:
+            out[str(g["name"])] = new
+    return out
+
+
+def _checked_widths(
+    groups: Sequence[Mapping[str, Any]],
+    blocked: Sequence[Mapping[str, Any]],
+    widths: Mapping[str, int],
+    op: str,
+) -> dict[str, int]:
+    """Exactly the listed groups, each width checked; the groups that change."""
     if not isinstance(widths, Mapping):
         raise GrowthError(f"{op}: widths must be a dict of group name -> new width")
+    by_name = {str(g["name"]): g for g in groups}
     blocked_by_name = {str(b["name"]): b for b in blocked}
+    out: dict[str, int] = {}
     for name, new in widths.items():
         if name not in by_name:
             if name in blocked_by_name:
@@ -125,31 +146,34 @@ def resolve_widths(
                 f"{op}: no width group named {name!r}; the groups that can grow are: "
                 f"{', '.join(sorted(by_name)) or 'none'}"
             )
-        g = by_name[name]
-        width = int(g["width"])
-        if isinstance(new, bool) or not isinstance(new, int):
-            raise GrowthError(f"{op}: the width for group {name!r} must be an int, got {new!r}")
-        if new < width:
-            raise GrowthError(
-                f"{op}: group {name!r} has width {width}; {new} would shrink it, and net2net "
-                "only grows"
-            )
-        mult = int(g.get("multiple_of", 1))
-        if new % mult:
-            because = ", ".join(repr(x) for x in g.get("multiple_of_because", [])) or "a conv"
-            raise GrowthError(
-                f"{op}: grouped conv {because} splits group {name!r} into {mult} blocks; use a "
-                f"width that is a multiple of {mult} (e.g. {-(-new // mult) * mult})"
-            )
-        if g.get("integer_factor") and new % width:
-            raise GrowthError(
-                f"{op}: {_norm_phrase(g)} normalises over group {name!r} (width {width}), which "
-                f"stays exact only if every unit is replicated equally often; use a width that "
-                f"is a multiple of {width} (e.g. {-(-new // width) * width}), not {new}"
-            )
-        if new != width:
+        _check_width(by_name[name], name, new, op)
+        if new != int(by_name[name]["width"]):
             out[name] = new
     return out
+
+
+def _check_width(g: Mapping[str, Any], name: str, new: int, op: str) -> None:
+    """``new`` is a width group ``g`` can grow to: an int, no smaller, fitting its constraints."""
+    width = int(g["width"])
+    if isinstance(new, bool) or not isinstance(new, int):
+        raise GrowthError(f"{op}: the width for group {name!r} must be an int, got {new!r}")
+    if new < width:
+        raise GrowthError(
+            f"{op}: group {name!r} has width {width}; {new} would shrink it, and net2net only grows"
+        )
+    mult = int(g.get("multiple_of", 1))
+    if new % mult:
+        because = ", ".join(repr(x) for x in g.get("multiple_of_because", [])) or "a conv"
+        raise GrowthError(
+            f"{op}: grouped conv {because} splits group {name!r} into {mult} blocks; use a "
+            f"width that is a multiple of {mult} (e.g. {-(-new // mult) * mult})"
+        )
+    if g.get("integer_factor") and new % width:
+        raise GrowthError(
+            f"{op}: {_norm_phrase(g)} normalises over group {name!r} (width {width}), which "
+            f"stays exact only if every unit is replicated equally often; use a width that "
+            f"is a multiple of {width} (e.g. {-(-new // width) * width}), not {new}"
+        )
 
 
 def _norm_phrase(g: Mapping[str, Any]) -> str:
@@ -283,18 +307,10 @@ def widen_impl(
     mode = check_init(init, noise, split)
     inputs = as_inputs(example_input)
     an = analyse(model, inputs, "widen")
+    _check_expected_widths(an, expect or {})
     growable = [g for g in an.groups.values() if g.growable]
-    current = {g.name: g.width for g in an.groups.values()}
-    for name, old in (expect or {}).items():
-        if current.get(name) != old:
-            raise GrowthError(
-                f"widen: the record expects group {name!r} at width {old}, but the model has "
-                f"{current.get(name, 'no such group')}; replay the records in order on the base "
-                "model they were made from"
-            )
     blocked = [blocked_spec(g) for g in an.groups.values() if not g.growable]
     targets = resolve_widths([group_spec(g) for g in growable], blocked, factor, widths)
-    maps: dict[int, GroupMap] = {}
     notes: list[str] = []
     if factor is not None:
         notes += [
@@ -302,10 +318,92 @@ def widen_impl(
             for b in blocked
             if "is an output of the model" not in str(b["reason"])
         ]
+    maps, inexact_noise = _group_maps(
+        [g for g in growable if g.name in targets],
+        targets,
+        mode,
+        noise=noise,
+        split=split,
+        seed=seed,
+        notes=notes,
+    )
+    student = copy_model(model, "widen")
+    plans = apply_maps(
+        an, student, maps, noise=noise if mode.incoming == "copy" else 0.0, seed=seed
+    )
+    err = verify("widen", an.output, student, inputs) if check else float("nan")
+    record = _widen_record(
+        inputs, maps, factor=factor, init=init, noise=noise, split=split, seed=seed
+    )
+    names = [n for n, _ in student.named_parameters()]
+    return Grown(
+        model=student,
+        record=record,
+        max_abs_error=err,
+        exact=_exact(mode, bool(maps), noise=noise, inexact_noise=inexact_noise),
+        widths={m.name: (m.old, m.new) for m in maps.values()},
+        mappings={m.name: m.src.clone() for m in maps.values()},
+        shares={m.name: m.share.clone() for m in maps.values()},
+        new_param_names=[],
+        param_sources={n: n for n in names},
+        notes=notes,
+        plans=plans,
+    )
+
+
+def _widen_record(
+    inputs: tuple[torch.Tensor, ...],
+    maps: Mapping[int, GroupMap],
+    *,
+    factor: float | None,
+    init: str,
+    noise: float,
+    split: str,
+    seed: int,
+) -> dict[str, Any]:
+    """The growth record: enough to replay the widen on the base model (``net2net.replay``)."""
+    record: dict[str, Any] = {
+        "op": "widen",
+        "format": RECORD_FORMAT,
+        "input": input_spec(inputs),
+        "widths": {m.name: [m.old, m.new] for m in maps.values()},
+        "init": init,
+        "noise": float(noise),
+        "split": split,
+        "seed": int(seed),
+    }
+    if factor is not None:
+        record["factor"] = float(factor)
+    return record
+
+
+def _check_expected_widths(an: Analysis, expect: Mapping[str, int]) -> None:
+    """A replayed record starts from the widths it was made at."""
+    current = {g.name: g.width for g in an.groups.values()}
+    for name, old in expect.items():
+        if current.get(name) != old:
+            raise GrowthError(
+                f"widen: the record expects group {name!r} at width {old}, but the model has "
+                f"{current.get(name, 'no such group')}; replay the records in order on the base "
+                "model they were made from"
+            )
+
+
+def _group_maps(
+    growing: Sequence[GroupInfo],
+    targets: Mapping[str, int],
+    mode: InitMode,
+    *,
+    noise: float,
+    split: str,
+    seed: int,
+    notes: list[str],
+) -> tuple[dict[int, GroupMap], bool]:
+    """One mapping per growing group (by group id), and whether noise makes one inexact (a group
+    that a norm normalises). Appends a note for every group whose new units must be copies."""
+    maps: dict[int, GroupMap] = {}
     inexact_noise = False
-    for g in growable:
-        if g.name not in targets:
-            continue
+    for g in growing:
         incoming = mode.incoming
         if g.balanced_by and incoming == "random":
             incoming = "copy"
@@ -326,45 +424,18 @@ def widen_impl(
             split=split,
             seed=seed,
         )
-    student = copy_model(model, "widen")
-    plans = apply_maps(
-        an, student, maps, noise=noise if mode.incoming == "copy" else 0.0, seed=seed
-    )
-    err = verify("widen", an.output, student, inputs) if check else float("nan")
-    if not maps:
-        exact = True
-    elif mode.name == "net2net":
-        exact = noise == 0
-    elif mode.name == "copy_zero":
-        exact = not inexact_noise
-    else:
-        exact = mode.outgoing != "random"
-    record: dict[str, Any] = {
-        "op": "widen",
-        "format": RECORD_FORMAT,
-        "input": input_spec(inputs),
-        "widths": {m.name: [m.old, m.new] for m in maps.values()},
-        "init": init,
-        "noise": float(noise),
-        "split": split,
-        "seed": int(seed),
-    }
-    if factor is not None:
-        record["factor"] = float(factor)
-    names = [n for n, _ in student.named_parameters()]
-    return Grown(
-        model=student,
-        record=record,
-        max_abs_error=err,
-        exact=exact,
-        widths={m.name: (m.old, m.new) for m in maps.values()},
-        mappings={m.name: m.src.clone() for m in maps.values()},
-        shares={m.name: m.share.clone() for m in maps.values()},
-        new_param_names=[],
-        param_sources={n: n for n in names},
-        notes=notes,
-        plans=plans,
-    )
+    return maps, inexact_noise
+
+
+def _exact(mode: InitMode, grew: bool, *, noise: float, inexact_noise: bool) -> bool:
+    """Whether the widened model computes the same function (by construction, not measured)."""
+    if not grew:
+        return True
+    if mode.name == "net2net":
+        return noise == 0
+    if mode.name == "copy_zero":
+        return not inexact_noise
+    return mode.outgoing != "random"
 
 
 def apply_maps(
