@@ -39,7 +39,8 @@ here), ``--sweep`` (in-process, 3 seeds: about 20 minutes), ``--quick`` (1 seed,
 stage, every method in-process and the default once more through Ray, which must agree; writes
 nothing unless ``--write``), ``--methods`` to choose, ``--custom NAME:JSON`` for any variant,
 ``--engine local|ray|both``, ``--resume`` to finish an interrupted run, ``--report-only`` to
-rebuild the table from the stored per-run results (under ``$LIFELONG_BENCH_CACHE``).
+rebuild the table from the stored per-run results: ``bench/results/stream/<tag>`` (committed with
+the tables they produce) for the runs that write the page, ``$LIFELONG_BENCH_CACHE`` for quick ones.
 """
 
 from __future__ import annotations
@@ -509,10 +510,16 @@ def summarise(
 # ----------------------------------------------------------------------------- storage
 
 
-def results_dir(tag: str) -> Path:
+RESULTS = Path(__file__).resolve().parent / "results" / "stream"
+
+
+def results_dir(tag: str, *, kept: bool) -> Path:
+    """Where a run's per-run results go: ``bench/results/stream/<tag>`` for the runs whose tables
+    the benchmarks page shows (committed, so that ``--report-only`` rebuilds them from a clean
+    clone), the cache for quick and ad-hoc runs."""
     from bench._common import cache_dir
 
-    path = cache_dir() / "stream-results" / tag
+    path = (RESULTS if kept else cache_dir() / "stream-results") / tag
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -937,8 +944,8 @@ def _report_engine(
         + ")."
     )  # fmt: skip
     rebuilt = (
-        "Rebuilt from the per-run results stored by the same command without `--report-only` "
-        "(same code; nothing re-run)."
+        f"Rebuilt from the per-run results in `bench/results/stream/{args.tag_used}` (committed), "
+        "which the same command without `--report-only` stores: same code, nothing re-run."
     )
     extra = [
         runtime,
@@ -965,10 +972,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     steps = args.steps or (200 if args.quick else 1500)
     plan = _plan(args)
     tag = args.tag or f"{'sweep' if args.sweep else 'quick' if args.quick else 'full'}-{steps}"
-    folder = results_dir(tag)
+    args.tag_used = tag
+    folder = results_dir(tag, kept=not (args.quick or args.no_write))
     if not args.report_only:
         _run_all(plan, steps, folder, resume=args.resume)
     results = load_all(folder)
+    if not results:
+        raise SystemExit(
+            f"no per-run results under {folder}: run the same command without --report-only"
+        )
     for engine in plan.engines:
         _report_engine(args, plan, engine, results)
 
