@@ -187,66 +187,13 @@ class Controller:
         timeout = self._track(obs)
         if timeout is not None:
             return timeout
-        if self._failure is not None:
-            failure, self._failure = self._failure, None
-            return self._decide(
-                obs, None, "controller", failure, {}, key="growth_failed", notable=True, always=True
-            )
-        if self._pending is not None:
-            return self._decide(
-                obs,
-                None,
-                "controller",
-                f"waiting for the growth decided at step {self._pending['step']} to be applied",
-                {"pending_step": self._pending["step"]},
-                key="pending",
-                notable=False,
-            )
+        waiting = self._waiting(obs)
+        if waiting is not None:
+            return waiting
         shape, shape_error = self._shape(obs)
         if self._requests:
             return self._manual(obs, shape, self._requests.pop(0))
-
-        ctx = PolicyContext(obs, (*self._history[:-1], obs), self.config)
-        verdicts = [self._run_policy(name, ctx) for name in self.config.policies]
-        firing = next((v for v in verdicts if v.grow), None)
-        shrink_perturb = self._shrink_perturb_due(obs)
-        if firing is None:
-            return self._shrink_perturb(obs) if shrink_perturb else self._idle(obs, verdicts)
-
-        guard = self._time_guard(obs)
-        if guard is not None:
-            # A growth is wanted but must wait (warm-up, cooldown, ...): shrink-and-perturb waits
-            # too, so that it follows the growth, as measured (docs/learning.md).
-            state, text, numbers = guard
-            return self._decide(
-                obs,
-                None,
-                state,
-                f"{text}; {firing.policy} would grow: {firing.reason}",
-                {**firing.numbers, **numbers},
-                key=f"refused:{state}",
-                notable=True,
-            )
-
-        plan = self._plan(
-            obs, shape, self._limits(obs), target=firing.target_params, signals=obs.group_signals
-        )
-        if plan.op is None:
-            if shrink_perturb:
-                return self._shrink_perturb(obs)
-            return self._decide(
-                obs,
-                None,
-                plan.state,
-                f"{plan.description}; {firing.policy} would grow: {firing.reason}",
-                {**firing.numbers, **plan.numbers},
-                key=f"refused:{plan.state}",
-                notable=True,
-            )
-        note = f" (model summary unreadable: {shape_error})" if shape_error else ""
-        return self._grow(
-            obs, plan, firing.policy, f"{firing.reason}: {plan.description}{note}", firing.numbers
-        )
+        return self._automatic(obs, shape, shape_error)
 
     # ------------------------------------------------------------------ checkpointing
 
@@ -307,6 +254,66 @@ class Controller:
 
     def _pending_kind(self) -> str | None:
         return None if self._pending is None else str(self._pending["op"]["op"])
+
+    def _waiting(self, obs: Observation) -> Decision | None:
+        """The failure of the last growth, to report once; or the growth still pending."""
+        if self._failure is not None:
+            failure, self._failure = self._failure, None
+            return self._decide(
+                obs, None, "controller", failure, {}, key="growth_failed", notable=True, always=True
+            )
+        if self._pending is not None:
+            return self._decide(
+                obs,
+                None,
+                "controller",
+                f"waiting for the growth decided at step {self._pending['step']} to be applied",
+                {"pending_step": self._pending["step"]},
+                key="pending",
+                notable=False,
+            )
+        return None
+
+    def _automatic(
+        self, obs: Observation, shape: ModelShape | None, shape_error: str | None
+    ) -> Decision:
+        """Steps 4 to 7 of the module docstring: policies, guards, plan, shrink-and-perturb."""
+        ctx = PolicyContext(obs, (*self._history[:-1], obs), self.config)
+        verdicts = [self._run_policy(name, ctx) for name in self.config.policies]
+        firing = next((v for v in verdicts if v.grow), None)
+        shrink_perturb = self._shrink_perturb_due(obs)
+        if firing is None:
+            return self._shrink_perturb(obs) if shrink_perturb else self._idle(obs, verdicts)
+        guard = self._time_guard(obs)
+        if guard is not None:
+            # A growth is wanted but must wait (warm-up, cooldown, ...): shrink-and-perturb waits
+            # too, so that it follows the growth, as measured (docs/learning.md).
+            return self._wanted_but_refused(obs, firing, *guard)
+        plan = self._plan(
+            obs, shape, self._limits(obs), target=firing.target_params, signals=obs.group_signals
+        )
+        if plan.op is None:
+            if shrink_perturb:
+                return self._shrink_perturb(obs)
+            return self._wanted_but_refused(obs, firing, plan.state, plan.description, plan.numbers)
+        note = f" (model summary unreadable: {shape_error})" if shape_error else ""
+        return self._grow(
+            obs, plan, firing.policy, f"{firing.reason}: {plan.description}{note}", firing.numbers
+        )
+
+    def _wanted_but_refused(
+        self, obs: Observation, firing: Verdict, state: str, text: str, numbers: Numbers
+    ) -> Decision:
+        """A policy wants growth and a guard or a limit refuses it: notable, with both reasons."""
+        return self._decide(
+            obs,
+            None,
+            state,
+            f"{text}; {firing.policy} would grow: {firing.reason}",
+            {**firing.numbers, **numbers},
+            key=f"refused:{state}",
+            notable=True,
+        )
 
     def _track(self, obs: Observation) -> Decision | None:
         """Bookkeeping; returns a decision only when a pending growth timed out."""

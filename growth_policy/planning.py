@@ -170,78 +170,25 @@ def plan_widen(
     before = obs.param_count
     if shape is None:
         return _plan_widen_blind(obs, config, limits, target_params)
-
-    eligible = [g.name for g in shape.groups]
-    note = ""
-    extra: Numbers = {}
-    if not eligible:
-        return _refuse(
-            "no_groups", "the model has no width group that can grow", before, before, {}
-        )
-    if cfg.mode == "saturated":
-        reported = signals or {}
-        if not any(g in reported for g in eligible):
-            note = f"no {config.saturation.signal} signals reported, so all groups"
-        else:
-            eligible, extra = saturated_groups(shape, reported, config)
-            if not eligible:
-                top = max((float(v) for v in extra.values()), default=0.0)
-                return _refuse(
-                    "not_saturated",
-                    f"no width group is saturated: highest {config.saturation.signal} "
-                    f"{num(top)} < {num(config.saturation.threshold)}",
-                    before,
-                    before,
-                    extra,
-                )
-    if cfg.max_width is not None:
-        at_limit = [g for g in eligible if shape.group(g).width >= cfg.max_width]
-        eligible = [g for g in eligible if g not in at_limit]
-        if not eligible:
-            return _refuse(
-                "max_width",
-                f"every width group that could grow is at the width limit {cfg.max_width}",
-                before,
-                before,
-                {"max_width": cfg.max_width},
-            )
-
-    base = shape.count()
-
-    def widths(f: float) -> dict[str, int]:
-        out = shape.widths_for_factor(f, eligible)
-        if cfg.max_width is not None:
-            out = {g: min(w, cfg.max_width) for g, w in out.items()}
-        return out
-
-    def params(f: float) -> int:
-        return before + shape.count(widths(f)) - base
-
-    def units(f: float) -> int:
-        return activation_units(shape, widths(f))
-
-    desired = cfg.factor
-    if cfg.mode == "target" and target_params is not None and target_params > before:
-        desired = _smallest_factor_reaching(params, target_params, cfg.min_factor, cfg.max_factor)
-    factor, refusal = _fit(config, limits, desired, params=params, units=units, before=before)
+    eligible, note, extra, refusal = _eligible_groups(before, shape, config, signals or {})
     if refusal is not None:
         return refusal
-    new = widths(factor)
-    changed = {g: w for g, w in new.items() if w != shape.group(g).width}
+    w = _Widening(shape, eligible, cfg.max_width, before, shape.count())
+    desired = cfg.factor
+    if cfg.mode == "target" and target_params is not None and target_params > before:
+        desired = _smallest_factor_reaching(w.params, target_params, cfg.min_factor, cfg.max_factor)
+    factor, refusal = _fit(config, limits, desired, params=w.params, units=w.units, before=before)
+    if refusal is not None:
+        return refusal
+    changed = {g: x for g, x in w.widths(factor).items() if x != shape.group(g).width}
     if not changed:
         return _refuse("no_change", "widening would change no width", before, before, {})
-    after = params(factor)
+    after = w.params(factor)
     uniform = len(eligible) == len(shape.groups) and changed == _net2net_factor_widths(
         shape, factor
     )
     op = _widen_op(config, factor, None) if uniform else _widen_op(config, None, changed)
-    if uniform:
-        what = f"widening all groups ×{num(factor)}"
-    else:
-        listed = ", ".join(f"{g} {shape.group(g).width}→{w}" for g, w in changed.items())
-        what = f"widening {len(changed)} of {len(shape.groups)} groups ({listed})"
-    if note:
-        what += f" ({note})"
+    what = _widen_text(shape, changed, factor if uniform else None, note)
     if factor < desired:
         what += f" (×{num(desired)} capped to fit)"
     numbers: Numbers = {
@@ -257,6 +204,89 @@ def plan_widen(
     return Plan(
         op, "widen", f"{what}, {count(before)} → {count(after)} parameters", before, after, numbers
     )
+
+
+def _eligible_groups(
+    before: int,
+    shape: ModelShape,
+    config: GrowthPolicyConfig,
+    signals: Mapping[str, Mapping[str, float]],
+) -> tuple[list[str], str, Numbers, Plan | None]:
+    """The groups the widen mode picks, below ``max_width``; a note for the reason, the signal
+    values it read, and the refusal when no group is left."""
+    cfg = config.widen
+    eligible = [g.name for g in shape.groups]
+    note = ""
+    extra: Numbers = {}
+    if not eligible:
+        refusal = _refuse(
+            "no_groups", "the model has no width group that can grow", before, before, {}
+        )
+        return eligible, note, extra, refusal
+    if cfg.mode == "saturated":
+        if not any(g in signals for g in eligible):
+            note = f"no {config.saturation.signal} signals reported, so all groups"
+        else:
+            eligible, extra = saturated_groups(shape, signals, config)
+            if not eligible:
+                top = max((float(v) for v in extra.values()), default=0.0)
+                refusal = _refuse(
+                    "not_saturated",
+                    f"no width group is saturated: highest {config.saturation.signal} "
+                    f"{num(top)} < {num(config.saturation.threshold)}",
+                    before,
+                    before,
+                    extra,
+                )
+                return eligible, note, extra, refusal
+    if cfg.max_width is not None:
+        eligible = [g for g in eligible if shape.group(g).width < cfg.max_width]
+        if not eligible:
+            refusal = _refuse(
+                "max_width",
+                f"every width group that could grow is at the width limit {cfg.max_width}",
+                before,
+                before,
+                {"max_width": cfg.max_width},
+            )
+            return eligible, note, extra, refusal
+    return eligible, note, extra, None
+
+
+@dataclass(frozen=True)
+class _Widening:
+    """What widening ``groups`` ×f gives: widths (capped at ``max_width``), parameters after
+    (``before`` adjusted by the exact change from ``base``, the shape's count), activation units."""
+
+    shape: ModelShape
+    groups: list[str]
+    max_width: int | None
+    before: int
+    base: int
+
+    def widths(self, f: float) -> dict[str, int]:
+        out = self.shape.widths_for_factor(f, self.groups)
+        if self.max_width is not None:
+            out = {g: min(w, self.max_width) for g, w in out.items()}
+        return out
+
+    def params(self, f: float) -> int:
+        return self.before + self.shape.count(self.widths(f)) - self.base
+
+    def units(self, f: float) -> int:
+        return activation_units(self.shape, self.widths(f))
+
+
+def _widen_text(
+    shape: ModelShape, changed: Mapping[str, int], factor: float | None, note: str
+) -> str:
+    """'widening all groups ×f' (``factor``: a uniform widen) or the groups and their widths."""
+    if factor is not None:
+        what = f"widening all groups ×{num(factor)}"
+    else:
+        listed = ", ".join(f"{g} {shape.group(g).width}→{w}" for g, w in changed.items())
+        what = f"widening {len(changed)} of {len(shape.groups)} groups ({listed})"
+    return f"{what} ({note})" if note else what
 
 
 def _net2net_factor_widths(shape: ModelShape, factor: float) -> dict[str, int] | None:
@@ -423,68 +453,87 @@ def check_op(
 ) -> Plan:
     """A given (manual) op against the hard limits; it is applied as given or refused."""
     before = obs.param_count
-    units = 0
-    estimated = False
     if op.op == "shrink_perturb":
-        after = before
+        size: _Size | Plan = _Size(before)
     elif op.op == "deepen":
-        cand = None
-        if shape is not None:
-            cand = next((c for c in shape.deepen_candidates if c.after == op.after), None)
-        if shape is not None and cand is None and shape.deepen_candidates:
-            known = ", ".join(c.after for c in shape.deepen_candidates)
-            return _refuse(
-                "unknown_target",
-                f"cannot deepen after {op.after!r}: candidates are {known}",
-                before,
-                before,
-                {},
-            )
-        if cand is not None and op.style == "identity" and cand.exact_identity is False:
-            return _refuse(
-                "not_exact",
-                f"an identity layer is not exact after {op.after}; use style 'residual'",
-                before,
-                before,
-                {},
-            )
-        if cand is None:
-            after, estimated = before, True
-        else:
-            after = before + deepen_param_count(cand, op.style)
-            units = activation_units(shape) + cand.width if shape is not None else 0
-    elif shape is None:
-        f = op.factor if op.factor is not None else 2.0
-        after, estimated = math.ceil(before * f * f), True
+        size = _deepen_size(before, shape, op)
     else:
-        if op.widths is not None:
-            unknown = sorted(set(op.widths) - set(shape.widths))
-            if unknown:
-                return _refuse(
-                    "unknown_target",
-                    f"unknown width groups {', '.join(unknown)}; groups: {', '.join(shape.widths)}",
-                    before,
-                    before,
-                    {},
-                )
-            new = dict(op.widths)
-        else:
-            assert op.factor is not None
-            new = shape.widths_for_factor(op.factor)
-        after = before + shape.count(new) - shape.count()
-        units = activation_units(shape, new)
+        size = _widen_size(before, shape, op)
+    if isinstance(size, Plan):
+        return size
+    after = size.params
     broken = _violation(
-        config, Limits(limits.max_params, limits.memory_budget_bytes), before, after, units
+        config, Limits(limits.max_params, limits.memory_budget_bytes), before, after, size.units
     )
     if broken is not None:
         state, text, limit_numbers = broken
         return _refuse(state, text, before, after, {**limit_numbers, "params_after": after})
-    approx = "≈" if estimated else ""
+    approx = "≈" if size.estimated else ""
     text = f"{_describe(op)}, {count(before)} → {approx}{count(after)} parameters"
     numbers: Numbers = {"params_before": before, "params_after": after}
-    if estimated:
+    if size.estimated:
         numbers["estimated"] = 1
     return Plan(op, op.op, text, before, after, numbers)
+
+
+@dataclass(frozen=True)
+class _Size:
+    """A model's size after an op: parameters, activation units, and whether it is estimated."""
+
+    params: int
+    units: int = 0
+    estimated: bool = False
+
+
+def _deepen_size(before: int, shape: ModelShape | None, op: GrowthOp) -> _Size | Plan:
+    """The size after a given deepen, or its refusal (an unknown or inexact place)."""
+    cand = None
+    if shape is not None:
+        cand = next((c for c in shape.deepen_candidates if c.after == op.after), None)
+    if shape is not None and cand is None and shape.deepen_candidates:
+        known = ", ".join(c.after for c in shape.deepen_candidates)
+        return _refuse(
+            "unknown_target",
+            f"cannot deepen after {op.after!r}: candidates are {known}",
+            before,
+            before,
+            {},
+        )
+    if cand is not None and op.style == "identity" and cand.exact_identity is False:
+        return _refuse(
+            "not_exact",
+            f"an identity layer is not exact after {op.after}; use style 'residual'",
+            before,
+            before,
+            {},
+        )
+    if cand is None:
+        return _Size(before, estimated=True)
+    units = activation_units(shape) + cand.width if shape is not None else 0
+    return _Size(before + deepen_param_count(cand, op.style), units)
+
+
+def _widen_size(before: int, shape: ModelShape | None, op: GrowthOp) -> _Size | Plan:
+    """The size after a given widen (estimated as P × factor² without a shape), or its refusal
+    (unknown groups)."""
+    if shape is None:
+        f = op.factor if op.factor is not None else 2.0
+        return _Size(math.ceil(before * f * f), estimated=True)
+    if op.widths is not None:
+        unknown = sorted(set(op.widths) - set(shape.widths))
+        if unknown:
+            return _refuse(
+                "unknown_target",
+                f"unknown width groups {', '.join(unknown)}; groups: {', '.join(shape.widths)}",
+                before,
+                before,
+                {},
+            )
+        new = dict(op.widths)
+    else:
+        assert op.factor is not None
+        new = shape.widths_for_factor(op.factor)
+    return _Size(before + shape.count(new) - shape.count(), activation_units(shape, new))
 
 
 def _describe(op: GrowthOp) -> str:

@@ -113,15 +113,7 @@ def plateau(ctx: PolicyContext) -> Verdict:
             gap_numbers,
             notable=True,
         )
-    # The window: this generation, since the data last grew by more than max_data_growth.
-    usable = [
-        o
-        for o in ctx.history
-        if o.generation == obs.generation
-        and o.step <= obs.step
-        and o.dataset_size * (1.0 + cfg.max_data_growth) >= obs.dataset_size
-    ]
-    earlier = [o for o in usable if o.step <= obs.step - cfg.window_steps]
+    usable, earlier = _plateau_window(ctx)
     if not earlier:
         span = obs.step - min((o.step for o in usable), default=obs.step)
         return Verdict(
@@ -131,10 +123,36 @@ def plateau(ctx: PolicyContext) -> Verdict:
             f"plateau: {span} of {cfg.window_steps} steps observed in this generation on this data",
             {**gap_numbers, "window_observed": span, "window_steps": cfg.window_steps},
         )
-    ref = earlier[-1]
-    span = obs.step - ref.step
-    window = [o for o in usable if o.step >= ref.step]
-    then, now = _fitted_ends(window)
+    return _plateau_trend(ctx, usable, earlier[-1], gap, gap_numbers)
+
+
+def _plateau_window(ctx: PolicyContext) -> tuple[list[Observation], list[Observation]]:
+    """The observations of this generation since the data last grew by more than
+    ``max_data_growth``, and those of them at least ``window_steps`` before the newest."""
+    cfg = ctx.config.plateau
+    obs = ctx.obs
+    usable = [
+        o
+        for o in ctx.history
+        if o.generation == obs.generation
+        and o.step <= obs.step
+        and o.dataset_size * (1.0 + cfg.max_data_growth) >= obs.dataset_size
+    ]
+    return usable, [o for o in usable if o.step <= obs.step - cfg.window_steps]
+
+
+def _plateau_trend(
+    ctx: PolicyContext,
+    usable: Sequence[Observation],
+    ref: Observation,
+    gap: float,
+    gap_numbers: Numbers,
+) -> Verdict:
+    """The verdict from the train loss's trend since ``ref``: improving, rising, or a plateau
+    (grow)."""
+    cfg = ctx.config.plateau
+    span = ctx.obs.step - ref.step
+    then, now = _fitted_ends([o for o in usable if o.step >= ref.step])
     improvement = (then - now) / then if then > 0 else 0.0
     numbers: Numbers = {
         **gap_numbers,

@@ -178,19 +178,7 @@ def _dim(x: Any, groups: Mapping[str, GroupShape], where: str) -> Dim:
             total = total + _dim(part, groups, where)
         return total
     if isinstance(x, dict) and isinstance(x.get("terms"), list):
-        constant, terms = 0, []
-        for t in x["terms"]:
-            if not (isinstance(t, list | tuple) and len(t) == 3):
-                raise SummaryError(f"{where}: a term is [group|null, units, block], got {t!r}")
-            name, units, block = t[0], _as_int(t[1], where), _as_int(t[2], where)
-            if isinstance(name, str) and name in groups:
-                terms.append((name, block))
-            else:  # fixed size, or a group that cannot grow: constant
-                constant += units * block
-        div = _as_int(x.get("div", 1), where)
-        if div < 1:
-            raise SummaryError(f"{where}: div must be >= 1, got {div}")
-        return Dim(constant, tuple(terms), div)
+        return _terms_dim(x, groups, where)
     if isinstance(x, dict) and isinstance(x.get("group"), str):
         ref = x["group"]
         if ref not in groups:
@@ -199,13 +187,43 @@ def _dim(x: Any, groups: Mapping[str, GroupShape], where: str) -> Dim:
     raise SummaryError(f"{where}: cannot read dim {x!r}")
 
 
+def _terms_dim(x: Mapping[str, Any], groups: Mapping[str, GroupShape], where: str) -> Dim:
+    """net2net's ``{"terms": [[group|null, units, block], ...], "div": d}``."""
+    constant, terms = 0, []
+    for t in x["terms"]:
+        if not (isinstance(t, list | tuple) and len(t) == 3):
+            raise SummaryError(f"{where}: a term is [group|null, units, block], got {t!r}")
+        name, units, block = t[0], _as_int(t[1], where), _as_int(t[2], where)
+        if isinstance(name, str) and name in groups:
+            terms.append((name, block))
+        else:  # fixed size, or a group that cannot grow: constant
+            constant += units * block
+    div = _as_int(x.get("div", 1), where)
+    if div < 1:
+        raise SummaryError(f"{where}: div must be >= 1, got {div}")
+    return Dim(constant, tuple(terms), div)
+
+
 def _names(values: Any) -> tuple[str, ...]:
     return tuple(str(v) for v in values or ())
 
 
 def parse_summary(summary: Mapping[str, Any]) -> ModelShape:
     """Read a ``net2net.summarize()`` dict; :class:`SummaryError` says what it could not read."""
-    raw_groups = summary.get("groups")
+    groups = _groups(summary.get("groups"))
+    params = _params(summary.get("params"), groups)
+    candidates = _candidates(summary.get("deepen_candidates") or ())
+    total = summary.get("param_count")
+    return ModelShape(
+        groups=tuple(groups.values()),
+        params=tuple(params),
+        deepen_candidates=tuple(candidates),
+        param_count=None if total is None else _as_int(total, "summary.param_count"),
+    )
+
+
+def _groups(raw_groups: Any) -> dict[str, GroupShape]:
+    """``summary["groups"]``, by name."""
     if not isinstance(raw_groups, list):
         raise SummaryError("summary: 'groups' must be a list of width groups")
     groups: dict[str, GroupShape] = {}
@@ -231,7 +249,11 @@ def parse_summary(summary: Mapping[str, Any]) -> ModelShape:
             producers=_names(g.get("producers")),
             consumers=_names(g.get("consumers")),
         )
-    raw_params = summary.get("params")
+    return groups
+
+
+def _params(raw_params: Any, groups: Mapping[str, GroupShape]) -> list[ParamShape]:
+    """``summary["params"]``: a list of ``{"name", "dims"}``, or (hand-written) name → dims."""
     items: list[tuple[str, Any]]
     if isinstance(raw_params, dict):
         items = [(str(k), v) for k, v in raw_params.items()]
@@ -251,8 +273,13 @@ def parse_summary(summary: Mapping[str, Any]) -> ModelShape:
         params.append(
             ParamShape(name, tuple(_dim(d, groups, f"summary.params[{name!r}]") for d in dims))
         )
+    return params
+
+
+def _candidates(raw: Iterable[Any]) -> list[DeepenCandidate]:
+    """``summary["deepen_candidates"]``, in module order."""
     candidates = []
-    for i, c in enumerate(summary.get("deepen_candidates") or ()):
+    for i, c in enumerate(raw):
         where = f"summary.deepen_candidates[{i}]"
         if not isinstance(c, dict) or not isinstance(c.get("after"), str):
             raise SummaryError(f"{where}: needs 'after'")
@@ -272,13 +299,7 @@ def parse_summary(summary: Mapping[str, Any]) -> ModelShape:
                 ),
             )
         )
-    total = summary.get("param_count")
-    return ModelShape(
-        groups=tuple(groups.values()),
-        params=tuple(params),
-        deepen_candidates=tuple(candidates),
-        param_count=None if total is None else _as_int(total, "summary.param_count"),
-    )
+    return candidates
 
 
 def deepen_param_count(candidate: DeepenCandidate, style: str = "identity") -> int:
