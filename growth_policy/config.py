@@ -104,7 +104,7 @@ class WidenConfig(_Section):
         min_length=1,
         description="net2net.widen(init=...): how new units start. 'random_zero' (random incoming, "
         "zero outgoing weights) is exact and its units differ from the start; the paper's "
-        "'net2net' copies learn nothing under Adam (RESEARCH.md §1).",
+        "'net2net' copies learn nothing under Adam (docs/net2net.md, init modes).",
     )
     noise: float = Field(default=0.0, ge=0.0, description="net2net.widen(noise=...).")
     split: Literal["equal", "random"] = "equal"
@@ -126,7 +126,8 @@ class DeepenConfig(_Section):
 
 
 class SaturationConfig(_Section):
-    """Which per-group signal (from ``growth_policy.signals``) marks a group as saturated."""
+    """Which per-group signal (``Observation.group_signals``, measured by ``workers.signals``)
+    marks a group as saturated."""
 
     signal: str = Field(default="active_fraction", min_length=1)
     threshold: float = Field(

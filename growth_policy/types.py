@@ -46,7 +46,7 @@ class Observation(BaseModel):
     )
     group_signals: dict[str, dict[str, float]] = Field(
         default_factory=dict,
-        description="Per width group, named saturation signals (see growth_policy.signals).",
+        description="Per width group, named saturation signals (measured by workers.signals).",
     )
 
 

@@ -1,6 +1,6 @@
 """init= modes: exactness, and whether new units actually learn something different under Adam.
 
-The divergence check of issue 11: after growth and 200 Adam steps on a seeded problem, every new
+The divergence check: after growth and 200 Adam steps on a seeded problem, every new
 unit of every mode advertised as learning has moved away from its source unit (cosine similarity
 of incoming weights below 0.99), while the paper's exact copies (equal or random split) have not.
 """
