@@ -30,6 +30,7 @@ from growth_policy import Controller, GrowthOp, Observation
 from service.runtime.actor import SupervisorConfig, actor_restarted
 from service.runtime.commands import CommandBook
 from service.runtime.generations import GenerationLedger
+from service.runtime.lease import JobLease
 from service.runtime.tracking import MlflowTracker
 from service.state.manifest import RedisManifest
 from service.state.records import JobRecord
@@ -73,7 +74,7 @@ class JobSupervisor:
             self.store, self.job_id, self.controller, spec.growth, lock=self._lock
         )
         self._handle = handle
-        self._has_lease = False
+        self.lease = JobLease(self.store, self.job_id, self.owner, config.lease_ttl_ms)
         self._done = threading.Event()
         self._starts = 0
         self._generation = self.job.generation
@@ -89,10 +90,12 @@ class JobSupervisor:
 
     def _main(self) -> None:
         try:
-            if not self._acquire_lease():
+            if not self.lease.acquire(wanted=self._wanted):
                 logger.warning("job %s: another supervisor holds the lease; exiting", self.job_id)
                 return
-            threading.Thread(target=self._renew_lease_forever, daemon=True).start()
+            threading.Thread(
+                target=self.lease.keep_alive, args=(self._done, self._lease_lost), daemon=True
+            ).start()
             threading.Thread(target=self._read_commands_forever, daemon=True).start()
             threading.Thread(target=self._watch_workers_forever, daemon=True).start()
             self.tracker.start()
@@ -108,8 +111,7 @@ class JobSupervisor:
     def _finish(self) -> None:
         self.commands.end("the job ended first")
         self.tracker.stop(flush_timeout=20.0)
-        if self._has_lease:
-            self.store.release_lease(self.job_id, self.owner)
+        self.lease.release()
         self._done.set()
         if self._handle is not None:
             import ray
@@ -117,30 +119,13 @@ class JobSupervisor:
             # A finished job's supervisor goes away for good (no restart by Ray).
             ray.kill(self._handle, no_restart=True)
 
-    def _acquire_lease(self) -> bool:
-        # After a crash the dead supervisor's lease lives on until its TTL: wait that long.
-        deadline = time.monotonic() + 2 * self.cfg.lease_ttl_ms / 1000
-        while time.monotonic() < deadline:
-            job = self.store.get_job(self.job_id)
-            if job is None or job.status.terminal:
-                return False
-            if self.store.acquire_lease(self.job_id, self.owner, self.cfg.lease_ttl_ms):
-                self._has_lease = True
-                return True
-            time.sleep(0.5)
-        return False
+    def _wanted(self) -> bool:
+        job = self.store.get_job(self.job_id)
+        return job is not None and not job.status.terminal
 
-    def _renew_lease_forever(self) -> None:
-        interval = self.cfg.lease_ttl_ms / 3000
-        while not self._done.wait(interval):
-            try:
-                if not self.store.renew_lease(self.job_id, self.owner, self.cfg.lease_ttl_ms):
-                    logger.error("job %s: lease lost; stopping this supervisor", self.job_id)
-                    self._has_lease = False
-                    self.commands.stop("lease lost to another supervisor")
-                    return
-            except Exception:  # Redis blip: the TTL leaves room for the next try
-                logger.warning("job %s: lease renewal failed; retrying", self.job_id)
+    def _lease_lost(self) -> None:
+        logger.error("job %s: lease lost; stopping this supervisor", self.job_id)
+        self.commands.stop("lease lost to another supervisor")
 
     # --- training ------------------------------------------------------------------------------
     def _train(self) -> None:
@@ -393,7 +378,7 @@ class JobSupervisor:
         return {
             "job_id": self.job_id,
             "owner": self.owner,
-            "has_lease": self._has_lease,
+            "has_lease": self.lease.held,
             "paused": self.commands.paused,
             "stop_requested": self.commands.stop_requested,
             "generation": self._generation,
