@@ -108,6 +108,7 @@ def run_seed(
 
     curves: dict[str, list[float]] = {}
     exact: dict[str, float] = {}
+    rule: dict[str, str] = {}
     for label, init, noise in MODES:
         for state in ("carry", "reset"):
             teacher.load_state_dict(ref_state[0])
@@ -115,13 +116,16 @@ def run_seed(
             grown = net2net.widen(
                 teacher, probe_x[:256], factor=2.0, init=init, noise=noise, seed=seed + 1
             )
+            if state == "carry":  # what the default rule does here: state kept, or none
+                auto = net2net.transfer_optimizer(opt, teacher, grown)
+                rule[label] = "carry" if auto.state else "reset"
             new_opt = net2net.transfer_optimizer(opt, teacher, grown, state=state)
             curves[f"{label}|{state}"] = go_on(grown.model, new_opt)
             exact[label] = float(grown.max_abs_error)
     teacher.load_state_dict(ref_state[0])
     opt.load_state_dict(ref_state[1])
     curves["teacher (no growth)"] = go_on(teacher, opt)
-    return {"before": before, "curves": curves, "max_abs_error": exact}
+    return {"before": before, "curves": curves, "max_abs_error": exact, "auto": rule}
 
 
 def measures(run: dict[str, Any], key: str) -> tuple[float, float, float]:
@@ -159,7 +163,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     rows = []
     for o, rs in runs.items():
-        rule = {m: net2net.init_modes()[init]["optimizer"] for m, init, _ in MODES}
+        rule = rs[0]["auto"]
         for label, _, _ in MODES:
             cells: list[str] = []
             for state in ("carry", "reset"):
