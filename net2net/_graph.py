@@ -15,6 +15,7 @@ from ._errors import GrowthError
 from ._handlers import handler_for
 from ._layout import GroupState, Layout, gids_of
 from ._ops import label_of, rule_for
+from ._shapes import pin_unwritable
 from ._trace import ModuleRoles, OpContext, TraceContext, TraceState
 
 Inputs = tuple[torch.Tensor, ...]
@@ -153,11 +154,13 @@ def analyse(model: nn.Module, example_input: Any, op: str) -> Analysis:
         state.layouts[node] = _node_layout(gm, state, node, calls)
         if node.op == "output":
             output_node = node
+    pin_unwritable(model, gm, state)
     _pin_shared_parameters(model, state)
     groups: dict[int, GroupInfo] = {}
+    names = _group_names(state)
     for root in state.groups.roots():
         st: GroupState = state.groups.state[root]
-        name = st.producers[0]
+        name = names[root]
         groups[root] = GroupInfo(
             gid=root,
             name=name,
@@ -172,6 +175,26 @@ def analyse(model: nn.Module, example_input: Any, op: str) -> Analysis:
             elements_per_unit=max(st.elements, 1),
         )
     return Analysis(model, gm, state, groups, calls, output_node, teacher_out)
+
+
+def _group_names(state: TraceState) -> dict[int, str]:
+    """Each group is named after its first producer; the parts of a split that stay apart are
+    told apart by their position, ``name[0]``, ``name[1]``, …"""
+    roots = state.groups.roots()
+    base = {r: state.groups.state[r].producers[0] for r in roots}
+    seen: dict[str, int] = {}
+    for r in roots:
+        seen[base[r]] = seen.get(base[r], 0) + 1
+    names: dict[int, str] = {}
+    counter: dict[str, int] = {}
+    for r in roots:
+        b = base[r]
+        if seen[b] == 1:
+            names[r] = b
+        else:
+            names[r] = f"{b}[{counter.get(b, 0)}]"
+            counter[b] = counter.get(b, 0) + 1
+    return names
 
 
 def _node_layout(

@@ -75,6 +75,8 @@ class GroupState:
     balanced_by: list[str] = field(default_factory=list)  # norms that need integer replication
     reasons: list[str] = field(default_factory=list)  # why it cannot grow ("{group}" placeholder)
     elements: int = 0  # activation elements per unit and sample, summed over producer outputs
+    part: int | None = None  # index of this group among the parts of a split (for its name)
+    dead: bool = False  # replaced by its parts (a split) and referenced nowhere any more
 
 
 class Groups:
@@ -125,26 +127,31 @@ class Groups:
             st.reasons.append(reason)
 
     def roots(self) -> list[int]:
-        return sorted({self.find(g) for g in range(len(self.parent))}, key=self._order)
+        live = {self.find(g) for g in range(len(self.parent))}
+        return sorted((g for g in live if not self.state[g].dead), key=self._order)
 
-    def _order(self, gid: int) -> int:
-        return self.state[gid].order
+    def _order(self, gid: int) -> tuple[int, int]:
+        return self.state[gid].order, gid
 
 
 def reshape_layout(
     in_shape: tuple[int, ...], layout: Layout, out_shape: tuple[int, ...]
-) -> tuple[Layout, list[int]]:
+) -> tuple[Layout, list[int], list[tuple[int, int]]]:
     """Follow channels through a reshape (view, flatten, unflatten, squeeze, unsqueeze).
 
-    Returns the output layout and the groups whose channels the reshape splits or interleaves
-    (those cannot be followed and must keep their width). Merging a channel dim with the dims after
-    it gives each channel a block of elements (conv → flatten → Linear); merging it with dims before
-    it repeats the channel segments (channels-last flatten).
+    Returns the output layout, the groups whose channels the reshape splits or interleaves
+    (those cannot be followed and must keep their width), and the groups it coarsens, as
+    ``(group, f)``: splitting a channel dim into (units, inner) makes every f consecutive channels
+    one unit (attention heads: (B, T, d) → (B, T, heads, head size)), and the output layout is in
+    those units already. Merging a channel dim with the dims after it gives each channel a block of
+    elements (conv → flatten → Linear); merging it with dims before it repeats the channel segments
+    (channels-last flatten).
     """
     sa = _suffix_products(in_shape)
     sb = _suffix_products(out_shape)
     out: Layout = {}
     lost: list[int] = []
+    coarse: list[tuple[int, int]] = []
     grouped = {k for k, segs in layout.items() if has_groups(segs)}
     for k in sorted(grouped):
         segs = layout[k]
@@ -166,8 +173,13 @@ def reshape_layout(
         if split is None:
             lost += gids
         else:
-            out[split] = (Seg(segs[0].gid, segs[0].units, 1),)
-    return out, lost
+            jg, f = split
+            gid = segs[0].gid
+            assert gid is not None
+            out[jg] = (Seg(gid, segs[0].units // f, 1),)
+            if f > 1:
+                coarse.append((gid, f))
+    return out, lost, coarse
 
 
 def _suffix_products(shape: tuple[int, ...]) -> list[int]:
@@ -194,19 +206,27 @@ def _merge_target(
 
 def _split_target(
     sa: list[int], sb: list[int], out_shape: tuple[int, ...], k: int, segs: Segs
-) -> int | None:
-    """Undo an earlier flatten: dim ``k`` (one group, ``block`` elements per channel) is split so
-    that one output dim holds exactly the channels and the dims after it the block."""
+) -> tuple[int, int] | None:
+    """Dim ``k`` (one group, ``block`` elements per channel) is split so that one output dim holds
+    the units and the dims after it the rest: returns (that dim, f), where each unit of the output
+    is ``f`` channels of the input (f = 1 undoes an earlier flatten; f > 1 makes heads)."""
     if len(segs) != 1 or segs[0].gid is None:
         return None
     units, block = segs[0].units, segs[0].block
     starts = [j for j in range(len(out_shape) + 1) if sb[j] == sa[k]]
     ends = [j for j in range(len(out_shape) + 1) if sb[j] == sa[k + 1]]
+    found: list[tuple[int, int]] = []  # (f, dim): the finest units win
     for j0 in starts:
         for j1 in ends:
             for jg in range(j0, j1):
                 before = sb[j0] // sb[jg]
                 after = sb[jg + 1] // sb[j1]
-                if out_shape[jg] == units and before == 1 and after == block:
-                    return jg
-    return None
+                if before != 1 or after % block or out_shape[jg] * after != units * block:
+                    continue
+                f = after // block
+                if units % f == 0 and (out_shape[jg] > 1 or units == f):
+                    found.append((f, jg))
+    if not found:
+        return None
+    f, jg = min(found)
+    return jg, f

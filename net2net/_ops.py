@@ -6,6 +6,7 @@ the way. Anything without a rule blocks the groups that reach it (the refusal na
 
 from __future__ import annotations
 
+import itertools
 import operator
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, cast
@@ -14,7 +15,7 @@ import torch
 from torch import fx
 from torch.nn import functional as F  # noqa: N812
 
-from ._layout import Layout, Seg, Segs, canonical, fixed, has_groups, reshape_layout
+from ._layout import Layout, Seg, Segs, canonical, fixed, has_groups
 from ._trace import OpContext
 
 OpRule = Callable[[OpContext], Layout]
@@ -123,14 +124,7 @@ def _reshape(ctx: OpContext) -> Layout:
     in_shape, out_shape = ctx.shape_of(src), ctx.out_shape
     if in_shape is None or out_shape is None:
         return ctx.block()
-    out, lost = reshape_layout(in_shape, ctx.layout_of(src), out_shape)
-    for gid in lost:
-        ctx.state.groups.pin(
-            gid,
-            f"{ctx.where()} splits or interleaves the channels of group '{{group}}' (as an "
-            "attention-style reshape does); net2net cannot remap that",
-        )
-    return out
+    return ctx.state.reshape(in_shape, ctx.layout_of(src), out_shape, ctx.where())
 
 
 def _permute_dims(ctx: OpContext, rank: int) -> list[int] | None:
@@ -252,45 +246,246 @@ def _softmax(ctx: OpContext) -> Layout:
 def _getitem(ctx: OpContext) -> Layout:
     src = ctx.arg(0, "input")
     shape = ctx.shape_of(src)
-    if shape is None:
-        return {}  # indexing a tuple or a size: no tensor channels involved
     index = ctx.node.args[1]
+    if shape is None:
+        parts = ctx.state.parts.get(src) if isinstance(src, fx.Node) else None
+        if parts is not None and isinstance(index, int):
+            return dict(parts[index])  # one output of a split
+        return {}  # indexing a tuple or a size: no tensor channels involved
+    expanded = expand_index(index, len(shape))
+    if expanded is None:
+        return ctx.block()
+    out: Layout = {}
+    in_d = out_d = 0
+    for i in expanded:
+        step = _index_dim(ctx, src, in_d, i)
+        if step is None:
+            return ctx.block()
+        used, made, segs = step
+        if segs is not None and has_groups(segs):
+            out[out_d] = segs
+        in_d += used
+        out_d += made
+    return out
+
+
+def expand_index(index: Any, rank: int) -> list[Any] | None:
+    """A tensor index as one item per dim (None items insert a dim); None if not static."""
     items: Sequence[Any] = index if isinstance(index, tuple) else (index,)
     if any(isinstance(i, fx.Node) for i in items) or sum(i is Ellipsis for i in items) > 1:
-        return ctx.block()
+        return None
     n_real = sum(1 for i in items if i is not None and i is not Ellipsis)
     expanded: list[Any] = []
     for i in items:
         if i is Ellipsis:
-            expanded += [slice(None)] * (len(shape) - n_real)
+            expanded += [slice(None)] * (rank - n_real)
         else:
             expanded.append(i)
-    expanded += [slice(None)] * (len(shape) - sum(1 for i in expanded if i is not None))
+    expanded += [slice(None)] * (rank - sum(1 for i in expanded if i is not None))
+    return expanded
+
+
+def _index_dim(ctx: OpContext, src: fx.Node, d: int, i: Any) -> tuple[int, int, Segs | None] | None:
+    """One index item at input dim ``d``: (input dims used, output dims made, the output dim's
+    segments); None for an index net2net cannot follow."""
+    if i is None:
+        return 0, 1, None
     lay = ctx.layout_of(src)
-    out: Layout = {}
-    in_d = out_d = 0
-    for i in expanded:
-        if i is None:
-            out_d += 1
-            continue
-        if isinstance(i, slice) and i == slice(None):
-            if in_d in lay:
-                out[out_d] = lay[in_d]
-            in_d += 1
-            out_d += 1
-            continue
-        if in_d in lay:
-            ctx.state.pin_layout(
-                {in_d: lay[in_d]},
-                f"{ctx.where()} indexes into the channels of group '{{group}}'; index other dims "
-                "only",
+    if isinstance(i, slice) and (i == slice(None) or d not in lay):
+        return 1, 1, lay.get(d)
+    if isinstance(i, slice) and _plain_slice(i):
+        segs = _slice(ctx, src, d, i)
+        if segs is not None:
+            return 1, 1, segs
+    elif d in lay:
+        ctx.state.pin_layout(
+            {d: lay[d]},
+            f"{ctx.where()} indexes into the channels of group '{{group}}'; index other dims only",
+        )
+    if isinstance(i, slice):
+        return 1, 1, None
+    return (1, 0, None) if isinstance(i, int) else None
+
+
+def _plain_slice(i: slice) -> bool:
+    ints = all(b is None or isinstance(b, int) for b in (i.start, i.stop))
+    return ints and i.step in (None, 1)
+
+
+def _slice(ctx: OpContext, src: fx.Node, dim: int, i: slice) -> Segs | None:
+    """The channels ``x[..., a:b]`` of dim ``dim``: groups cut by the slice are split into parts
+    (see :meth:`TraceState.refine`); None (and the groups pinned) where a cut falls inside a unit."""
+    shape = ctx.shape_of(src)
+    assert shape is not None
+    start, stop, _ = i.indices(shape[dim])
+    if start >= stop:
+        return ()
+    parts = _cut(ctx, src, dim, [start, stop])
+    if parts is None:
+        return None
+    return parts[sorted({0, shape[dim], start, stop}).index(start)]
+
+
+def _cut(ctx: OpContext, src: fx.Node, dim: int, bounds: Sequence[int]) -> list[Segs] | None:
+    """The segments of ``src``'s dim ``dim`` between consecutive cut points (0, *bounds, size),
+    after cutting every group that a bound crosses into parts at unit boundaries."""
+    shape = ctx.shape_of(src)
+    assert shape is not None
+    points = sorted({0, shape[dim], *(b for b in bounds if 0 < b < shape[dim])})
+    while True:
+        segs = canonical(ctx.layout_of(src).get(dim) or fixed(shape[dim]))
+        crossing = _crossing(segs, points)
+        if crossing is None:
+            break
+        gid, cuts = crossing
+        if cuts is None:
+            ctx.state.groups.pin(
+                gid,
+                f"{ctx.where()} cuts the channels of group '{{group}}' inside a unit (a head); "
+                "cut at unit boundaries only",
             )
-        in_d += 1
-        if isinstance(i, slice):
-            out_d += 1
-        elif not isinstance(i, int):
-            return ctx.block()
-    return out
+            return None
+        if not ctx.state.refine(gid, cuts, ctx.where()):
+            return None
+    return [_between(segs, a, b) for a, b in itertools.pairwise(points)]
+
+
+def _crossing(segs: Segs, points: Sequence[int]) -> tuple[int, list[int] | None] | None:
+    """The first group that a cut point falls inside, with the cuts in its units (None: a cut
+    inside a unit's block); None when every point falls between segments."""
+    offset = 0
+    for s in segs:
+        lo, hi = offset, offset + s.size
+        offset = hi
+        inner = [p - lo for p in points if lo < p < hi]
+        if not inner or s.gid is None:
+            continue
+        if any(c % s.block for c in inner):
+            return s.gid, None
+        return s.gid, [c // s.block for c in inner]
+    return None
+
+
+def _between(segs: Segs, a: int, b: int) -> Segs:
+    """The whole segments between element offsets a and b (fixed stretches may be cut)."""
+    out: list[Seg] = []
+    offset = 0
+    for s in segs:
+        lo, hi = offset, offset + s.size
+        offset = hi
+        x, y = max(lo, a), min(hi, b)
+        if x >= y:
+            continue
+        out.append(s if (x, y) == (lo, hi) else Seg(None, y - x, 1))
+    return canonical(tuple(out))
+
+
+def _split_sizes(ctx: OpContext, size: int) -> list[int] | None:
+    """The sizes of the outputs of split / chunk along the split dim."""
+    name = _name_of(ctx.node)
+    arg = ctx.arg(1, "split_size_or_sections", None)
+    for key in ("split_size", "chunks", "sections"):
+        arg = ctx.node.kwargs.get(key, arg)
+    if isinstance(arg, (list, tuple)) and all(isinstance(a, int) for a in arg):
+        return [int(a) for a in arg]
+    if not isinstance(arg, int) or arg <= 0:
+        return None
+    step = -(-size // arg) if name == "chunk" else arg
+    return [step] * (size // step) + ([size % step] if size % step else [])
+
+
+def _name_of(node: fx.Node) -> str:
+    if node.op == "call_method":
+        return str(node.target)
+    return str(getattr(node.target, "__name__", ""))
+
+
+def _split(ctx: OpContext) -> Layout:
+    """split / chunk along a dim: each output gets its stretch of the input's layout (groups cut
+    at the boundaries become parts, which may grow apart). The outputs are taken by getitem."""
+    src = ctx.arg(0, "input")
+    shape = ctx.shape_of(src)
+    if shape is None:
+        return ctx.block()
+    dim = _dim(int(ctx.arg(2, "dim", 0)), len(shape))
+    sizes = _split_sizes(ctx, shape[dim])
+    users_ok = all(
+        u.op == "call_function" and u.target is operator.getitem and isinstance(u.args[1], int)
+        for u in ctx.node.users
+    )
+    if sizes is None or sum(sizes) != shape[dim] or not users_ok:
+        return ctx.block()
+    lay = ctx.layout_of(src)
+    pieces: list[Segs] | None = [()] * len(sizes)
+    if dim in lay:
+        bounds = [sum(sizes[:i]) for i in range(1, len(sizes))]
+        pieces = _cut(ctx, src, dim, bounds)
+    rest = {d: v for d, v in ctx.layout_of(src).items() if d != dim}
+    parts: list[Layout] = []
+    for piece in pieces or [()] * len(sizes):
+        part = dict(rest)
+        if has_groups(piece):
+            part[dim] = piece
+        parts.append(part)
+    ctx.state.parts[ctx.node] = parts
+    return {}
+
+
+def _attention(ctx: OpContext) -> Layout:
+    """F.scaled_dot_product_attention(q, k, v, attn_mask): heads (and batch dims) meet
+    elementwise, so q, k and v share one mapping there; the sequence dims are attended over and
+    q/k's last dim is contracted (both must keep their size, which also keeps the default scale
+    1/sqrt(head size)); v's last dim passes to the output."""
+    q, k, v = ctx.arg(0, "query"), ctx.arg(1, "key"), ctx.arg(2, "value")
+    mask = ctx.arg(3, "attn_mask")
+    out_shape = ctx.out_shape
+    shapes = [ctx.shape_of(t) for t in (q, k, v)]
+    if out_shape is None or any(s is None or len(s) != len(out_shape) for s in shapes):
+        return ctx.block()
+    if ctx.node.kwargs.get("enable_gqa"):
+        return ctx.block(
+            f"{ctx.where()} with enable_gqa shares key/value heads between query heads; net2net "
+            "does not grow grouped-query attention (group '{group}')"
+        )
+    rank = len(out_shape)
+    for t, dims in ((q, (rank - 2, rank - 1)), (k, (rank - 2, rank - 1)), (v, (rank - 2,))):
+        _pin_dims(ctx, t, dims, "attends over or contracts")
+    inputs = [t for t in (q, k, v, mask) if isinstance(t, fx.Node)]
+    result = ctx.broadcast(inputs, dims=range(rank - 2))
+    lv = ctx.layout_of(v)
+    if rank - 1 in lv:
+        result[rank - 1] = lv[rank - 1]
+    return result
+
+
+def _pin_dims(ctx: OpContext, t: Any, dims: Iterable[int], what: str) -> None:
+    lay = ctx.layout_of(t)
+    for d in dims:
+        if d in lay:
+            ctx.state.pin_layout(
+                {d: lay[d]},
+                f"{ctx.where()} {what} dim {d}, which holds the channels of group '{{group}}'; "
+                "new units would change the result",
+            )
+
+
+def _matmul(ctx: OpContext) -> Layout:
+    """a @ b (both at least 2-D): batch dims meet elementwise, the contracted dim must keep its
+    size, a's rows and b's columns pass to the output."""
+    a, b = ctx.arg(0, "input"), ctx.arg(1, "other")
+    sa, sb, out_shape = ctx.shape_of(a), ctx.shape_of(b), ctx.out_shape
+    if sa is None or sb is None or out_shape is None or len(sa) < 2 or len(sb) < 2:
+        return ctx.block()
+    _pin_dims(ctx, a, [len(sa) - 1], "contracts")
+    _pin_dims(ctx, b, [len(sb) - 2], "contracts")
+    rank = len(out_shape)
+    result = ctx.broadcast([a, b], dims=range(rank - 2))
+    la, lb = ctx.layout_of(a), ctx.layout_of(b)
+    if len(sa) - 2 in la:
+        result[rank - 2] = la[len(sa) - 2]
+    if len(sb) - 1 in lb:
+        result[rank - 1] = lb[len(sb) - 1]
+    return result
 
 
 # -- the tables ------------------------------------------------------------------------------------
@@ -374,6 +569,10 @@ def _register() -> None:
         (_softmax, [F.softmax, F.log_softmax, torch.softmax, torch.log_softmax]),
         (_getitem, [operator.getitem]),
         (_no_tensor, [getattr]),
+        (_split, [torch.split, torch.chunk]),
+        (_attention, [F.scaled_dot_product_attention]),
+        (_matmul, [torch.matmul, operator.matmul, torch.bmm]),
+        (_elementwise, [torch.masked_fill]),
     ]
     methods: list[tuple[OpRule, Iterable[str]]] = [
         (
@@ -403,7 +602,12 @@ def _register() -> None:
                 "requires_grad_",
             ],
         ),
-        (_elementwise, ["add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "pow"]),
+        (
+            _elementwise,
+            ["add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "pow", "masked_fill"],
+        ),
+        (_split, ["split", "chunk"]),
+        (_matmul, ["matmul", "bmm"]),
         (_reshape, ["view", "reshape", "flatten", "unflatten", "squeeze", "unsqueeze", "view_as"]),
         (_permute, ["permute", "transpose", "swapaxes", "swapdims", "t", "movedim"]),
         (_reduce, ["mean", "sum", "amax", "amin"]),

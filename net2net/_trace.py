@@ -3,8 +3,9 @@ module handlers and op rules use to declare them."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+import itertools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 from torch import fx
@@ -48,6 +49,97 @@ class TraceState:
         self.layouts: dict[fx.Node, Layout] = {}
         self.shapes: dict[fx.Node, tuple[int, ...] | None] = {}
         self.order: dict[fx.Node, int] = {}
+        self.parts: dict[fx.Node, list[Layout]] = {}  # the layouts of a split's outputs
+
+    # -- re-cutting groups into units -----------------------------------------------------------
+    def _rewrite(self, root: int, fn: Callable[[Seg], Segs]) -> None:
+        """Replace every reference to group ``root`` (any merged member) everywhere it is held."""
+
+        def segs(old: Segs) -> Segs:
+            out: list[Seg] = []
+            for s in old:
+                hit = s.gid is not None and self.groups.find(s.gid) == root
+                out += fn(s) if hit else (s,)
+            return tuple(out)
+
+        def layout(lay: Layout) -> Layout:
+            return {d: segs(v) for d, v in lay.items()}
+
+        for node, lay in self.layouts.items():
+            self.layouts[node] = layout(lay)
+        for node, parts in self.parts.items():
+            self.parts[node] = [layout(p) for p in parts]
+        for role in self.roles.values():
+            role.out = segs(role.out) if role.out is not None else None
+            role.in_ = segs(role.in_) if role.in_ is not None else None
+
+    def coarsen(self, gid: int, f: int, where: str) -> bool:
+        """Make every ``f`` consecutive units of a group one unit (attention heads): it then grows
+        by whole blocks of ``f`` channels. False (and the group pinned) where that breaks a
+        constraint."""
+        root = self.groups.find(gid)
+        st = self.groups.state[root]
+        if st.width % f or (st.width // f) % st.blocks:
+            self.groups.pin(root, f"{where} cuts group '{{group}}' into units of {f} channels")
+            return False
+        st.width //= f
+        st.elements *= f
+        self._rewrite(root, lambda s: (Seg(s.gid, s.units // f, s.block * f),))
+        return True
+
+    def refine(self, gid: int, cuts: Sequence[int], where: str) -> bool:
+        """Cut a group into parts at unit offsets ``cuts`` (a split of a fused projection): each
+        part becomes a group of its own that may grow on its own. False (and the group pinned)
+        where the group's constraints couple the parts."""
+        root = self.groups.find(gid)
+        st = self.groups.state[root]
+        if st.blocks > 1 or st.balanced_by:
+            self.groups.pin(
+                root,
+                f"{where} splits group '{{group}}', which a grouped conv or a norm over all its "
+                "channels couples; net2net cannot grow its parts apart",
+            )
+            return False
+        bounds = [0, *sorted(set(cuts)), st.width]
+        new: list[tuple[int, int]] = []
+        for i, (lo, hi) in enumerate(itertools.pairwise(bounds)):
+            gid_i = len(self.groups.parent)
+            self.groups.parent.append(gid_i)
+            self.groups.state.append(
+                replace(
+                    st,
+                    width=hi - lo,
+                    producers=list(st.producers),
+                    consumers=list(st.consumers),
+                    channelwise=list(st.channelwise),
+                    grouped_by=list(st.grouped_by),
+                    balanced_by=[],
+                    reasons=list(st.reasons),
+                    elements=st.elements,
+                    part=i,
+                )
+            )
+            new.append((gid_i, hi - lo))
+        st.dead = True
+        self._rewrite(root, lambda s: tuple(Seg(g, n, s.block) for g, n in new))
+        return True
+
+    def reshape(
+        self, in_shape: tuple[int, ...], layout: Layout, out_shape: tuple[int, ...], where: str
+    ) -> Layout:
+        """The output layout of a reshape; groups it cannot follow are pinned with a reason, and
+        groups it cuts into heads are coarsened."""
+        out, lost, coarse = reshape_layout(in_shape, layout, out_shape)
+        for gid in lost:
+            self.groups.pin(
+                gid,
+                f"{where} splits or interleaves the channels of group '{{group}}'; net2net "
+                "cannot remap that",
+            )
+        for gid, f in coarse:
+            if not self.coarsen(gid, f, where):
+                out = {d: v for d, v in out.items() if all(s.gid != gid for s in v)}
+        return out
 
     # -- coupling -----------------------------------------------------------------------------
     def unify(self, a: Segs, b: Segs, where: str) -> Segs:
@@ -234,13 +326,9 @@ class TraceContext:
         """The output is a reshape of the input (Flatten, Unflatten): channels are followed."""
         if self.out_shape is None:
             return self.block(f"module '{self.name}' in group '{{group}}' returns no tensor")
-        out, lost = reshape_layout(self.in_shape, self._layout, self.out_shape)
-        for gid in lost:
-            self._state.groups.pin(
-                gid,
-                f"reshape '{self.name}' splits or interleaves the channels of group '{{group}}'",
-            )
-        return out
+        return self._state.reshape(
+            self.in_shape, self._layout, self.out_shape, f"reshape '{self.name}'"
+        )
 
     def block(self, reason: str) -> Layout:
         """The module cannot be widened through: every group of its input stays at its width.
@@ -300,14 +388,15 @@ class OpContext:
             self.state.pin_layout(self.layout_of(n), msg)
         return {}
 
-    def broadcast(self, inputs: Sequence[Any]) -> Layout:
-        """Elementwise combination with broadcasting: channels that meet are coupled."""
+    def broadcast(self, inputs: Sequence[Any], dims: Sequence[int] | None = None) -> Layout:
+        """Elementwise combination with broadcasting: channels that meet are coupled. ``dims``:
+        only these output dims meet elementwise (the batch dims of a matmul or an attention)."""
         out_shape = self.out_shape
         if out_shape is None:
             return self.block()
         rank = len(out_shape)
         result: Layout = {}
-        for d in range(rank):
+        for d in range(rank) if dims is None else dims:
             met: list[Segs] = []
             for a in inputs:
                 shape = self.shape_of(a)

@@ -13,8 +13,10 @@ from torch import nn
 from ._errors import GrowthError
 from ._graph import Analysis, GroupInfo, analyse, as_inputs, eval_mode, max_abs_error
 from ._handlers import handler_for
+from ._layout import Segs
 from ._mapping import GroupMap, axis_map, generator, grow_tensor, make_group_map
 from ._modes import INIT_MODES, InitMode
+from ._shapes import attribute_updates, set_attributes
 from ._types import Grown, ParamPlan, WidthGroup
 
 SPLITS = ("equal", "random")
@@ -311,13 +313,7 @@ def widen_impl(
     growable = [g for g in an.groups.values() if g.growable]
     blocked = [blocked_spec(g) for g in an.groups.values() if not g.growable]
     targets = resolve_widths([group_spec(g) for g in growable], blocked, factor, widths)
-    notes: list[str] = []
-    if factor is not None:
-        notes += [
-            f"kept its width: {b['reason']}"
-            for b in blocked
-            if "is an output of the model" not in str(b["reason"])
-        ]
+    notes = _blocked_notes(blocked) if factor is not None else []
     maps, inexact_noise = _group_maps(
         [g for g in growable if g.name in targets],
         targets,
@@ -327,14 +323,15 @@ def widen_impl(
         seed=seed,
         notes=notes,
     )
-    student = copy_model(model, "widen")
-    plans = apply_maps(
-        an, student, maps, noise=noise if mode.incoming == "copy" else 0.0, seed=seed
+    student, plans, updates = _grow_student(
+        an, model, maps, noise=noise if mode.incoming == "copy" else 0.0, seed=seed
     )
     err = verify("widen", an.output, student, inputs) if check else float("nan")
     record = _widen_record(
         inputs, maps, factor=factor, init=init, noise=noise, split=split, seed=seed
     )
+    if updates:
+        record["attributes"] = updates
     names = [n for n, _ in student.named_parameters()]
     return Grown(
         model=student,
@@ -349,6 +346,37 @@ def widen_impl(
         notes=notes,
         plans=plans,
     )
+
+
+def _blocked_notes(blocked: Sequence[Mapping[str, Any]]) -> list[str]:
+    return [
+        f"kept its width: {b['reason']}"
+        for b in blocked
+        if "is an output of the model" not in str(b["reason"])
+    ]
+
+
+def _grow_student(
+    an: Analysis, model: nn.Module, maps: dict[int, GroupMap], *, noise: float, seed: int
+) -> tuple[nn.Module, dict[str, ParamPlan], dict[str, list[int]]]:
+    """A copy of the model with every mapped tensor grown and every size attribute that its
+    forward reads (head counts, attention widths) rewritten; the rewritten attributes as
+    "module.attr" → [old, new]."""
+    updates = attribute_updates(model, an.gm, an.state, lambda segs: _new_size(an, maps, segs))
+    student = copy_model(model, "widen")
+    set_attributes(student, updates)
+    plans = apply_maps(an, student, maps, noise=noise, seed=seed)
+    attrs = {f"{p}.{a}" if p else a: [o, n] for (p, a), (o, n) in updates.items()}
+    return student, plans, attrs
+
+
+def _new_size(an: Analysis, maps: Mapping[int, GroupMap], segs: Segs) -> int:
+    """The size of a stretch of a dim after growth."""
+    total = 0
+    for s in segs:
+        m = maps.get(an.find(s.gid)) if s.gid is not None else None
+        total += (m.new if m is not None else s.units) * s.block
+    return total
 
 
 def _widen_record(

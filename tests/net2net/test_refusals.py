@@ -184,14 +184,16 @@ def test_grouped_conv_needs_multiples() -> None:
     )
 
 
-def test_attention_reshape_is_refused() -> None:
+def test_attention_with_a_literal_head_count_is_refused() -> None:
     model = Attention()
     x = torch.randn(2, 5, 8)
+    assert "qkv" not in {g.name for g in net2net.width_groups(model, x)}
     refuse(
         model,
-        lambda m: net2net.widen(m, x, widths={"qkv": 12}),
-        "widen: op 'Tensor.view'",
-        "splits or interleaves the channels of group 'qkv'",
+        lambda m: net2net.widen(m, x, widths={"qkv": 4}),
+        "widen: Tensor.view (node 'view') in 'Attention' (Attention)",
+        "hard-codes the size 2 of group 'qkv' as a literal",
+        "read it from an attribute of the module (e.g. self.n_head",
     )
 
 
@@ -254,13 +256,14 @@ def test_untraceable_forward_says_what_to_change() -> None:
     )
 
 
-def test_hard_coded_width_is_caught_at_verification() -> None:
+def test_hard_coded_width_is_named() -> None:
     x = torch.randn(2, 3, 4, 4)
+    assert net2net.width_groups(HardCoded(), x) == []
     refuse(
         HardCoded(),
-        lambda m: net2net.widen(m, x, factor=2.0),
-        "widen: the grown model's forward failed",
-        "hard-codes a width",
+        lambda m: net2net.widen(m, x, widths={"conv": 8}),
+        "widen: Tensor.view (node 'view') in 'HardCoded' (HardCoded)",
+        "hard-codes the size 64 of group 'conv' as a literal",
     )
 
 
