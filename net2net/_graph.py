@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -16,6 +16,7 @@ from ._handlers import handler_for
 from ._layout import GroupState, Layout, gids_of
 from ._ops import label_of, rule_for
 from ._shapes import pin_unwritable
+from ._ties import Tie, resolve_ties
 from ._trace import ModuleRoles, OpContext, TraceContext, TraceState
 
 Inputs = tuple[torch.Tensor, ...]
@@ -111,6 +112,7 @@ class Analysis:
     calls: dict[str, int]
     output_node: fx.Node
     output: Any = None  # the traced graph's output on the example input (eval mode)
+    ties: list[Tie] = field(default_factory=list)  # shared parameters that grow as one
 
     def find(self, gid: int) -> int:
         return self.state.groups.find(gid)
@@ -155,7 +157,7 @@ def analyse(model: nn.Module, example_input: Any, op: str) -> Analysis:
         if node.op == "output":
             output_node = node
     pin_unwritable(model, gm, state)
-    _pin_shared_parameters(model, state)
+    ties = resolve_ties(model, gm, state)
     groups: dict[int, GroupInfo] = {}
     names = _group_names(state)
     for root in state.groups.roots():
@@ -174,7 +176,7 @@ def analyse(model: nn.Module, example_input: Any, op: str) -> Analysis:
             reasons=[r.replace("{group}", name) for r in _dedupe(st.reasons)],
             elements_per_unit=max(st.elements, 1),
         )
-    return Analysis(model, gm, state, groups, calls, output_node, teacher_out)
+    return Analysis(model, gm, state, groups, calls, output_node, teacher_out, ties)
 
 
 def _group_names(state: TraceState) -> dict[int, str]:
@@ -280,32 +282,6 @@ def _checked(state: TraceState, node: fx.Node, out: Layout, where: str) -> Layou
         )
         return {d: s for d, s in out.items() if d not in bad}
     return out
-
-
-def _pin_shared_parameters(model: nn.Module, state: TraceState) -> None:
-    """A tensor shared by two modules can follow only one mapping: such groups keep their width."""
-    owners: dict[int, list[str]] = {}
-    for mname, module in model.named_modules(remove_duplicate=False):
-        for pname, p in module.named_parameters(recurse=False):
-            lst = owners.setdefault(id(p), [])
-            if mname not in lst:
-                lst.append(mname)
-                _ = pname
-    for names in owners.values():
-        if len(names) < 2:
-            continue
-        for n in names:
-            role = state.roles.get(n)
-            if role is None:
-                continue
-            for segs in (role.out, role.in_):
-                if segs is None:
-                    continue
-                state.pin_layout(
-                    {0: segs},
-                    f"a parameter of '{n}' is shared with {', '.join(repr(x) for x in names if x != n)}; "
-                    "group '{group}' cannot grow while it is tied",
-                )
 
 
 def output_tensors(value: Any) -> list[torch.Tensor]:

@@ -12,11 +12,12 @@ from torch import nn
 
 from ._errors import GrowthError
 from ._graph import Analysis, GroupInfo, analyse, as_inputs, eval_mode, max_abs_error
-from ._handlers import handler_for
+from ._handlers import ParamAxes, handler_for
 from ._layout import Segs
-from ._mapping import GroupMap, axis_map, generator, grow_tensor, make_group_map
+from ._mapping import AxisMap, GroupMap, axis_map, generator, grow_tensor, make_group_map
 from ._modes import INIT_MODES, InitMode
 from ._shapes import attribute_updates, set_attributes
+from ._trace import ModuleRoles
 from ._types import Grown, ParamPlan, WidthGroup
 
 SPLITS = ("equal", "random")
@@ -330,8 +331,7 @@ def widen_impl(
     record = _widen_record(
         inputs, maps, factor=factor, init=init, noise=noise, split=split, seed=seed
     )
-    if updates:
-        record["attributes"] = updates
+    record.update(updates)
     names = [n for n, _ in student.named_parameters()]
     return Grown(
         model=student,
@@ -358,16 +358,21 @@ def _blocked_notes(blocked: Sequence[Mapping[str, Any]]) -> list[str]:
 
 def _grow_student(
     an: Analysis, model: nn.Module, maps: dict[int, GroupMap], *, noise: float, seed: int
-) -> tuple[nn.Module, dict[str, ParamPlan], dict[str, list[int]]]:
+) -> tuple[nn.Module, dict[str, ParamPlan], dict[str, Any]]:
     """A copy of the model with every mapped tensor grown and every size attribute that its
-    forward reads (head counts, attention widths) rewritten; the rewritten attributes as
-    "module.attr" → [old, new]."""
+    forward reads (head counts, attention widths) rewritten; and what the record adds: the
+    rewritten attributes ("module.attr" → [old, new]) and the ties kept."""
     updates = attribute_updates(model, an.gm, an.state, lambda segs: _new_size(an, maps, segs))
     student = copy_model(model, "widen")
     set_attributes(student, updates)
     plans = apply_maps(an, student, maps, noise=noise, seed=seed)
-    attrs = {f"{p}.{a}" if p else a: [o, n] for (p, a), (o, n) in updates.items()}
-    return student, plans, attrs
+    extra: dict[str, Any] = {}
+    if updates:
+        extra["attributes"] = {f"{p}.{a}" if p else a: [o, n] for (p, a), (o, n) in updates.items()}
+    grown_ties = [t.record() for t in an.ties if f"{t.consumer}.{t.consumer_param}" in plans]
+    if grown_ties:
+        extra["ties"] = grown_ties
+    return student, plans, extra
 
 
 def _new_size(an: Analysis, maps: Mapping[int, GroupMap], segs: Segs) -> int:
@@ -475,11 +480,15 @@ def apply_maps(
     seed: int,
     scale: str = "matched",
 ) -> dict[str, ParamPlan]:
-    """Grow every tensor that a mapped group touches, in the student (a copy of the model)."""
+    """Grow every tensor that a mapped group touches, in the student (a copy of the model). A
+    tied parameter grows once, as its producer wants, and the norm before its consumer takes the
+    outgoing split (see ``_ties``)."""
     plans: dict[str, ParamPlan] = {}
     if not maps:
         return plans
     modules = dict(student.named_modules())
+    tied = {(t.consumer, t.consumer_param) for t in an.ties}
+    split_in = {t.norm for t in an.ties}
     for mname, role in an.roles.items():
         out_map = axis_map(role.out, maps, an.find) if role.out is not None else None
         in_map = axis_map(role.in_, maps, an.find) if role.in_ is not None else None
@@ -489,32 +498,76 @@ def apply_maps(
         handler = handler_for(module)
         assert handler is not None
         for pname, axes in handler.param_axes(module).items():
-            tensor = module._parameters.get(pname)
-            if tensor is None:
-                tensor = module._buffers.get(pname)
-            if tensor is None:
+            if (mname, pname) in tied:
                 continue
-            o = out_map if axes.out is not None else None
-            i = in_map if axes.in_ is not None else None
-            if o is None and i is None:
-                continue
-            new = grow_tensor(
-                tensor,
+            plan = _grow_param(
+                module,
+                f"{mname}.{pname}" if mname else pname,
                 axes,
-                out=o,
-                out_kind=role.out_kind,
-                in_=i,
-                in_groups=role.in_groups,
-                noise=noise,
+                out=out_map if axes.out is not None else None,
+                in_=in_map if axes.in_ is not None else None,
+                role=role,
                 gen=generator(seed, "init", mname, pname),
+                noise=noise,
                 scale=scale,
+                split_out=mname in split_in,
             )
-            set_tensor(module, pname, new)
-            full = f"{mname}.{pname}" if mname else pname
-            plans[full] = ParamPlan(full, axes, o, role.out_kind, i, role.in_groups)
+            if plan is not None:
+                plans[plan.old_name or ""] = plan
         handler.resize(
             module,
             out_map.new if out_map is not None else None,
             in_map.new if in_map is not None else None,
         )
+    _retie(an, modules, plans)
     return plans
+
+
+def _grow_param(
+    module: nn.Module,
+    full: str,
+    axes: ParamAxes,
+    *,
+    out: AxisMap | None,
+    in_: AxisMap | None,
+    role: ModuleRoles,
+    gen: torch.Generator,
+    noise: float,
+    scale: str,
+    split_out: bool,
+) -> ParamPlan | None:
+    """Grow one parameter or buffer of ``module`` in place; ``split_out``: also multiply its
+    units by their outgoing share (the norm before a tied consumer)."""
+    pname = full.rsplit(".", 1)[-1]
+    tensor: torch.Tensor | None = module._parameters.get(pname)
+    if tensor is None:
+        tensor = module._buffers.get(pname)
+    if tensor is None or (out is None and in_ is None):
+        return None
+    new = grow_tensor(
+        tensor,
+        axes,
+        out=out,
+        out_kind=role.out_kind,
+        in_=in_,
+        in_groups=role.in_groups,
+        noise=noise,
+        gen=gen,
+        scale=scale,
+    )
+    if split_out and out is not None and axes.out is not None:
+        shape = [1] * new.dim()
+        shape[axes.out] = -1
+        new = new * out.share.to(device=new.device, dtype=new.dtype).view(shape)
+    set_tensor(module, pname, new)
+    return ParamPlan(full, axes, out, role.out_kind, in_, role.in_groups)
+
+
+def _retie(an: Analysis, modules: Mapping[str, nn.Module], plans: dict[str, ParamPlan]) -> None:
+    """Point each tied consumer at its producer's grown parameter: still one tensor."""
+    for t in an.ties:
+        grown = modules[t.producer]._parameters[t.producer_param]
+        modules[t.consumer]._parameters[t.consumer_param] = grown
+        source = plans.get(f"{t.producer}.{t.producer_param}")
+        if source is not None:
+            plans[f"{t.consumer}.{t.consumer_param}"] = source

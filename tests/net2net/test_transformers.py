@@ -95,3 +95,160 @@ def test_mlp_alone_x2(attention: str) -> None:
     assert_same_function(model, grown.model, idx)
     assert grown.model.transformer.h[1].mlp.c_fc.out_features == 256
     assert grown.model.transformer.h[1].attn.n_head == 2
+
+
+def test_residual_stream_is_one_group() -> None:
+    model, idx = tiny_gpt()
+    stream = {g.name: g for g in net2net.width_groups(model, idx)}[STREAM]
+    assert stream.width == 32
+    assert set(stream.producers) == {
+        "transformer.wte",
+        "transformer.wpe",
+        *(f"transformer.h.{i}.{m}.c_proj" for i in (0, 1) for m in ("attn", "mlp")),
+    }
+    assert set(stream.consumers) == {
+        "lm_head",
+        *(f"transformer.h.{i}.{m}" for i in (0, 1) for m in ("attn.c_attn", "mlp.c_fc")),
+    }
+    assert set(stream.norms) == {
+        "transformer.ln_f",
+        *(f"transformer.h.{i}.ln_{j}" for i in (0, 1) for j in (1, 2)),
+    }
+    assert stream.integer_factor
+
+
+def test_stream_alone_x2_keeps_the_tie(attention: str) -> None:
+    model, idx = tiny_gpt(attention)
+    snap = snapshot(model)
+    grown = net2net.widen(model, idx, widths={STREAM: 64})
+    assert_unchanged(model, snap)
+    assert_same_function(model, grown.model, idx)
+    g = grown.model
+    assert g.lm_head.weight is g.transformer.wte.weight  # still one parameter
+    assert g.transformer.wte.weight.shape == (65, 64)
+    assert len(list(g.parameters())) == len(list(model.parameters()))
+    assert grown.record["ties"] == [
+        {
+            "params": ["transformer.wte.weight", "lm_head.weight"],
+            "kept": True,
+            "split_scaled_in": "transformer.ln_f",
+        }
+    ]
+    # copies everywhere on the stream; the split moved into ln_f (×1/2 at factor 2)
+    src = grown.mappings[STREAM]
+    torch.testing.assert_close(g.transformer.wte.weight[:, 32:], model.lm_head.weight[:, src[32:]])
+    torch.testing.assert_close(g.transformer.ln_f.weight, model.transformer.ln_f.weight[src] / 2)
+    ln1 = g.transformer.h[0].ln_1.weight
+    torch.testing.assert_close(ln1, model.transformer.h[0].ln_1.weight[src])
+    assert g.transformer.h[0].attn.n_head == 2
+
+
+def test_all_groups_x2_doubles_the_heads(attention: str) -> None:
+    model, idx = tiny_gpt(attention)
+    groups = net2net.width_groups(model, idx)
+    grown = net2net.widen(model, idx, factor=2)
+    err = assert_same_function(model, grown.model, idx)
+    assert grown.exact and grown.max_abs_error == pytest.approx(err, abs=1e-7)
+    assert grown.widths == {g.name: (g.width, 2 * g.width) for g in groups}
+    for old, new in zip(model.transformer.h, grown.model.transformer.h, strict=True):
+        assert new.attn.n_head == 2 * old.attn.n_head == 4
+        assert new.attn.n_embd // new.attn.n_head == old.attn.n_embd // old.attn.n_head == 16
+    assert grown.model.lm_head.weight is grown.model.transformer.wte.weight
+    assert grown.model.transformer.wpe.weight.shape == (16, 64)
+
+
+@pytest.mark.parametrize("init", ["copy_zero", "random_zero"])
+def test_zero_outgoing_modes_are_exact(init: str) -> None:
+    model, idx = tiny_gpt()
+    grown = net2net.widen(model, idx, factor=2, init=init, seed=3)
+    assert grown.exact
+    assert_same_function(model, grown.model, idx)
+    assert grown.model.lm_head.weight is grown.model.transformer.wte.weight
+
+
+def test_random_split_is_exact() -> None:
+    model, idx = tiny_gpt()
+    grown = net2net.widen(model, idx, factor=3, split="random", seed=2)
+    assert_same_function(model, grown.model, idx)
+    assert grown.model.transformer.h[0].attn.n_head == 6
+
+
+def test_stream_x1_5_is_refused_with_the_norms_named() -> None:
+    model, idx = tiny_gpt()
+    snap = snapshot(model)
+    for call in (
+        lambda: net2net.widen(model, idx, factor=1.5),
+        lambda: net2net.widen(model, idx, widths={STREAM: 48}),
+    ):
+        with pytest.raises(net2net.GrowthError) as info:
+            call()
+        msg = str(info.value)
+        assert "norm 'transformer.h.0.ln_1'" in msg and "norm 'transformer.ln_f'" in msg
+        assert f"group '{STREAM}' (width 32)" in msg
+        assert "integer factor" in msg or "a multiple of 32 (e.g. 64), not 48" in msg
+    assert_unchanged(model, snap)
+    grown = net2net.widen(model, idx, widths={STREAM: 96})  # ×3 is exact
+    assert_same_function(model, grown.model, idx)
+
+
+class NoNormHead(GPT):
+    """The tied head reads the stream without a final norm: the tie cannot be kept exactly."""
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        _, t = idx.size()
+        pos = torch.arange(0, t, dtype=torch.long, device=idx.device)
+        x = self.transformer.wte(idx) + self.transformer.wpe(pos)
+        for block in self.transformer.h:
+            x = block(x)
+        out: torch.Tensor = self.lm_head(x)
+        return out
+
+
+def test_a_tie_without_a_norm_before_the_head_is_named() -> None:
+    torch.manual_seed(0)
+    model, idx = NoNormHead(), torch.randint(0, 65, (2, 8))
+    assert STREAM not in {g.name for g in net2net.width_groups(model, idx)}
+    with pytest.raises(net2net.GrowthError) as info:
+        net2net.widen(model, idx, widths={STREAM: 64})
+    msg = str(info.value)
+    assert "parameter 'lm_head.weight' is tied to 'transformer.wte.weight'" in msg
+    assert "untie the weights or add such a norm" in msg
+    net2net.widen(model, idx, factor=2)  # the other groups still grow
+
+
+def test_untied_gpt_grows_too() -> None:
+    model, idx = tiny_gpt()
+    model.lm_head.weight = nn.Parameter(model.lm_head.weight.detach().clone())
+    grown = net2net.widen(model, idx, factor=2)
+    assert "ties" not in grown.record
+    assert_same_function(model, grown.model, idx)
+    assert grown.model.lm_head.weight is not grown.model.transformer.wte.weight
+
+
+def test_replay_rebuilds_the_grown_gpt() -> None:
+    model, idx = tiny_gpt()
+    grown = net2net.widen(model, idx, factor=2, seed=4)
+    rebuilt = net2net.replay(model, [grown.record])
+    assert rebuilt.transformer.h[0].attn.n_head == 4
+    assert rebuilt.lm_head.weight is rebuilt.transformer.wte.weight
+    for name, value in rebuilt.state_dict().items():
+        torch.testing.assert_close(value, grown.model.state_dict()[name], rtol=0, atol=0)
+
+
+def test_grown_gpt_trains_with_the_carried_optimizer() -> None:
+    model, idx = tiny_gpt()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    loss = nn.functional.cross_entropy(model(idx).flatten(0, 1), idx.flatten())
+    loss.backward()
+    opt.step()
+    grown = net2net.widen(model, idx, factor=2)
+    new_opt = net2net.transfer_optimizer(opt, model, grown)
+    student = grown.model
+    losses = []
+    for _ in range(5):
+        new_opt.zero_grad()
+        loss = nn.functional.cross_entropy(student(idx).flatten(0, 1), idx.flatten())
+        loss.backward()
+        new_opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
