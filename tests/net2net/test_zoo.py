@@ -44,6 +44,21 @@ def test_widen_x2(case: Case) -> None:
     }
 
 
+def test_every_listed_group_grows_alone(case: Case) -> None:
+    """width_groups and summarize never list a group that widen then refuses or gets wrong."""
+    model, x = build(case)
+    groups = net2net.width_groups(model, x)
+    assert [g["name"] for g in net2net.summarize(model, x)["groups"]] == [g.name for g in groups]
+    for g in groups:
+        new = (
+            2 * g.width if g.integer_factor else -(-(g.width + 1) // g.multiple_of) * g.multiple_of
+        )
+        grown = net2net.widen(model, x, widths={g.name: new})
+        err, scale = max_err(model, grown.model, x)
+        assert err < bound(scale), g.name
+        assert grown.widths == {g.name: (g.width, new)}
+
+
 def test_widen_odd_widths_random_split(case: Case) -> None:
     model, x = build(case)
     snap = snapshot(model)

@@ -9,6 +9,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
+from .transformer_zoo import GPT, GPTConfig
+
 
 class BasicBlock(nn.Module):
     """ResNet basic block; a projection shortcut when the shape changes. ``relu`` is called twice,
@@ -274,6 +276,20 @@ ZOO: list[Case] = [
         residual_after="act",
     ),
     Case("grouped_cnn", grouped_cnn, _img(3, 6), deepen_after="1", residual_after="4"),
+    Case(
+        "gpt",
+        GPT,
+        lambda g: torch.randint(0, 65, (3, 16), generator=g),
+        deepen_after="transformer.h.0.mlp.c_fc",
+        residual_after="transformer.h.1.mlp.gelu",
+    ),
+    Case(
+        "gpt_manual_attention",
+        lambda: GPT(GPTConfig(attention="manual")),
+        lambda g: torch.randint(0, 65, (2, 12), generator=g),
+        deepen_after="transformer.h.1.attn.c_proj",
+        residual_after="transformer.h.0.mlp.gelu",
+    ),
 ]
 
 
