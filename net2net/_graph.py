@@ -15,7 +15,7 @@ from ._errors import GrowthError
 from ._handlers import handler_for
 from ._layout import GroupState, Layout, gids_of
 from ._ops import label_of, rule_for
-from ._shapes import pin_unwritable
+from ._shapes import pin_unwritable, size_links
 from ._ties import Tie, resolve_ties
 from ._trace import ModuleRoles, OpContext, TraceContext, TraceState
 
@@ -97,6 +97,7 @@ class GroupInfo:
     balanced_by: list[str]
     reasons: list[str]
     elements_per_unit: int = 1
+    grows_with: list[str] = field(default_factory=list)  # groups linked to it by a size
 
     @property
     def growable(self) -> bool:
@@ -158,6 +159,7 @@ def analyse(model: nn.Module, example_input: Any, op: str) -> Analysis:
             output_node = node
     pin_unwritable(model, gm, state)
     ties = resolve_ties(model, gm, state)
+    linked = _link_groups(state, size_links(gm, state))
     groups: dict[int, GroupInfo] = {}
     names = _group_names(state)
     for root in state.groups.roots():
@@ -175,8 +177,33 @@ def analyse(model: nn.Module, example_input: Any, op: str) -> Analysis:
             balanced_by=_dedupe(st.balanced_by),
             reasons=[r.replace("{group}", name) for r in _dedupe(st.reasons)],
             elements_per_unit=max(st.elements, 1),
+            grows_with=[names[r] for r in linked.get(root, []) if r in names],
         )
     return Analysis(model, gm, state, groups, calls, output_node, teacher_out, ties)
+
+
+def _link_groups(state: TraceState, links: list[tuple[set[int], fx.Node]]) -> dict[int, list[int]]:
+    """Root → the other roots it must grow with (a computed size links them). A component with a
+    group that cannot grow cannot grow at all: the others are pinned too."""
+    comp: dict[int, set[int]] = {}
+    for gids, _ in links:
+        roots = {state.groups.find(g) for g in gids}
+        merged = set(roots)
+        for r in roots:
+            merged |= comp.get(r, set())
+        for r in merged:
+            comp[r] = merged
+    for root, members in comp.items():
+        fixed = sorted(m for m in members if state.groups.state[m].reasons)
+        if fixed and not state.groups.state[root].reasons:
+            node = next(n for gids, n in links if root in {state.groups.find(g) for g in gids})
+            state.groups.pin(
+                root,
+                f"op '{node.name}' computes a size of group '{{group}}' from the width of a group "
+                "that cannot grow, so '{group}' keeps its width too; compute that size from the "
+                "module's own attributes (e.g. self.n_embd // self.n_head)",
+            )
+    return {r: sorted(m for m in members if m != r) for r, members in comp.items()}
 
 
 def _group_names(state: TraceState) -> dict[int, str]:

@@ -13,6 +13,7 @@ the forward computes them again.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -229,3 +230,79 @@ def set_attributes(model: nn.Module, updates: Mapping[tuple[str, str], tuple[int
     modules = dict(model.named_modules())
     for (path, attr), (_, new) in updates.items():
         setattr(modules[path], attr, new)
+
+
+# -- sizes computed from other tensors: groups that must grow by the same factor -----------------
+
+_ARITH = {
+    operator.floordiv,
+    operator.mul,
+    operator.add,
+    operator.sub,
+    operator.mod,
+    operator.truediv,
+}
+
+
+def _size_sources(value: Any, state: TraceState, index: int | None = None) -> set[int]:
+    """The groups whose widths the int ``value`` (a node of size arithmetic) is computed from."""
+    if not isinstance(value, fx.Node):
+        return set()
+    name = _op_name(value)
+    if name == "getitem" and isinstance(value.args[1], int):
+        return _size_sources(value.args[0], state, value.args[1])
+    if value.op == "call_function" and value.target in _ARITH:
+        return {g for a in value.args for g in _size_sources(a, state)}
+    is_shape = name == "getattr" and len(value.args) > 1 and value.args[1] == "shape"
+    if name != "size" and not is_shape:
+        return set()
+    t = value.args[0]
+    shape = state.shapes.get(t) if isinstance(t, fx.Node) else None
+    if shape is None:
+        return set()
+    dim = value.args[1] if name == "size" and len(value.args) > 1 else value.kwargs.get("dim")
+    dims = [dim] if isinstance(dim, int) else [index] if index is not None else range(len(shape))
+    lay = state.layouts.get(t, {}) if isinstance(t, fx.Node) else {}
+    return {
+        state.groups.find(s.gid)
+        for d in dims
+        for s in lay.get(d + len(shape) if d < 0 else d, ())
+        if s.gid is not None
+    }
+
+
+def _shape_args(node: fx.Node) -> list[Any]:
+    name = _op_name(node)
+    if name in ("view", "reshape"):
+        args = list(node.args[1:]) if node.op == "call_method" else list(node.args[1:2])
+        return list(args[0]) if len(args) == 1 and isinstance(args[0], (list, tuple)) else args
+    if name == "split" and len(node.args) > 1:
+        size = node.args[1]
+        return list(size) if isinstance(size, (list, tuple)) else [size]
+    return []
+
+
+def size_links(gm: fx.GraphModule, state: TraceState) -> list[tuple[set[int], fx.Node]]:
+    """Groups that a reshape's computed size ties together: ``q.view(B, T, n_head, C // n_head)``
+    with C the stream's width makes the heads' size depend on the stream, so the stream and the
+    heads keep their ratio only if they grow by the same factor."""
+    links: list[tuple[set[int], fx.Node]] = []
+    for node in gm.graph.nodes:
+        args = [a for a in _shape_args(node) if isinstance(a, fx.Node)]
+        if not args:
+            continue
+        src = node.args[0]
+        lays = [state.layouts.get(node, {})]
+        if isinstance(src, fx.Node):
+            lays.append(state.layouts.get(src, {}))
+        targets = {
+            state.groups.find(s.gid)
+            for lay in lays
+            for segs in lay.values()
+            for s in segs
+            if s.gid is not None
+        }
+        deps = {g for a in args for g in _size_sources(a, state)}
+        if targets and deps - targets:
+            links.append((targets | deps, node))
+    return links

@@ -20,7 +20,9 @@ class WidthGroup:
 
     ``multiple_of``: a new width must be a multiple of it (grouped convs). ``integer_factor``: a
     LayerNorm/RMSNorm normalises over the group, so the new width must be an integer multiple of
-    the current one (named in ``integer_factor_norms``).
+    the current one (named in ``integer_factor_norms``). ``grows_with``: groups that must grow
+    by the same factor, because the forward computes a size of one from the width of another
+    (``C // self.n_head`` with C the residual stream's width).
     """
 
     name: str
@@ -30,6 +32,7 @@ class WidthGroup:
     norms: tuple[str, ...]
     multiple_of: int = 1
     integer_factor_norms: tuple[str, ...] = ()
+    grows_with: tuple[str, ...] = ()
 
     @property
     def integer_factor(self) -> bool:
@@ -53,6 +56,8 @@ class WidthGroup:
                 f"  new width must be an integer multiple of {self.width} "
                 f"(normalised by {', '.join(self.integer_factor_norms)})"
             )
+        if self.grows_with:
+            lines.append(f"  grows by the same factor as {', '.join(self.grows_with)}")
         return "\n".join(lines)
 
 

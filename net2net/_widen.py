@@ -36,6 +36,7 @@ def group_view(g: GroupInfo) -> WidthGroup:
         norms=tuple(g.channelwise),
         multiple_of=g.blocks,
         integer_factor_norms=tuple(g.balanced_by),
+        grows_with=tuple(g.grows_with),
     )
 
 
@@ -52,6 +53,7 @@ def group_spec(g: GroupInfo) -> dict[str, Any]:
         "integer_factor": bool(g.balanced_by),
         "integer_factor_because": list(g.balanced_by),
         "elements_per_unit": g.elements_per_unit,
+        "grows_with": list(g.grows_with),
     }
 
 
@@ -88,9 +90,33 @@ def resolve_widths(
     if (factor is None) == (widths is None):
         raise GrowthError(f"{op}: give exactly one of factor= or widths=")
     if factor is not None:
-        return _widths_for_factor(groups, blocked, factor, op)
-    assert widths is not None
-    return _checked_widths(groups, blocked, widths, op)
+        out = _widths_for_factor(groups, blocked, factor, op)
+    else:
+        assert widths is not None
+        out = _checked_widths(groups, blocked, widths, op)
+    _check_links(groups, out, op)
+    return out
+
+
+def _check_links(groups: Sequence[Mapping[str, Any]], targets: Mapping[str, int], op: str) -> None:
+    """Groups linked by a computed size grow by one factor (new · old' = new' · old)."""
+    by_name = {str(g["name"]): g for g in groups}
+    changed = sorted(groups, key=lambda g: str(g["name"]) not in targets)  # name a growing one
+    for g in changed:
+        name, width = str(g["name"]), int(g["width"])
+        new = targets.get(name, width)
+        for other in g.get("grows_with") or []:
+            w2 = int(by_name[other]["width"]) if other in by_name else 0
+            if w2 and targets.get(other, w2) * width == new * w2:
+                continue
+            example = {n: int(by_name[n]["width"]) * 2 for n in [name, *g["grows_with"]]}
+            raise GrowthError(
+                f"{op}: group {name!r} ({width} → {new}) must grow by the same factor as "
+                f"{other!r}, because the forward computes a size of one from the width of the "
+                f"other (such as C // self.n_head with C the stream's width); grow them together, "
+                f"e.g. widths={example}, or compute the size from the module's own attributes "
+                "(self.n_embd // self.n_head) to grow them apart"
+            )
 
 
 def _widths_for_factor(

@@ -252,3 +252,32 @@ def test_grown_gpt_trains_with_the_carried_optimizer() -> None:
         new_opt.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0]
+
+
+def test_nanogpt_code_links_the_stream_and_the_heads() -> None:
+    """nanoGPT's forward computes the head size as C // n_head from the stream's width C: the
+    stream and every block's heads are listed as growing together, and grow exactly so."""
+    model, idx = tiny_gpt("nanogpt")
+    groups = {g.name: g for g in net2net.width_groups(model, idx)}
+    assert set(groups[STREAM].grows_with) == set(HEADS)
+    assert set(groups[HEADS[0]].grows_with) == {STREAM, HEADS[1]}
+    assert groups[MLPS[0]].grows_with == ()
+    assert "grows by the same factor as" in str(groups[STREAM])
+    summary = net2net.summarize(model, idx)
+    for call in (
+        lambda: net2net.widen(model, idx, widths={STREAM: 64}),
+        lambda: net2net.widen(model, idx, widths={HEADS[0]: 4}),
+        lambda: net2net.predict_param_count(summary, widths={STREAM: 64}),
+    ):
+        with pytest.raises(net2net.GrowthError) as info:
+            call()
+        assert "must grow by the same factor as" in str(info.value)
+        assert "C // self.n_head" in str(info.value)
+    widths = {STREAM: 64, **dict.fromkeys(HEADS, 4)}
+    grown = net2net.widen(model, idx, widths=widths)
+    assert_same_function(model, grown.model, idx)
+    assert net2net.predict_param_count(summary, widths=widths) == net2net.count_params(grown.model)
+    grown = net2net.widen(model, idx, factor=2)
+    assert_same_function(model, grown.model, idx)
+    assert grown.model.transformer.h[0].attn.n_head == 4
+    assert net2net.widen(model, idx, widths=dict.fromkeys(MLPS, 200)).exact

@@ -45,18 +45,21 @@ def test_widen_x2(case: Case) -> None:
 
 
 def test_every_listed_group_grows_alone(case: Case) -> None:
-    """width_groups and summarize never list a group that widen then refuses or gets wrong."""
+    """width_groups and summarize never list a group that widen then refuses or gets wrong: each
+    grows alone (with the groups it must grow with, by one factor)."""
     model, x = build(case)
     groups = net2net.width_groups(model, x)
-    assert [g["name"] for g in net2net.summarize(model, x)["groups"]] == [g.name for g in groups]
+    by_name = {g.name: g for g in groups}
+    assert [g["name"] for g in net2net.summarize(model, x)["groups"]] == list(by_name)
     for g in groups:
-        new = (
-            2 * g.width if g.integer_factor else -(-(g.width + 1) // g.multiple_of) * g.multiple_of
-        )
-        grown = net2net.widen(model, x, widths={g.name: new})
+        m = g.multiple_of
+        widths = {g.name: 2 * g.width if g.integer_factor else -(-(g.width + 1) // m) * m}
+        if g.grows_with:
+            widths = {n: 2 * by_name[n].width for n in (g.name, *g.grows_with)}
+        grown = net2net.widen(model, x, widths=widths)
         err, scale = max_err(model, grown.model, x)
         assert err < bound(scale), g.name
-        assert grown.widths == {g.name: (g.width, new)}
+        assert grown.widths == {n: (by_name[n].width, w) for n, w in widths.items()}
 
 
 def test_widen_odd_widths_random_split(case: Case) -> None:

@@ -74,9 +74,26 @@ class ChunkAttention(CausalSelfAttention):
         return out
 
 
+class NanoGPTAttention(CausalSelfAttention):
+    """nanoGPT's own forward: the head size is C // n_head and the output view is (B, T, C), with C
+    the residual stream's width, so the stream and the heads grow only by the same factor."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, c = x.size()
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
+        k = k.view(b, t, self.n_head, c // self.n_head).transpose(1, 2)
+        q = q.view(b, t, self.n_head, c // self.n_head).transpose(1, 2)
+        v = v.view(b, t, self.n_head, c // self.n_head).transpose(1, 2)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=True)
+        y = y.transpose(1, 2).contiguous().view(b, t, c)
+        out: torch.Tensor = self.resid_dropout(self.c_proj(y))
+        return out
+
+
 ATTENTION: dict[str, type[CausalSelfAttention]] = {
     "sdpa": CausalSelfAttention,
     "manual": ChunkAttention,
+    "nanogpt": NanoGPTAttention,
 }
 
 

@@ -290,6 +290,13 @@ ZOO: list[Case] = [
         deepen_after="transformer.h.1.attn.c_proj",
         residual_after="transformer.h.0.mlp.gelu",
     ),
+    Case(
+        "gpt_nanogpt_code",
+        lambda: GPT(GPTConfig(attention="nanogpt")),
+        lambda g: torch.randint(0, 65, (2, 16), generator=g),
+        deepen_after="transformer.h.0.mlp.c_fc",
+        residual_after="transformer.h.0.mlp.gelu",
+    ),
 ]
 
 
@@ -358,6 +365,9 @@ def odd_widths(groups: list) -> dict[str, int]:  # type: ignore[type-arg]
     """An odd new width per group, respecting constraints (LayerNorm: an integer multiple)."""
     out = {}
     for g in groups:
+        if g.grows_with:  # linked groups keep one factor
+            out[g.name] = 3 * g.width
+            continue
         if g.integer_factor:
             out[g.name] = 3 * g.width if (3 * g.width) % 2 else 2 * g.width
             continue
