@@ -332,7 +332,7 @@ def _cut(ctx: OpContext, src: fx.Node, dim: int, bounds: Sequence[int]) -> list[
     shape = ctx.shape_of(src)
     assert shape is not None
     points = sorted({0, shape[dim], *(b for b in bounds if 0 < b < shape[dim])})
-    while True:
+    for _ in range(shape[dim] + 1):  # each refinement aligns one more group with the points
         segs = canonical(ctx.layout_of(src).get(dim) or fixed(shape[dim]))
         crossing = _crossing(segs, points)
         if crossing is None:
@@ -347,6 +347,9 @@ def _cut(ctx: OpContext, src: fx.Node, dim: int, bounds: Sequence[int]) -> list[
             return None
         if not ctx.state.refine(gid, cuts, ctx.where()):
             return None
+    else:
+        ctx.state.pin_layout({dim: segs}, f"{ctx.where()} cuts group '{{group}}' too often")
+        return None
     return [_between(segs, a, b) for a, b in itertools.pairwise(points)]
 
 

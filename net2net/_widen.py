@@ -169,8 +169,10 @@ def _checked_widths(
     out: dict[str, int] = {}
     for name, new in widths.items():
         if name not in by_name:
-            if name in blocked_by_name:
-                raise GrowthError(f"{op}: {blocked_by_name[name]['reason']}")
+            parts = [b for n, b in blocked_by_name.items() if n.startswith(f"{name}[")]
+            if name in blocked_by_name or parts:
+                reasons = [blocked_by_name[name]] if name in blocked_by_name else parts
+                raise GrowthError(f"{op}: {'; '.join(str(b['reason']) for b in reasons)}")
             raise GrowthError(
                 f"{op}: no width group named {name!r}; the groups that can grow are: "
                 f"{', '.join(sorted(by_name)) or 'none'}"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F  # noqa: N812
 
 import net2net
 
@@ -43,7 +44,7 @@ def assert_same_function(teacher: nn.Module, student: nn.Module, idx: torch.Tens
     return float((got - want).abs().max())
 
 
-@pytest.fixture(params=["sdpa", "manual"])
+@pytest.fixture(params=["sdpa", "manual", "masked"])
 def attention(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
@@ -281,3 +282,52 @@ def test_nanogpt_code_links_the_stream_and_the_heads() -> None:
     assert_same_function(model, grown.model, idx)
     assert grown.model.transformer.h[0].attn.n_head == 4
     assert net2net.widen(model, idx, widths=dict.fromkeys(MLPS, 200)).exact
+
+
+class CutInsideAHead(GPT):
+    """Drops the first 8 channels of the attention output (head size 16): a cut inside a head."""
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        x = self.transformer.wte(idx)
+        attn = self.transformer.h[0].attn
+        b, t, _ = x.size()
+        q, k, v = attn.c_attn(x).split(attn.n_embd, dim=2)
+        q, k, v = (z.view(b, t, attn.n_head, 16).transpose(1, 2) for z in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, t, attn.n_embd)
+        y = torch.cat([y[..., 8:], y[..., :8]], dim=-1)
+        out: torch.Tensor = self.lm_head(self.transformer.ln_f(x + attn.c_proj(y)))
+        return out
+
+
+def test_a_cut_inside_a_head_is_named() -> None:
+    torch.manual_seed(0)
+    model, idx = CutInsideAHead(), torch.randint(0, 65, (2, 8))
+    assert HEADS[0] not in {g.name for g in net2net.width_groups(model, idx)}
+    with pytest.raises(net2net.GrowthError) as info:
+        net2net.widen(model, idx, widths={HEADS[0]: 4})
+    assert "cuts the channels of group 'transformer.h.0.attn.c_attn' inside a unit" in str(
+        info.value
+    )
+
+
+class GroupedQuery(GPT):
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        x = self.transformer.wte(idx)
+        attn = self.transformer.h[0].attn
+        b, t, _ = x.size()
+        q, k, v = attn.c_attn(x).split(attn.n_embd, dim=2)
+        q, k, v = (z.view(b, t, attn.n_head, 16).transpose(1, 2) for z in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+        y = y.transpose(1, 2).reshape(b, t, attn.n_embd)
+        out: torch.Tensor = self.lm_head(self.transformer.ln_f(x + attn.c_proj(y)))
+        return out
+
+
+def test_grouped_query_attention_is_named() -> None:
+    torch.manual_seed(0)
+    model, idx = GroupedQuery(), torch.randint(0, 65, (2, 8))
+    with pytest.raises(net2net.GrowthError) as info:
+        net2net.widen(model, idx, widths={HEADS[0]: 4})
+    assert "does not grow grouped-query attention" in str(info.value)
+    grown = net2net.widen(model, idx, widths={STREAM: 64})  # the stream still grows
+    assert_same_function(model, grown.model, idx)

@@ -90,7 +90,26 @@ class NanoGPTAttention(CausalSelfAttention):
         return out
 
 
+class BiasedAttention(CausalSelfAttention):
+    """SDPA with an additive float mask (a causal mask plus a distance penalty), broadcast over
+    the heads, and an explicit scale."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, _ = x.size()
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=-1)
+        hs = self.n_embd // self.n_head
+        q, k, v = (z.view(b, t, self.n_head, hs).transpose(1, 2) for z in (q, k, v))
+        pos = torch.arange(t, device=x.device)
+        dist = (pos[:, None] - pos[None, :]).to(x.dtype)  # (T, T)
+        mask = torch.where(dist >= 0, -0.1 * dist, float("-inf"))
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=0.5 / math.sqrt(hs))
+        y = y.transpose(1, 2).reshape(b, t, self.n_embd)
+        out: torch.Tensor = self.resid_dropout(self.c_proj(y))
+        return out
+
+
 ATTENTION: dict[str, type[CausalSelfAttention]] = {
+    "masked": BiasedAttention,
     "sdpa": CausalSelfAttention,
     "manual": ChunkAttention,
     "nanogpt": NanoGPTAttention,
