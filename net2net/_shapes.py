@@ -282,12 +282,31 @@ def _shape_args(node: fx.Node) -> list[Any]:
     return []
 
 
+def _equal_parts(node: fx.Node, state: TraceState) -> set[int]:
+    """The groups of the outputs of ``chunk(n)`` or ``split(size)``: the forward gives every
+    output one size, so they grow by one factor."""
+    parts = state.parts.get(node)
+    size = node.args[1] if len(node.args) > 1 else None
+    if parts is None or isinstance(size, (list, tuple)):
+        return set()
+    return {
+        state.groups.find(s.gid)
+        for part in parts
+        for segs in part.values()
+        for s in segs
+        if s.gid is not None
+    }
+
+
 def size_links(gm: fx.GraphModule, state: TraceState) -> list[tuple[set[int], fx.Node]]:
     """Groups that a reshape's computed size ties together: ``q.view(B, T, n_head, C // n_head)``
     with C the stream's width makes the heads' size depend on the stream, so the stream and the
     heads keep their ratio only if they grow by the same factor."""
     links: list[tuple[set[int], fx.Node]] = []
     for node in gm.graph.nodes:
+        equal = _equal_parts(node, state)
+        if len(equal) > 1:
+            links.append((equal, node))
         args = [a for a in _shape_args(node) if isinstance(a, fx.Node)]
         if not args:
             continue

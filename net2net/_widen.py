@@ -112,10 +112,11 @@ def _check_links(groups: Sequence[Mapping[str, Any]], targets: Mapping[str, int]
             example = {n: int(by_name[n]["width"]) * 2 for n in [name, *g["grows_with"]]}
             raise GrowthError(
                 f"{op}: group {name!r} ({width} → {new}) must grow by the same factor as "
-                f"{other!r}, because the forward computes a size of one from the width of the "
-                f"other (such as C // self.n_head with C the stream's width); grow them together, "
-                f"e.g. widths={example}, or compute the size from the module's own attributes "
-                "(self.n_embd // self.n_head) to grow them apart"
+                f"{other!r}, because the forward sizes them together (chunk or split into equal "
+                "parts, or a size computed from the other's width, such as C // self.n_head with "
+                f"C the stream's width); grow them together, e.g. widths={example}; a head size "
+                "computed from the attention's own attributes (self.n_embd // self.n_head) lets "
+                "the stream and the heads grow apart"
             )
 
 

@@ -331,3 +331,31 @@ def test_grouped_query_attention_is_named() -> None:
     assert "does not grow grouped-query attention" in str(info.value)
     grown = net2net.widen(model, idx, widths={STREAM: 64})  # the stream still grows
     assert_same_function(model, grown.model, idx)
+
+
+class TwoHalves(nn.Module):
+    """One projection chunked into two halves that feed different layers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 16)
+        self.a = nn.Linear(8, 3)
+        self.b = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p, q = self.fc(x).chunk(2, dim=-1)
+        out: torch.Tensor = self.a(torch.relu(p)) + self.b(torch.tanh(q))
+        return out
+
+
+def test_equal_chunks_grow_together() -> None:
+    torch.manual_seed(0)
+    model, x = TwoHalves(), torch.randn(5, 4)
+    groups = {g.name: g for g in net2net.width_groups(model, x)}
+    assert groups["fc[0]"].grows_with == ("fc[1]",) and groups["fc[0]"].consumers == ("a",)
+    assert groups["fc[1]"].grows_with == ("fc[0]",) and groups["fc[1]"].consumers == ("b",)
+    with pytest.raises(net2net.GrowthError, match="must grow by the same factor as 'fc\\[1\\]'"):
+        net2net.widen(model, x, widths={"fc[0]": 12})
+    grown = net2net.widen(model, x, widths={"fc[0]": 12, "fc[1]": 12})
+    assert grown.model.fc.out_features == 24
+    assert_same_function(model, grown.model, x)
