@@ -4,7 +4,8 @@ consumers and per-channel modules whose units must share one mapping."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import functools
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +18,7 @@ from ._layout import GroupState, Layout, gids_of
 from ._ops import label_of, rule_for
 from ._shapes import pin_unwritable, size_links
 from ._ties import Tie, resolve_ties
+from ._torch_modules import traceable_forward
 from ._trace import ModuleRoles, OpContext, TraceContext, TraceState
 
 Inputs = tuple[torch.Tensor, ...]
@@ -40,7 +42,23 @@ class _Tracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if handler_for(m) is not None:
             return True
+        if traceable_forward(m) is not None:
+            return False
         return bool(super().is_leaf_module(m, module_qualified_name))
+
+    def call_module(
+        self,
+        m: nn.Module,
+        forward: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        """Modules whose own forward cannot be traced (torch's transformer layers, with their
+        fast-path checks) are followed through an equivalent forward."""
+        alt = traceable_forward(m)
+        if alt is not None and not self.is_leaf_module(m, self.path_of_module(m)):
+            forward = functools.partial(alt, m)
+        return super().call_module(m, forward, args, kwargs)
 
 
 @contextlib.contextmanager
@@ -159,7 +177,7 @@ def analyse(model: nn.Module, example_input: Any, op: str) -> Analysis:
             output_node = node
     pin_unwritable(model, gm, state)
     ties = resolve_ties(model, gm, state)
-    linked = _link_groups(state, size_links(gm, state))
+    linked = _link_groups(state, size_links(gm, state) + state.links)
     groups: dict[int, GroupInfo] = {}
     names = _group_names(state)
     for root in state.groups.roots():
@@ -229,7 +247,12 @@ def _group_names(state: TraceState) -> dict[int, str]:
 def _node_layout(
     gm: fx.GraphModule, state: TraceState, node: fx.Node, calls: dict[str, int]
 ) -> Layout:
-    if node.op in ("placeholder", "get_attr"):
+    if node.op == "get_attr":
+        shape = state.shapes.get(node)
+        if shape is not None and str(node.target) in dict(gm.named_parameters()):
+            state.origins[node] = (str(node.target), {d: d for d in range(len(shape))})
+        return {}
+    if node.op == "placeholder":
         return {}
     if node.op == "output":
         ctx = OpContext(state, node, "output")
@@ -265,7 +288,10 @@ def _module_layout(state: TraceState, node: fx.Node, name: str, module: nn.Modul
     if not tensors:
         return {}
     first = tensors[0]
+    follows = getattr(handler, "follows_inputs", False)
     for extra in tensors[1:]:
+        if extra is first or follows:
+            continue
         state.pin_layout(
             state.layouts.get(extra, {}),
             f"module '{name}' ({type(module).__name__}) takes group '{{group}}' as a second "
@@ -280,9 +306,14 @@ def _module_layout(state: TraceState, node: fx.Node, name: str, module: nn.Modul
         layout=state.layouts.get(first, {}),
         in_shape=in_shape,
         out_shape=state.shapes.get(node),
+        extra=[(state.layouts.get(t, {}), state.shapes.get(t) or ()) for t in tensors[1:]]
+        if follows
+        else [],
     )
     out = handler.trace(module, tctx)
     state.role(name).calls += 1
+    if state.shapes.get(node) is None and node in state.parts:
+        return {}  # a tuple: its items' layouts are in state.parts
     if state.shapes.get(node) is None:
         state.pin_layout(
             out,

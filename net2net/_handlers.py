@@ -47,6 +47,7 @@ class Handler:
     activation: bool = False
     idempotent: bool = False
     batch_norm: bool = False
+    follows_inputs: bool = False  # trace sees the other tensor inputs (TraceContext.meet_inputs)
 
     def trace(self, module: nn.Module, ctx: TraceContext) -> Layout:
         """Declare the roles of one call of ``module`` through ``ctx`` and return the output layout
@@ -95,6 +96,15 @@ def handler_for(module: nn.Module) -> Handler | None:
         if h is not None and getattr(cls, "forward", None) is getattr(base, "forward", None):
             return h
     return None
+
+
+def axes_of(module: nn.Module, free: Mapping[str, int]) -> dict[str, ParamAxes]:
+    """The tensors of ``module`` that follow width groups: its handler's, and the parameters its
+    own forward uses as-is (``free``: name → axis), which are per-channel and copied."""
+    handler = handler_for(module)
+    axes = dict(handler.param_axes(module)) if handler is not None else {}
+    axes.update({name: ParamAxes(out=axis, fresh="copy") for name, axis in free.items()})
+    return axes
 
 
 # ---------------------------------------------------------------------------------------------

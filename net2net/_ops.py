@@ -80,11 +80,14 @@ def _cat(ctx: OpContext) -> Layout:
     for d in range(rank):
         if d == dim:
             continue
-        met = [ctx.layout_of(t).get(d) or fixed(_size(ctx, t, d)) for t in parts]
-        if any(has_groups(s) for s in met):
-            merged = met[0]
-            for other in met[1:]:
-                merged = ctx.state.unify(merged, other, ctx.where())
+        params = [(t, d) for t in parts if d not in ctx.layout_of(t) and t in ctx.state.origins]
+        met = [
+            ctx.layout_of(t).get(d) or fixed(_size(ctx, t, d))
+            for t in parts
+            if (t, d) not in params
+        ]
+        merged = ctx.meet(met, params)
+        if merged is not None:
             result[d] = merged
     segs: list[Seg] = []
     for t in parts:
@@ -187,6 +190,8 @@ def _reduce(ctx: OpContext) -> Layout:
         return ctx.block()
     lay = ctx.layout_of(src)
     for d in dims:
+        if d in lay and _mean_over_one_group(ctx, lay[d], len(dims)):
+            continue
         if d in lay:
             ctx.state.pin_layout(
                 {d: lay[d]},
@@ -200,6 +205,20 @@ def _reduce(ctx: OpContext) -> Layout:
         nd = d if keepdim else d - sum(1 for r in dims if r < d)
         out[nd] = segs
     return out
+
+
+def _mean_over_one_group(ctx: OpContext, segs: Segs, ndims: int) -> bool:
+    """x.mean(-1) over the channels of one group (an RMSNorm or LayerNorm written out): the mean
+    of the grown channels equals the old one if every unit is replicated equally often, so the
+    group takes integer factors only, with the module that holds the op named as its norm."""
+    segs = canonical(segs)
+    if _name_of(ctx.node) != "mean" or ndims != 1 or len(segs) != 1 or segs[0].gid is None:
+        return False
+    st = ctx.state.groups.get(segs[0].gid)
+    name = ctx.scope() or ctx.node.name
+    if name not in st.balanced_by:
+        st.balanced_by.append(name)
+    return True
 
 
 def _spatial(nd: int | None) -> OpRule:
@@ -255,6 +274,7 @@ def _getitem(ctx: OpContext) -> Layout:
     expanded = expand_index(index, len(shape))
     if expanded is None:
         return ctx.block()
+    _index_origin(ctx, src, expanded)
     out: Layout = {}
     in_d = out_d = 0
     for i in expanded:
@@ -267,6 +287,28 @@ def _getitem(ctx: OpContext) -> Layout:
         in_d += used
         out_d += made
     return out
+
+
+def _index_origin(ctx: OpContext, src: Any, expanded: Sequence[Any]) -> None:
+    """A parameter indexed with slices and None keeps its axes where the slice takes them whole
+    (learned positions ``self.pos[:, :T]``)."""
+    origin = ctx.state.origins.get(src) if isinstance(src, fx.Node) else None
+    shape = ctx.shape_of(src)
+    if origin is None or shape is None:
+        return
+    kept: dict[int, int] = {}
+    in_d = out_d = 0
+    for i in expanded:
+        if i is None:
+            out_d += 1
+            continue
+        if not isinstance(i, slice):
+            return
+        if i == slice(None) and in_d in origin[1]:
+            kept[out_d] = origin[1][in_d]
+        in_d += 1
+        out_d += 1
+    ctx.state.origins[ctx.node] = (origin[0], kept)
 
 
 def expand_index(index: Any, rank: int) -> list[Any] | None:
@@ -445,20 +487,85 @@ def _attention(ctx: OpContext) -> Layout:
     shapes = [ctx.shape_of(t) for t in (q, k, v)]
     if out_shape is None or any(s is None or len(s) != len(out_shape) for s in shapes):
         return ctx.block()
-    if ctx.node.kwargs.get("enable_gqa"):
-        return ctx.block(
-            f"{ctx.where()} with enable_gqa shares key/value heads between query heads; net2net "
-            "does not grow grouped-query attention (group '{group}')"
-        )
     rank = len(out_shape)
     for t, dims in ((q, (rank - 2, rank - 1)), (k, (rank - 2, rank - 1)), (v, (rank - 2,))):
         _pin_dims(ctx, t, dims, "attends over or contracts")
     inputs = [t for t in (q, k, v, mask) if isinstance(t, fx.Node)]
-    result = ctx.broadcast(inputs, dims=range(rank - 2))
+    if ctx.node.kwargs.get("enable_gqa") and rank >= 3:
+        _pin_dims(ctx, mask, range(len(ctx.shape_of(mask) or ())), "masks with")
+        result = ctx.broadcast(inputs, dims=range(rank - 3))
+        heads = _gqa_heads(ctx, q, [k, v], rank)
+        if heads is not None:
+            result[rank - 3] = heads
+    else:
+        result = ctx.broadcast(inputs, dims=range(rank - 2))
     lv = ctx.layout_of(v)
     if rank - 1 in lv:
         result[rank - 1] = lv[rank - 1]
     return result
+
+
+def _gqa_heads(ctx: OpContext, q: Any, kv: Sequence[Any], rank: int) -> Segs | None:
+    """SDPA with ``enable_gqa``: each key/value head serves ``r`` consecutive query heads, as if
+    repeated with ``repeat_interleave(r, dim=-3)``; the head dims meet in those units."""
+    sq = ctx.shape_of(q)
+    assert sq is not None
+    d = rank - 3
+    merged = ctx.layout_of(q).get(d) or fixed(sq[d])
+    for t in kv:
+        st = ctx.shape_of(t)
+        assert st is not None
+        if sq[d] % st[d]:
+            ctx.block()
+            return None
+        r = sq[d] // st[d]
+        segs = ctx.layout_of(t).get(d) or fixed(st[d])
+        merged = ctx.state.unify(merged, _interleave(segs, r), ctx.where())
+    return merged if has_groups(merged) else None
+
+
+def _interleave(segs: Segs, r: int) -> Segs:
+    return canonical(tuple(Seg(s.gid, s.units, s.block * r) for s in segs))
+
+
+def _repeat_interleave(ctx: OpContext) -> Layout:
+    """x.repeat_interleave(r, dim): every element of dim repeated r times in place, so each unit
+    of a group there owns r times its block (key/value heads repeated for grouped-query
+    attention)."""
+    src = ctx.arg(0, "input")
+    shape = ctx.shape_of(src)
+    reps, dim = ctx.arg(1, "repeats"), ctx.arg(2, "dim")
+    if shape is None or not isinstance(reps, int) or not isinstance(dim, int):
+        return ctx.block()
+    d = _dim(dim, len(shape))
+    lay = dict(ctx.layout_of(src))
+    if d in lay:
+        lay[d] = _interleave(lay[d], reps)
+    return lay
+
+
+def _expand(ctx: OpContext) -> Layout:
+    """x.expand(*sizes): size-1 dims are broadcast (new leading dims may appear); the dims that
+    hold groups keep their size and layout."""
+    src = ctx.arg(0, "input")
+    shape, out_shape = ctx.shape_of(src), ctx.out_shape
+    if shape is None or out_shape is None:
+        return ctx.block()
+    offset = len(out_shape) - len(shape)
+    origin = ctx.state.origins.get(src)
+    if origin is not None:
+        kept = {d + offset: ax for d, ax in origin[1].items() if shape[d] == out_shape[d + offset]}
+        ctx.state.origins[ctx.node] = (origin[0], kept)
+    out: Layout = {}
+    for d, segs in ctx.layout_of(src).items():
+        if shape[d] != out_shape[d + offset]:
+            ctx.state.pin_layout(
+                {d: segs},
+                f"group '{{group}}' is broadcast at {ctx.where()}, so its width must stay 1",
+            )
+            continue
+        out[d + offset] = segs
+    return out
 
 
 def _pin_dims(ctx: OpContext, t: Any, dims: Iterable[int], what: str) -> None:
@@ -512,6 +619,7 @@ def _register() -> None:
         torch.sin,
         torch.cos,
         torch.log1p,
+        torch.rsqrt,
         torch.nn.functional.relu,
         F.relu6,
         F.leaky_relu,
@@ -574,6 +682,7 @@ def _register() -> None:
         (_no_tensor, [getattr]),
         (_split, [torch.split, torch.chunk]),
         (_attention, [F.scaled_dot_product_attention]),
+        (_repeat_interleave, [torch.repeat_interleave]),
         (_matmul, [torch.matmul, operator.matmul, torch.bmm]),
         (_elementwise, [torch.masked_fill]),
     ]
@@ -590,6 +699,7 @@ def _register() -> None:
                 "neg",
                 "square",
                 "sqrt",
+                "rsqrt",
                 "clamp",
                 "clamp_",
                 "clip",
@@ -610,6 +720,8 @@ def _register() -> None:
             ["add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "pow", "masked_fill"],
         ),
         (_split, ["split", "chunk"]),
+        (_repeat_interleave, ["repeat_interleave"]),
+        (_expand, ["expand"]),
         (_matmul, ["matmul", "bmm"]),
         (_reshape, ["view", "reshape", "flatten", "unflatten", "squeeze", "unsqueeze", "view_as"]),
         (_permute, ["permute", "transpose", "swapaxes", "swapdims", "t", "movedim"]),

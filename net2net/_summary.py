@@ -12,7 +12,7 @@ from torch import nn
 from ._deepen import STYLES, build_block, plan_deepen
 from ._errors import GrowthError
 from ._graph import Analysis, analyse, as_inputs
-from ._handlers import handler_for
+from ._handlers import axes_of
 from ._layout import Segs
 from ._widen import RECORD_FORMAT, blocked_spec, group_spec, input_spec, resolve_widths
 
@@ -37,10 +37,7 @@ def _param_dims(an: Analysis) -> list[dict[str, Any]]:
     modules = dict(an.model.named_modules())
     for mname, role in an.roles.items():
         module = modules[mname]
-        handler = handler_for(module)
-        if handler is None:
-            continue
-        for pname, axes in handler.param_axes(module).items():
+        for pname, axes in axes_of(module, role.free).items():
             dims: dict[int, dict[str, Any]] = {}
             if axes.out is not None and role.out is not None:
                 dims[axes.out] = {"terms": _terms(an, role.out), "div": 1}

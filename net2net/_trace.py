@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from torch import fx
@@ -38,6 +38,7 @@ class ModuleRoles:
     in_: Segs | None = None
     in_groups: int = 1
     calls: int = 0
+    free: dict[str, int] = field(default_factory=dict)  # own parameters used as-is: name → axis
 
 
 class TraceState:
@@ -50,6 +51,10 @@ class TraceState:
         self.shapes: dict[fx.Node, tuple[int, ...] | None] = {}
         self.order: dict[fx.Node, int] = {}
         self.parts: dict[fx.Node, list[Layout]] = {}  # the layouts of a split's outputs
+        # tensors that are a parameter taken as-is (get_attr, expand, slices of other dims):
+        # the parameter's name and, per tensor dim, the parameter's axis
+        self.origins: dict[fx.Node, tuple[str, dict[int, int]]] = {}
+        self.links: list[tuple[set[int], fx.Node]] = []  # groups a module grows by one factor
 
     # -- re-cutting groups into units -----------------------------------------------------------
     def _rewrite(self, root: int, fn: Callable[[Seg], Segs]) -> None:
@@ -144,7 +149,7 @@ class TraceState:
     # -- coupling -----------------------------------------------------------------------------
     def unify(self, a: Segs, b: Segs, where: str) -> Segs:
         """Make two channel layouts that meet elementwise share one mapping (merge their groups)."""
-        a, b = canonical(a), canonical(b)
+        a, b = self._align(canonical(a), canonical(b), where)
         same = len(a) == len(b) and all(
             (x.gid is None) == (y.gid is None) and x.units == y.units and x.block == y.block
             for x, y in zip(a, b, strict=True)
@@ -174,6 +179,24 @@ class TraceState:
                     )
         return a
 
+    def _align(self, a: Segs, b: Segs, where: str) -> tuple[Segs, Segs]:
+        """One group on each side, of one size, with units of different blocks (a head dim met by
+        key/value heads that ``repeat_interleave`` or an expand and reshape repeated ``r`` times
+        each): every ``r`` consecutive units of the finer group become one unit, so that both
+        grow by whole blocks in step (grouped-query attention keeps its grouping)."""
+        if len(a) != 1 or len(b) != 1 or a[0].gid is None or b[0].gid is None:
+            return a, b
+        x, y = a[0], b[0]
+        if x.size != y.size or x.block == y.block:
+            return a, b
+        fine, coarse = (x, y) if x.block < y.block else (y, x)
+        f = coarse.block // fine.block
+        assert fine.gid is not None
+        if coarse.block % fine.block or not self.coarsen(fine.gid, f, where):
+            return a, b
+        aligned = Seg(fine.gid, fine.units // f, fine.block * f)
+        return ((aligned,), (coarse,)) if fine is x else ((coarse,), (aligned,))
+
     def pin_layout(self, layout: Layout, reason: str) -> None:
         for gid in gids_of(layout):
             self.groups.pin(gid, reason)
@@ -201,6 +224,7 @@ class TraceContext:
         layout: Layout,
         in_shape: tuple[int, ...],
         out_shape: tuple[int, ...] | None,
+        extra: Sequence[tuple[Layout, tuple[int, ...]]] = (),
     ) -> None:
         self._state = state
         self._node = node
@@ -208,6 +232,7 @@ class TraceContext:
         self.in_shape = in_shape
         self.out_shape = out_shape
         self._layout = layout
+        self._extra = list(extra)  # the other tensor inputs (handlers with follows_inputs)
 
     @property
     def rank(self) -> int:
@@ -330,6 +355,53 @@ class TraceContext:
             self.in_shape, self._layout, self.out_shape, f"reshape '{self.name}'"
         )
 
+    def meet_inputs(self, dim: int, count: int) -> None:
+        """The next ``count`` tensor inputs' ``dim`` meets the first input's there (the key and
+        value of an attention whose projection shares its columns with the query's)."""
+        d = self.dim(dim)
+        for lay, shape in self._extra[:count]:
+            segs = lay.get(len(shape) + dim if dim < 0 else dim) or fixed(shape[dim])
+            if has_groups(segs) or has_groups(self._segs(d)):
+                self._state.unify(self._segs(d), segs, repr(self.name))
+
+    def dense_heads(self, dim: int, heads: int, head_size: int, *, copies: int = 1) -> Segs:
+        """Consume ``dim`` like :meth:`dense` and produce a group of ``heads`` units of
+        ``head_size`` channels each, whose rows repeat ``copies`` times (fused q, k, v)."""
+        d = self.dim(dim)
+        role = self._state.role(self.name)
+        segs = canonical(self._segs(d))
+        role.in_ = segs if role.in_ is None else self._state.unify(role.in_, segs, repr(self.name))
+        for s in segs:
+            if s.gid is not None:
+                self._state.groups.get(s.gid).consumers.append(self.name)
+        if role.out is None or role.out_kind != "produce":
+            gid = self._state.groups.new(heads, self._state.order[self._node], self.name)
+            role.out, role.out_kind = (Seg(gid, heads, head_size),) * copies, "produce"
+        return role.out[:1]
+
+    def submodule(self, child: str, dim: int, segs: Segs) -> TraceContext:
+        """A context for a submodule of this leaf that reads ``segs`` at ``dim`` of a tensor of
+        the output's shape (the output projection of an attention)."""
+        shape = self.out_shape or self.in_shape
+        return TraceContext(
+            self._state,
+            self._node,
+            name=f"{self.name}.{child}",
+            layout={_norm_dim(dim, len(shape)): segs},
+            in_shape=shape,
+            out_shape=shape,
+        )
+
+    def link(self, *segs: Segs) -> None:
+        """The groups in ``segs`` grow by one factor (a module that needs them equal)."""
+        gids = {s.gid for ss in segs for s in ss if s.gid is not None}
+        if len(gids) > 1:
+            self._state.links.append((gids, self._node))
+
+    def tuple_output(self, layouts: Sequence[Layout]) -> None:
+        """The module returns a tuple; ``layouts`` are its items' layouts (taken by getitem)."""
+        self._state.parts[self._node] = list(layouts)
+
     def block(self, reason: str) -> Layout:
         """The module cannot be widened through: every group of its input stays at its width.
         ``reason`` may use ``{group}``; it becomes the message of the refusal."""
@@ -348,6 +420,33 @@ class OpContext:
 
     def where(self) -> str:
         return f"op '{self.label}' (node '{self.node.name}')"
+
+    def scope(self) -> str:
+        """The module whose forward holds this op (innermost; "" for the model itself)."""
+        stack = self.node.meta.get("nn_module_stack") or {}
+        paths = [str(v[0]) if isinstance(v, tuple) else str(k) for k, v in stack.items()]
+        return paths[-1] if paths else ""
+
+    def adopt(self, value: Any, d: int, segs: Segs) -> bool:
+        """Dim ``d`` of ``value`` is an axis of a parameter used as-is (a RMSNorm's ``weight``
+        written out, a CLS token, learned positions) that meets ``segs`` elementwise: the
+        parameter joins their groups as per-channel parameters of the module that owns it.
+        False when ``value`` is not such a parameter."""
+        origin = self.state.origins.get(value) if isinstance(value, fx.Node) else None
+        if origin is None or d not in origin[1] or not has_groups(segs):
+            return False
+        qualified, axes = origin
+        owner, _, local = qualified.rpartition(".")
+        role = self.state.role(owner)
+        if role.out_kind == "produce" or (local in role.free and role.free[local] != axes[d]):
+            return False
+        role.free[local] = axes[d]
+        role.out = segs if role.out is None else self.state.unify(role.out, segs, self.where())
+        role.out_kind = "channelwise"
+        for s in segs:
+            if s.gid is not None and owner not in self.state.groups.get(s.gid).channelwise:
+                self.state.groups.get(s.gid).channelwise.append(owner)
+        return True
 
     def arg(self, index: int, name: str, default: Any = None) -> Any:
         if len(self.node.args) > index:
@@ -398,6 +497,7 @@ class OpContext:
         result: Layout = {}
         for d in range(rank) if dims is None else dims:
             met: list[Segs] = []
+            params: list[tuple[Any, int]] = []
             for a in inputs:
                 shape = self.shape_of(a)
                 if shape is None:
@@ -414,11 +514,27 @@ class OpContext:
                             "must stay 1",
                         )
                     continue
+                if ad not in lay and a in self.state.origins:
+                    params.append((a, ad))
+                    continue
                 met.append(lay.get(ad) or fixed(shape[ad]))
-            if not any(has_groups(s) for s in met):
-                continue
-            merged = met[0]
-            for other in met[1:]:
-                merged = self.state.unify(merged, other, self.where())
-            result[d] = merged
+            merged = self.meet(met, params)
+            if merged is not None:
+                result[d] = merged
         return result
+
+    def meet(self, met: Sequence[Segs], params: Sequence[tuple[Any, int]]) -> Segs | None:
+        """Layouts that meet along one dim, merged; parameters used as-is (``params``: tensor and
+        its dim) join the merged groups, or meet them as fixed sizes if they cannot."""
+        met = list(met)
+        if not any(has_groups(s) for s in met):
+            return None
+        merged = met[0]
+        for other in met[1:]:
+            merged = self.state.unify(merged, other, self.where())
+        for value, d in params:
+            if not self.adopt(value, d, merged):
+                shape = self.shape_of(value)
+                assert shape is not None
+                merged = self.state.unify(merged, fixed(shape[d]), self.where())
+        return merged

@@ -12,7 +12,7 @@ from torch import nn
 
 from ._errors import GrowthError
 from ._graph import Analysis, GroupInfo, analyse, as_inputs, eval_mode, max_abs_error
-from ._handlers import ParamAxes, handler_for
+from ._handlers import ParamAxes, axes_of, handler_for
 from ._layout import Segs
 from ._mapping import AxisMap, GroupMap, axis_map, generator, grow_tensor, make_group_map
 from ._modes import INIT_MODES, InitMode
@@ -524,9 +524,7 @@ def apply_maps(
         if out_map is None and in_map is None:
             continue
         module = modules[mname]
-        handler = handler_for(module)
-        assert handler is not None
-        for pname, axes in handler.param_axes(module).items():
+        for pname, axes in axes_of(module, role.free).items():
             if (mname, pname) in tied:
                 continue
             plan = _grow_param(
@@ -543,11 +541,13 @@ def apply_maps(
             )
             if plan is not None:
                 plans[plan.old_name or ""] = plan
-        handler.resize(
-            module,
-            out_map.new if out_map is not None else None,
-            in_map.new if in_map is not None else None,
-        )
+        handler = handler_for(module)
+        if handler is not None:
+            handler.resize(
+                module,
+                out_map.new if out_map is not None else None,
+                in_map.new if in_map is not None else None,
+            )
     _retie(an, modules, plans)
     return plans
 

@@ -310,29 +310,6 @@ def test_a_cut_inside_a_head_is_named() -> None:
     )
 
 
-class GroupedQuery(GPT):
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        x = self.transformer.wte(idx)
-        attn = self.transformer.h[0].attn
-        b, t, _ = x.size()
-        q, k, v = attn.c_attn(x).split(attn.n_embd, dim=2)
-        q, k, v = (z.view(b, t, attn.n_head, 16).transpose(1, 2) for z in (q, k, v))
-        y = F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
-        y = y.transpose(1, 2).reshape(b, t, attn.n_embd)
-        out: torch.Tensor = self.lm_head(self.transformer.ln_f(x + attn.c_proj(y)))
-        return out
-
-
-def test_grouped_query_attention_is_named() -> None:
-    torch.manual_seed(0)
-    model, idx = GroupedQuery(), torch.randint(0, 65, (2, 8))
-    with pytest.raises(net2net.GrowthError) as info:
-        net2net.widen(model, idx, widths={HEADS[0]: 4})
-    assert "does not grow grouped-query attention" in str(info.value)
-    grown = net2net.widen(model, idx, widths={STREAM: 64})  # the stream still grows
-    assert_same_function(model, grown.model, idx)
-
-
 class TwoHalves(nn.Module):
     """One projection chunked into two halves that feed different layers."""
 

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
-from .transformer_zoo import GPT, GPTConfig
+from .transformer_zoo import GPT, LLAMA_PRESETS, TORCH_PRESETS, GPTConfig, Llama, RMSNorm
 
 
 class BasicBlock(nn.Module):
@@ -258,6 +258,20 @@ def _vec(d: int) -> Callable[[torch.Generator], torch.Tensor]:
     return lambda g: torch.randn(8, d, generator=g)
 
 
+def _padded_tokens(g: torch.Generator) -> torch.Tensor:
+    """Token ids 1..39 with padding (id 0) at the end of the first sequence."""
+    idx = torch.randint(1, 40, (3, 12), generator=g)
+    idx[0, 8:] = 0
+    return idx
+
+
+_TORCH_DEEPEN = {  # (identity-exact position, residual position) per model of torch's modules
+    "TorchMHALM": ("blocks.0.fc", "blocks.1.proj"),
+    "EncoderClassifier": ("tok", "tok"),  # inside the layers, the fast path reads linear1.weight
+    "Seq2Seq": ("dec.linear1", "dec.linear2"),
+}
+
+
 ZOO: list[Case] = [
     Case("mlp_bn", mlp_bn, _vec(6), deepen_after="2", residual_after="4"),
     Case("cnn_flatten", cnn_flatten, _img(3, 8), deepen_after="2", residual_after="6"),
@@ -290,6 +304,26 @@ ZOO: list[Case] = [
         deepen_after="transformer.h.1.attn.c_proj",
         residual_after="transformer.h.0.mlp.gelu",
     ),
+    *(
+        Case(
+            name,
+            lambda cfg=cfg: Llama(cfg),
+            lambda g: torch.randint(0, 48, (2, 12), generator=g),
+            deepen_after="layers.0.attn.o_proj",
+            residual_after="layers.1.ffn",
+        )
+        for name, cfg in LLAMA_PRESETS.items()
+    ),
+    *(
+        Case(
+            name,
+            lambda build=build, cfg=cfg: build(cfg),
+            _padded_tokens,
+            deepen_after=_TORCH_DEEPEN[build.__name__][0],
+            residual_after=_TORCH_DEEPEN[build.__name__][1],
+        )
+        for name, (build, cfg) in TORCH_PRESETS.items()
+    ),
     Case(
         "gpt_nanogpt_code",
         lambda: GPT(GPTConfig(attention="nanogpt")),
@@ -316,6 +350,8 @@ def randomize_norms(model: nn.Module, seed: int = 0) -> nn.Module:
             elif isinstance(m, nn.LayerNorm) and m.weight is not None:
                 m.weight.copy_(0.5 + torch.rand(m.weight.shape, generator=g))
                 m.bias.copy_(0.3 * torch.randn(m.bias.shape, generator=g))
+            elif isinstance(m, (nn.RMSNorm, RMSNorm)) and m.weight is not None:
+                m.weight.copy_(0.5 + torch.rand(m.weight.shape, generator=g))
     return model
 
 
