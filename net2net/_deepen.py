@@ -11,6 +11,15 @@ from typing import Any, cast
 import torch
 from torch import fx, nn
 
+from ._deepen_block import (
+    BLOCK_STYLES,
+    block_count,
+    block_sources,
+    build_copy,
+    insert_block,
+    plan_block,
+    update_layer_counts,
+)
 from ._errors import GrowthError
 from ._graph import Analysis, analyse, as_inputs
 from ._handlers import handler_for
@@ -19,7 +28,7 @@ from ._modules import Residual
 from ._types import Grown, ParamPlan
 from ._widen import RECORD_FORMAT, copy_model, input_spec, verify
 
-STYLES = ("identity", "residual")
+STYLES = ("identity", "residual")  # one inserted layer; BLOCK_STYLES copy a whole block
 KERNEL = 3  # kernel size of inserted convs: an identity filter has its single 1 at the centre tap
 
 
@@ -353,7 +362,15 @@ def deepen(
     it undoes its own normalisation: running mean/var from ``calibration`` (a batch, or a list of
     batches; default ``example_input``), weight = sqrt(var + eps), bias = mean (paper, 2.4).
     ``style="residual"``: ``x + f(x)`` with f = layer → [BatchNorm] → activation → layer, the last
-    layer zero-initialised: exact after any activation. The input model is left untouched.
+    layer zero-initialised: exact after any activation.
+    ``style="block"``: ``after`` names a block of an ``nn.ModuleList`` or ``nn.Sequential`` (a
+    transformer block, ``"transformer.h.1"``); a copy of it is inserted after it with the last
+    layer of each residual branch (the output projections ``attn.c_proj``, ``mlp.c_proj``) at
+    zero, which makes a pre-norm block ``x + f(norm(x))`` exactly the identity (a post-norm block
+    is refused). A ModuleList renumbers the blocks after it (``record["renamed"]``); counts such
+    as ``config.n_layer`` grow by one (``record["attributes"]``). ``style="stack"``: an unchanged
+    copy of the block, *not* function-preserving (``Grown.exact`` and ``record["exact"]`` are
+    False; ``max_abs_error`` reports the change). The input model is left untouched.
     """
     return deepen_impl(
         model,
@@ -377,8 +394,10 @@ def deepen_impl(
     check: bool,
     expect_width: int | None = None,
 ) -> Grown:
-    if style not in STYLES:
-        raise GrowthError(f"deepen: unknown style {style!r}; choose 'identity' or 'residual'")
+    if style not in STYLES + BLOCK_STYLES:
+        raise GrowthError(
+            f"deepen: unknown style {style!r}; choose 'identity', 'residual', 'block' or 'stack'"
+        )
     inputs = as_inputs(example_input)
     an = analyse(model, inputs, "deepen")
     plan = plan_deepen(an, after)
@@ -387,6 +406,8 @@ def deepen_impl(
             f"deepen: the record expects width {expect_width} after {after!r}, but the model has "
             f"{plan.width}; replay the records in order on the base model they were made from"
         )
+    if style in BLOCK_STYLES:
+        return _deepen_by_block(an, model, inputs, plan, style=style, seed=seed, check=check)
     if style == "identity" and plan.identity_refusal is not None:
         raise GrowthError(plan.identity_refusal)
     batches = _batches(calibration, inputs)
@@ -418,6 +439,55 @@ def deepen_impl(
         record=record,
         max_abs_error=err,
         exact=True,
+        new_param_names=[name for name, old in sources.items() if old is None],
+        param_sources=sources,
+        plans=plans,
+    )
+
+
+def _deepen_by_block(
+    an: Analysis,
+    model: nn.Module,
+    inputs: tuple[torch.Tensor, ...],
+    layer: DeepenPlan,
+    *,
+    style: str,
+    seed: int,
+    check: bool,
+) -> Grown:
+    """style="block" or "stack": a copy of the block ``layer.after`` inserted after it (see
+    ``_deepen_block``)."""
+    plan = plan_block(an, layer.after)
+    if style == "block" and plan.refusal is not None:
+        raise GrowthError(plan.refusal)
+    student = copy_model(model, "deepen")
+    count = block_count(student, plan)
+    block = build_copy(student, plan, style)
+    inserted, renamed = insert_block(student, plan, block)
+    attributes = update_layer_counts(student, plan, count)
+    err = verify("deepen", an.output, student, inputs) if check else float("nan")
+    sources, plans = block_sources(student, plan.after, inserted, renamed)
+    record: dict[str, Any] = {
+        "op": "deepen",
+        "format": RECORD_FORMAT,
+        "input": input_spec(inputs),
+        "after": plan.after,
+        "style": style,
+        "seed": int(seed),
+        "kind": "block",
+        "width": layer.width,
+        "batch_norm": False,
+        "inserted": inserted,
+        "renamed": renamed,
+        "exact": style == "block",
+        "zeroed": [f"{inserted}.{name}" for name in plan.zeroed] if style == "block" else [],
+        "attributes": attributes,
+    }
+    return Grown(
+        model=student,
+        record=record,
+        max_abs_error=err,
+        exact=style == "block",
         new_param_names=[name for name, old in sources.items() if old is None],
         param_sources=sources,
         plans=plans,

@@ -10,6 +10,7 @@ from typing import Any
 from torch import nn
 
 from ._deepen import STYLES, build_block, plan_deepen
+from ._deepen_block import BLOCK_STYLES, plan_block
 from ._errors import GrowthError
 from ._graph import Analysis, analyse, as_inputs
 from ._handlers import axes_of
@@ -68,6 +69,7 @@ def _deepen_candidates(an: Analysis) -> list[dict[str, Any]]:
             else:
                 block = build_block(plan, style, "meta")
                 added[style] = sum(p.numel() for p in block.parameters())
+        added.update(_block_added(an, name))
         out.append(
             {
                 "after": name,
@@ -80,6 +82,17 @@ def _deepen_candidates(an: Analysis) -> list[dict[str, Any]]:
             }
         )
     return out
+
+
+def _block_added(an: Analysis, name: str) -> dict[str, int | None]:
+    """The parameters style="block" and "stack" add after ``name`` (a copy of it; None where
+    "block" is not exact), or nothing when ``name`` is not a block of a list."""
+    try:
+        plan = plan_block(an, name, "summarize")
+    except GrowthError:
+        return {}
+    n = sum(p.numel() for p in an.model.get_submodule(name).parameters())
+    return {"block": n if plan.refusal is None else None, "stack": n}
 
 
 def summarize(model: nn.Module, example_input: Any) -> dict[str, Any]:
@@ -131,15 +144,21 @@ def predict_param_count(
             raise GrowthError(
                 "predict_param_count: predict one op at a time (deepen_after= or factor=/widths=)"
             )
-        if style not in STYLES:
+        if style not in STYLES + BLOCK_STYLES:
             raise GrowthError(f"predict_param_count: unknown style {style!r}")
         for cand in summary["deepen_candidates"]:
             if cand["after"] == deepen_after:
+                if style not in cand["added_params"]:
+                    raise GrowthError(
+                        f"predict_param_count: {deepen_after!r} is not a block of an "
+                        f"nn.ModuleList or nn.Sequential, so style={style!r} does not apply"
+                    )
                 added = cand["added_params"][style]
                 if added is None:
+                    other = "'residual'" if style == "identity" else "'stack' (not exact)"
                     raise GrowthError(
-                        f"predict_param_count: style='identity' is not exact after "
-                        f"{deepen_after!r}; use style='residual'"
+                        f"predict_param_count: style={style!r} is not exact after "
+                        f"{deepen_after!r}; use style={other}"
                     )
                 return int(summary["param_count"]) + int(added)
         raise GrowthError(
