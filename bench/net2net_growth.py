@@ -19,10 +19,13 @@
 from __future__ import annotations
 
 import argparse
+import copy
+import gc
 import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,6 +35,9 @@ from torch.nn import functional as F  # noqa: N812
 
 import net2net
 from bench._report import table, write_section
+from tests.net2net import gpt_units
+from tests.net2net.gpt_units import LMTask
+from tests.net2net.transformer_zoo import GPT, GPTConfig
 
 # -- models ------------------------------------------------------------------------------------
 
@@ -475,18 +481,241 @@ def depth(quick: bool) -> str:
     )
 
 
+# -- new units of a GPT ---------------------------------------------------------------------------
+
+GPT_MODES: list[tuple[str, dict[str, Any]]] = [("net2net (default)", {}), *MODES[1:]]
+
+
+def _units_seed(seed: int, pre: int, post: int, track: int) -> list[tuple[float, ...]]:
+    """One seed: a tiny GPT trained ``pre`` AdamW steps, widened ×2 by every mode, trained
+    ``post`` more steps with the state carried. Per mode: error at growth, exact, spike, final
+    loss, and the max cosine of new units to their sources for the stream, the heads, the MLPs."""
+    torch.manual_seed(seed)
+    task = LMTask.make(vocab=65, context=16, batch=16, seed=seed)
+    teacher = GPT(GPTConfig())
+    opt = gpt_units.adamw(teacher)
+    gpt_units.train(teacher, opt, task, pre)
+    before = gpt_units.eval_loss(teacher, task)
+    out = []
+    for _, kwargs in GPT_MODES:
+        grown = net2net.widen(teacher, task.eval_x[:4], factor=2, seed=seed, **kwargs)
+        old = {name: o for name, (o, _) in grown.widths.items()}
+        run = copy.deepcopy(task)  # every mode sees the same batches
+        opt2 = net2net.transfer_optimizer(opt, teacher, grown)
+        losses = gpt_units.train(grown.model, opt2, run, post, track=track)
+        cos = gpt_units.copy_cosines(grown, old)
+        final = gpt_units.eval_loss(grown.model, run)
+        exact = float(grown.exact)
+        out.append(
+            (
+                grown.max_abs_error,
+                exact,
+                max(losses) / before,
+                before,
+                final,
+                *(cos[k] for k in ("stream", "heads", "mlp")),
+            )
+        )
+    return out
+
+
+def units(quick: bool) -> str:
+    torch.set_num_threads(1)
+    seeds = [0] if quick else [0, 1, 2]
+    pre, post, track = (100, 100, 20) if quick else (300, 200, 50)
+    per_seed = [_units_seed(seed, pre, post, track) for seed in seeds]
+    rows = []
+    for i, (label, _) in enumerate(GPT_MODES):
+        r = [s[i] for s in per_seed]
+        worst = [max(x[k] for x in r) for k in (5, 6, 7)]
+        rows.append(
+            [
+                label,
+                "yes" if all(x[1] for x in r) else "no",
+                f"{max(x[0] for x in r):.1e}",
+                _ms([x[2] for x in r], "{:.3f}"),
+                _ms([x[4] for x in r], "{:.3f}"),
+                *(f"{w:.4f}" for w in worst),
+                "yes" if max(worst) < 0.99 else "no",
+            ]
+        )
+        print(rows[-1], flush=True)
+    head = [
+        "init",
+        "exact at growth",
+        "max abs error of the logits at growth",
+        f"spike: max loss in {track} steps / loss before",
+        f"loss after {post} steps",
+        "max cos, stream channels",
+        "max cos, heads",
+        "max cos, MLP units",
+        "copies diverge (all < 0.99)",
+    ]
+    before = _ms([s[0][3] for s in per_seed], "{:.3f}")
+    return (
+        "A nanoGPT-style GPT (vocab 65, context 16, 2 blocks, 2 heads, d = 32, tied LM head, "
+        f"the test zoo's) trained {pre} AdamW steps (lr 3e-3, weight decay 0.1 on matrices, "
+        "batch 16) on a seeded Markov-chain token stream (3 successors per token), then every "
+        f"group widened ×2 with each `init` (`factor=2`) and trained {post} more steps with the "
+        f"optimizer state carried; {len(seeds)} seed(s), mean ± std. Losses are on a fixed batch "
+        f"of 64 windows; the loss before growth is {before}. The spike is the highest loss over "
+        f"the first {track} steps after growth over the loss just before. A cosine compares a new "
+        "unit's incoming weights with its source's after training (the largest over new units "
+        "and seeds; 1.0: still a copy): stream channels (embedding columns and output-projection "
+        "rows), heads (the head's q, k and v rows), MLP units (rows of `c_fc`).\n\n"
+        + table(head, rows)
+    )
+
+
+# -- GPT growth cost ---------------------------------------------------------------------------------
+
+GPT_SIZES: list[tuple[str, GPTConfig]] = [
+    (
+        "GPT ~10M (6 × 384, 6 heads)",
+        GPTConfig(
+            vocab_size=65, block_size=256, n_layer=6, n_head=6, n_embd=384, attention="nanogpt"
+        ),
+    ),
+    (
+        "GPT ~100M (12 × 768, 12 heads)",
+        GPTConfig(
+            vocab_size=16384, block_size=256, n_layer=12, n_head=12, n_embd=768, attention="nanogpt"
+        ),
+    ),
+]
+
+
+class PeakRSS:
+    """The peak resident set size while the block runs, above the RSS at its start (Linux:
+    ``clear_refs`` resets the high-water mark VmHWM, which the kernel then tracks exactly)."""
+
+    def __enter__(self) -> PeakRSS:
+        gc.collect()
+        Path("/proc/self/clear_refs").write_text("5")
+        self.start = _status_kb("VmRSS")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.peak = _status_kb("VmHWM") - self.start
+
+    @property
+    def gib(self) -> float:
+        return self.peak / 2**20
+
+
+def _status_kb(key: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {key}")
+
+
+def _gpt_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
+    model.zero_grad(set_to_none=True)
+    gpt_units.lm_loss(model, x, y).backward()
+
+
+def _gpt_row(name: str, cfg: GPTConfig, op: str, batch: int, example: int) -> list[str]:
+    """Grow one GPT (``op``: widen ×2 or deepen by one block), time it and its AdamW transfer,
+    its peak memory, and one training step of the grown model."""
+    torch.manual_seed(0)
+    teacher = GPT(cfg)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(0, cfg.vocab_size, (batch, cfg.block_size), generator=gen)
+    opt = torch.optim.AdamW(teacher.parameters(), lr=1e-4)
+    _gpt_step(teacher, x[:1, :16], x[:1, 1:17])  # a small step gives the optimizer its state
+    opt.step()
+    ex = x[:example]
+    with PeakRSS() as mem:
+        t0 = time.perf_counter()
+        if op == "widen":
+            grown = net2net.widen(teacher, ex, factor=2)
+        else:
+            last = f"transformer.h.{cfg.n_layer - 1}"
+            grown = net2net.deepen(teacher, ex, after=last, style="block")
+        grow_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        new_opt = net2net.transfer_optimizer(opt, teacher, grown)
+        transfer_s = time.perf_counter() - t0
+    student = grown.model.train()
+    weights = sum(p.numel() * p.element_size() for p in student.parameters())
+    del new_opt
+    t0 = time.perf_counter()
+    _gpt_step(student, x, torch.roll(x, -1, 1))
+    step_s = time.perf_counter() - t0
+    ratio, mem_ratio = grow_s / step_s, mem.peak * 1024 / (3 * weights)
+    row = [
+        name,
+        "widen ×2" if op == "widen" else "deepen: one identity block",
+        f"{net2net.count_params(teacher) / 1e6:.1f}M → {net2net.count_params(student) / 1e6:.1f}M",
+        f"{grow_s:.2f}",
+        f"{transfer_s:.2f}",
+        f"{step_s:.2f}",
+        f"{ratio:.2f}" + ("" if ratio <= 1 else " (missed)"),
+        f"{mem.gib:.2f}",
+        f"{3 * weights / 2**30:.2f}",
+        f"{mem_ratio:.2f}" + ("" if mem_ratio <= 1.5 else " (missed)"),
+        f"{grown.max_abs_error:.1e}",
+    ]
+    print(row, flush=True)
+    return row
+
+
+def gpt(quick: bool) -> str:
+    torch.set_num_threads(2)
+    sizes = GPT_SIZES[:1] if quick else GPT_SIZES
+    batch, example = (2, 1) if quick else (8, 2)
+    rows = [_gpt_row(n, c, op, batch, example) for n, c in sizes for op in ("widen", "deepen")]
+    head = [
+        "model",
+        "growth",
+        "parameters",
+        "transform s",
+        "transfer_optimizer (AdamW) s",
+        f"fwd+bwd grown, batch {batch} × {sizes[0][1].block_size} s",
+        "transform / step (target ≤ 1)",
+        "peak extra RSS GiB",
+        "3 × grown weights GiB",
+        "peak / (3 × grown weights) (target ≤ 1.5)",
+        "max abs error",
+    ]
+    return (
+        "nanoGPT-style GPTs (nanoGPT's own attention code, float32, tied LM head) on the CPU, one "
+        "run each. *Transform* is `net2net.widen(model, x, factor=2)` (every group ×2, default "
+        'init) or `net2net.deepen(model, x, after=<last block>, style="block")`, end to end: '
+        "tracing, the shape pass that gives the teacher's output, the copy and weight surgery and "
+        f"the verification forward of the grown model, on an example batch of {example} × "
+        f"{sizes[0][1].block_size} tokens. The step is one forward+backward pass of the *grown* "
+        "model in train mode on the batch in the header (target: the transform costs at most one "
+        "step). *Peak extra RSS* is the process's peak resident memory during the transform and "
+        "`transfer_optimizer` (AdamW, from a teacher optimizer with state) above the resident "
+        "memory just before (teacher and its AdamW state): it includes the grown model and its "
+        "AdamW state, which stay. The target is at most 1.5 × the bytes of the grown model's "
+        "weights plus its AdamW state (exp_avg, exp_avg_sq), that is 1.5 × 3 × the grown weights' "
+        "bytes. '(missed)' marks a target that is missed.\n\n" + table(head, rows)
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", choices=["speed", "modes", "depth"], action="append")
+    parser.add_argument(
+        "--only", choices=["speed", "modes", "depth", "units", "gpt"], action="append"
+    )
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke run")
     parser.add_argument("--write", action="store_true", help="write even with --quick")
     args = parser.parse_args(argv)
-    parts = args.only or ["speed", "modes", "depth"]
+    parts = args.only or ["speed", "modes", "depth", "units", "gpt"]
     write = args.write or not args.quick
     sections = {
         "speed": ("net2net-growth", "net2net: growth cost", speed),
         "modes": ("net2net-init-modes", "net2net: init modes under Adam", modes),
         "depth": ("net2net-depth", "net2net: identity layer vs zero-initialised residual", depth),
+        "units": ("net2net-gpt-units", "net2net: do a GPT's new units learn? (init modes)", units),
+        "gpt": (
+            "net2net-gpt-growth",
+            "net2net: GPT growth cost (widen ×2, deepen by a block)",
+            gpt,
+        ),
     }
     for part in parts:
         name, title, fn = sections[part]
