@@ -176,6 +176,7 @@ def analyse(model: nn.Module, example_input: Any, op: str) -> Analysis:
         if node.op == "output":
             output_node = node
     pin_unwritable(model, gm, state)
+    state.pin_other_uses()
     ties = resolve_ties(model, gm, state)
     linked = _link_groups(state, size_links(gm, state) + state.links)
     groups: dict[int, GroupInfo] = {}
@@ -215,13 +216,22 @@ def _link_groups(state: TraceState, links: list[tuple[set[int], fx.Node]]) -> di
         fixed = sorted(m for m in members if state.groups.state[m].reasons)
         if fixed and not state.groups.state[root].reasons:
             node = next(n for gids, n in links if root in {state.groups.find(g) for g in gids})
-            state.groups.pin(
-                root,
-                f"op '{node.name}' computes a size of group '{{group}}' from the width of a group "
-                "that cannot grow, so '{group}' keeps its width too; compute that size from the "
-                "module's own attributes (e.g. self.n_embd // self.n_head)",
-            )
+            state.groups.pin(root, _link_reason(node))
     return {r: sorted(m for m in members if m != r) for r, members in comp.items()}
+
+
+def _link_reason(node: fx.Node) -> str:
+    if node.op == "call_module":  # a module that needs its groups equal (MultiheadAttention)
+        return (
+            f"module '{node.target}' needs group '{{group}}' to grow by the same factor as a "
+            "group that cannot grow (its input width is its embed_dim), so '{group}' keeps its "
+            "width too"
+        )
+    return (
+        f"op '{node.name}' computes a size of group '{{group}}' from the width of a group "
+        "that cannot grow, so '{group}' keeps its width too; compute that size from the "
+        "module's own attributes (e.g. self.n_embd // self.n_head)"
+    )
 
 
 def _group_names(state: TraceState) -> dict[int, str]:

@@ -9,7 +9,9 @@ group and the heads grow by one factor (``grows_with``).
 ``nn.TransformerEncoderLayer`` and ``nn.TransformerEncoder`` check for their fused eval-mode fast
 path in Python, which torch.fx cannot trace; the trace follows their slow path instead, which
 computes the same function (``_sa_block``, ``_ff_block``, the norms and the residual adds).
-``nn.TransformerDecoderLayer`` is traced as it is.
+``nn.TransformerDecoder`` is followed without its causal-mask detection, and
+``nn.TransformerDecoderLayer`` is traced as it is. ``nn.Transformer`` checks its inputs' width
+against ``d_model``, which growth does not rewrite: it is refused by name.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ class MultiheadAttention(Handler):
         ctx.meet_inputs(-1, 2)  # key, value
         heads = ctx.dense_heads(-1, m.num_heads, m.head_dim, copies=3)
         out = ctx.submodule("out_proj", -1, heads).dense(-1, m.out_proj.out_features)
-        ctx.link(ctx.input_layout().get(ctx.dim(-1), ()), heads)
+        ctx.link(ctx.channels(-1), heads)
         ctx.tuple_output([out, {}])  # (attn_output, attn_weights)
         return {}
 
@@ -90,10 +92,37 @@ def _encoder_forward(
     return out if self.norm is None else cast(torch.Tensor, self.norm(out))
 
 
+def _decoder_forward(
+    self: nn.TransformerDecoder,
+    tgt: torch.Tensor,
+    memory: torch.Tensor,
+    tgt_mask: torch.Tensor | None = None,
+    memory_mask: torch.Tensor | None = None,
+    *,
+    tgt_key_padding_mask: torch.Tensor | None = None,
+    memory_key_padding_mask: torch.Tensor | None = None,
+    tgt_is_causal: bool | None = None,
+    memory_is_causal: bool = False,
+) -> torch.Tensor:
+    """TransformerDecoder.forward without its causal-mask detection (the same function)."""
+    out = tgt
+    for layer in self.layers:
+        out = layer(
+            out,
+            memory,
+            tgt_mask=tgt_mask,
+            memory_mask=memory_mask,
+            tgt_key_padding_mask=tgt_key_padding_mask,
+            memory_key_padding_mask=memory_key_padding_mask,
+        )
+    return out if self.norm is None else cast(torch.Tensor, self.norm(out))
+
+
 TRACEABLE_FORWARDS: dict[type[nn.Module], Callable[..., Any]] = {
     nn.TransformerEncoderLayer: _encoder_layer_forward,
     nn.TransformerEncoder: _encoder_forward,
     nn.TransformerDecoderLayer: nn.TransformerDecoderLayer.forward,  # traceable as it is
+    nn.TransformerDecoder: _decoder_forward,
 }
 
 
@@ -106,4 +135,23 @@ def traceable_forward(module: nn.Module) -> Callable[..., Any] | None:
     return None
 
 
+class Refused(Handler):
+    """A module that net2net knows and cannot grow through; the refusal says what to use."""
+
+    def __init__(self, why: str) -> None:
+        self.why = why
+
+    def trace(self, module: nn.Module, ctx: TraceContext) -> Layout:
+        return ctx.block(
+            f"module '{ctx.name}' ({type(module).__name__}) in group '{{group}}' {self.why}"
+        )
+
+
 register_handler(nn.MultiheadAttention, MultiheadAttention())
+register_handler(
+    nn.Transformer,
+    Refused(
+        "checks its inputs' width against d_model, which net2net does not rewrite; build the "
+        "model from nn.TransformerEncoder and nn.TransformerDecoder, which grow"
+    ),
+)

@@ -55,6 +55,7 @@ class TraceState:
         # the parameter's name and, per tensor dim, the parameter's axis
         self.origins: dict[fx.Node, tuple[str, dict[int, int]]] = {}
         self.links: list[tuple[set[int], fx.Node]] = []  # groups a module grows by one factor
+        self.adopted: set[tuple[fx.Node, fx.Node]] = set()  # (parameter tensor, op) that grows it
 
     # -- re-cutting groups into units -----------------------------------------------------------
     def _rewrite(self, root: int, fn: Callable[[Seg], Segs]) -> None:
@@ -196,6 +197,25 @@ class TraceState:
             return a, b
         aligned = Seg(fine.gid, fine.units // f, fine.block * f)
         return ((aligned,), (coarse,)) if fine is x else ((coarse,), (aligned,))
+
+    def pin_other_uses(self) -> None:
+        """A parameter that grows with a group must be used only where it meets that group (or
+        on its way there: expand, slices); any other use would see its new size. Its groups keep
+        their width otherwise."""
+        for node, (qualified, _) in self.origins.items():
+            owner, _, local = qualified.rpartition(".")
+            role = self.roles.get(owner)
+            if role is None or local not in role.free or role.out is None:
+                continue
+            for user in node.users:
+                if user in self.origins or (node, user) in self.adopted:
+                    continue
+                self.pin_layout(
+                    {0: role.out},
+                    f"parameter '{qualified}' grows with group '{{group}}', but op "
+                    f"'{user.name}' uses it too, where net2net cannot follow it; use it where it "
+                    "meets the group only, or keep it in a module with a handler",
+                )
 
     def pin_layout(self, layout: Layout, reason: str) -> None:
         for gid in gids_of(layout):
@@ -355,6 +375,10 @@ class TraceContext:
             self.in_shape, self._layout, self.out_shape, f"reshape '{self.name}'"
         )
 
+    def channels(self, dim: int) -> Segs:
+        """The input's layout along ``dim``, fixed-size stretches included."""
+        return canonical(self._segs(self.dim(dim)))
+
     def meet_inputs(self, dim: int, count: int) -> None:
         """The next ``count`` tensor inputs' ``dim`` meets the first input's there (the key and
         value of an attention whose projection shares its columns with the query's)."""
@@ -393,9 +417,18 @@ class TraceContext:
         )
 
     def link(self, *segs: Segs) -> None:
-        """The groups in ``segs`` grow by one factor (a module that needs them equal)."""
+        """The groups in ``segs`` grow by one factor (a module that needs them equal); a
+        fixed-size stretch among them fixes them all."""
         gids = {s.gid for ss in segs for s in ss if s.gid is not None}
-        if len(gids) > 1:
+        if any(s.gid is None for ss in segs for s in ss):
+            for gid in gids:
+                self._state.groups.pin(
+                    gid,
+                    f"module '{self.name}' needs group '{{group}}' to grow by the same factor as "
+                    "a fixed-size input (the model input, for example), so '{group}' keeps its "
+                    "width; put a Linear before the module if it must grow",
+                )
+        elif len(gids) > 1:
             self._state.links.append((gids, self._node))
 
     def tuple_output(self, layouts: Sequence[Layout]) -> None:
@@ -441,6 +474,7 @@ class OpContext:
         if role.out_kind == "produce" or (local in role.free and role.free[local] != axes[d]):
             return False
         role.free[local] = axes[d]
+        self.state.adopted.add((value, self.node))
         role.out = segs if role.out is None else self.state.unify(role.out, segs, self.where())
         role.out_kind = "channelwise"
         for s in segs:

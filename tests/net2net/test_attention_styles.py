@@ -216,3 +216,121 @@ def test_cls_token_and_learned_positions_grow_with_the_stream(name: str) -> None
     torch.testing.assert_close(cls[..., g], cls)  # new channels copy their sources
     assert grown.model.encoder.layers[0].self_attn.num_heads == 4
     assert_same_function(model, grown.model, idx)
+
+
+def test_a_parameter_used_elsewhere_too_keeps_the_group() -> None:
+    """A scale that meets the stream elementwise and is also read by a matmul cannot grow: the
+    stream keeps its width, with the reason."""
+
+    class Scaled(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 6)
+            self.scale = nn.Parameter(torch.rand(6))
+            self.head = nn.Linear(6, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.fc(x) * self.scale
+            out: torch.Tensor = self.head(h) + (self.scale @ self.scale)
+            return out
+
+    torch.manual_seed(0)
+    model, x = Scaled(), torch.randn(3, 4)
+    assert "fc" not in {g.name for g in net2net.width_groups(model, x)}
+    with pytest.raises(net2net.GrowthError, match="parameter 'scale' grows with group 'fc', but"):
+        net2net.widen(model, x, widths={"fc": 12})
+
+
+def test_a_parameter_used_only_on_the_group_grows_with_it() -> None:
+    class Gain(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 6)
+            self.gain = nn.Parameter(torch.rand(1, 6) + 0.5)
+            self.head = nn.Linear(6, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            out: torch.Tensor = self.head(torch.tanh(self.fc(x) * self.gain))
+            return out
+
+    torch.manual_seed(0)
+    model, x = Gain(), torch.randn(3, 4)
+    grown = net2net.widen(model, x, widths={"fc": 9}, split="random")
+    assert grown.model.gain.shape == (1, 9)
+    assert_same_function(model, grown.model, x)
+
+
+def test_multihead_attention_on_a_fixed_input_keeps_its_heads() -> None:
+    """embed_dim is the input's width too: on the model input the heads cannot grow, and the
+    refusal names the module."""
+
+    class OnInput(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+            self.head = nn.Linear(8, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            out: torch.Tensor = self.head(self.attn(x, x, x, need_weights=False)[0])
+            return out
+
+    torch.manual_seed(0)
+    model, x = OnInput(), torch.randn(2, 5, 8)
+    with pytest.raises(
+        net2net.GrowthError,
+        match="module 'attn' needs group 'attn' to grow by the same factor as a fixed",
+    ):
+        net2net.widen(model, x, widths={"attn": 4})
+    grown = net2net.widen(model, x, widths={"attn.out_proj": 16})  # its output still grows
+    assert_same_function(model, grown.model, x)
+
+
+class TorchTransformer(nn.Module):
+    """Source then target tokens in one input; ``stack`` builds the model from
+    nn.TransformerEncoder and nn.TransformerDecoder, otherwise from nn.Transformer."""
+
+    def __init__(self, stack: bool) -> None:
+        super().__init__()
+        self.tok = nn.Embedding(30, 16)
+        kw = {"dropout": 0.0, "batch_first": True}
+        self.tr: nn.Module
+        if stack:
+            enc = nn.TransformerEncoderLayer(16, 2, 24, **kw)  # type: ignore[arg-type]
+            dec = nn.TransformerDecoderLayer(16, 2, 24, **kw)  # type: ignore[arg-type]
+            self.tr = nn.ModuleDict(
+                {
+                    "encoder": nn.TransformerEncoder(enc, 2, enable_nested_tensor=False),
+                    "decoder": nn.TransformerDecoder(dec, 2, norm=nn.LayerNorm(16)),
+                }
+            )
+        else:
+            self.tr = nn.Transformer(16, 2, 1, 1, 24, **kw)  # type: ignore[arg-type]
+        self.head = nn.Linear(16, 30)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        src, tgt = idx.chunk(2, dim=1)
+        s, t = self.tok(src), self.tok(tgt)
+        mask = nn.Transformer.generate_square_subsequent_mask(tgt.size(1))
+        if isinstance(self.tr, nn.Transformer):
+            y = self.tr(s, t, tgt_mask=mask)
+        else:
+            y = self.tr["decoder"](t, self.tr["encoder"](s), tgt_mask=mask)
+        out: torch.Tensor = self.head(y)
+        return out
+
+
+def test_encoder_and_decoder_stacks_grow_x2() -> None:
+    torch.manual_seed(0)
+    model, idx = TorchTransformer(stack=True), torch.randint(0, 30, (2, 10))
+    grown = net2net.widen(model, idx, factor=2.0)
+    assert grown.model.tr["decoder"].layers[1].multihead_attn.num_heads == 4
+    assert_same_function(model, grown.model, idx)
+
+
+def test_nn_transformer_is_refused_by_name() -> None:
+    torch.manual_seed(0)
+    model, idx = TorchTransformer(stack=False), torch.randint(0, 30, (2, 10))
+    with pytest.raises(net2net.GrowthError) as info:
+        net2net.widen(model, idx, widths={"tok": 32})
+    assert "module 'tr' (Transformer)" in str(info.value)
+    assert "nn.TransformerEncoder and nn.TransformerDecoder" in str(info.value)
