@@ -211,14 +211,45 @@ def _mean_over_one_group(ctx: OpContext, segs: Segs, ndims: int) -> bool:
     """x.mean(-1) over the channels of one group (an RMSNorm or LayerNorm written out): the mean
     of the grown channels equals the old one if every unit is replicated equally often, so the
     group takes integer factors only, with the module that holds the op named as its norm."""
+    return _name_of(ctx.node) == "mean" and ndims == 1 and _balance(ctx, segs)
+
+
+def _balance(ctx: OpContext, segs: Segs) -> bool:
+    """The op normalises over ``segs``: one group, replicated equally often (integer factors)."""
     segs = canonical(segs)
-    if _name_of(ctx.node) != "mean" or ndims != 1 or len(segs) != 1 or segs[0].gid is None:
+    if len(segs) != 1 or segs[0].gid is None:
         return False
     st = ctx.state.groups.get(segs[0].gid)
     name = ctx.scope() or ctx.node.name
     if name not in st.balanced_by:
         st.balanced_by.append(name)
     return True
+
+
+def _functional_norm(ctx: OpContext) -> Layout:
+    """F.layer_norm / F.rms_norm(x, shape, weight, bias) over the last dim (nanoGPT's LayerNorm
+    class): a norm over one group, integer factors only; weight and bias, used as-is, are tiled
+    with the group."""
+    src, weight = ctx.arg(0, "input"), ctx.arg(2, "weight")
+    bias = ctx.arg(3, "bias") if _name_of(ctx.node) == "layer_norm" else None
+    shape, ns = ctx.shape_of(src), ctx.arg(1, "normalized_shape")
+    n = len(ns) if isinstance(ns, (list, tuple)) else len(ctx.shape_of(weight) or ())
+    if shape is None or not n:  # a shape from a tensor (weight.shape): the weight's rank
+        return ctx.block()
+    lay = dict(ctx.layout_of(src))
+    dims = range(len(shape) - n, len(shape))
+    if any(d in lay for d in dims) and (n != 1 or not _balance(ctx, lay[dims[0]])):
+        return ctx.block(
+            f"{ctx.where()} normalises over group '{{group}}' together with other channels or "
+            "dims, so no replication keeps its statistics; normalise over one group's last dim"
+        )
+    segs = lay.get(len(shape) - 1)
+    for p in (weight, bias):
+        if segs is not None and isinstance(p, fx.Node) and not ctx.adopt(p, 0, segs):
+            ctx.state.pin_layout(
+                {0: segs}, f"{ctx.where()} takes a weight that cannot grow with group '{{group}}'"
+            )
+    return lay
 
 
 def _spatial(nd: int | None) -> OpRule:
@@ -683,6 +714,7 @@ def _register() -> None:
         (_split, [torch.split, torch.chunk]),
         (_attention, [F.scaled_dot_product_attention]),
         (_repeat_interleave, [torch.repeat_interleave]),
+        (_functional_norm, [F.layer_norm, F.rms_norm]),
         (_matmul, [torch.matmul, operator.matmul, torch.bmm]),
         (_elementwise, [torch.masked_fill]),
     ]

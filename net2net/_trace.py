@@ -208,7 +208,7 @@ class TraceState:
             if role is None or local not in role.free or role.out is None:
                 continue
             for user in node.users:
-                if user in self.origins or (node, user) in self.adopted:
+                if user in self.origins or (node, user) in self.adopted or _reads_size(user):
                     continue
                 self.pin_layout(
                     {0: role.out},
@@ -223,6 +223,13 @@ class TraceState:
 
     def role(self, name: str) -> ModuleRoles:
         return self.roles.setdefault(name, ModuleRoles())
+
+
+def _reads_size(node: fx.Node) -> bool:
+    """``p.shape``, ``p.size()``, ``p.dim()``: the forward reads the grown size again."""
+    if node.op == "call_method":
+        return node.target in ("size", "dim")
+    return node.op == "call_function" and node.target is getattr
 
 
 def _norm_dim(dim: int, rank: int) -> int:

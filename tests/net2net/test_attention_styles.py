@@ -334,3 +334,19 @@ def test_nn_transformer_is_refused_by_name() -> None:
         net2net.widen(model, idx, widths={"tok": 32})
     assert "module 'tr' (Transformer)" in str(info.value)
     assert "nn.TransformerEncoder and nn.TransformerDecoder" in str(info.value)
+
+
+@pytest.mark.parametrize("preset", ["nanogpt_layernorm", "llama_f_rms_norm"])
+def test_functional_norms_with_their_own_weights_are_norms_of_the_stream(preset: str) -> None:
+    """nanoGPT's LayerNorm class (F.layer_norm(x, self.weight.shape, self.weight, self.bias)) and
+    F.rms_norm with the module's weight: integer factors, weight and bias tiled."""
+    model, idx = tiny(preset)
+    stream = {g.name: g for g in net2net.width_groups(model, idx)}["tok"]
+    assert "layers.0.attn_norm" in stream.integer_factor_norms
+    assert "layers.0.attn_norm" in stream.norms
+    grown = net2net.widen(model, idx, factor=3.0)
+    norm = grown.model.layers[0].attn_norm
+    assert norm.weight.shape == (144,)
+    if getattr(norm, "bias", None) is not None:
+        torch.testing.assert_close(norm.bias[grown.mappings["tok"]], norm.bias)
+    assert_same_function(model, grown.model, idx)

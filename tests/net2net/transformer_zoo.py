@@ -202,7 +202,31 @@ class RMSNorm(nn.Module):
         return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
 
 
-NORMS: dict[str, type[nn.Module]] = {"rms": RMSNorm, "nn_rms": nn.RMSNorm, "layer": nn.LayerNorm}
+class FunctionalRMSNorm(RMSNorm):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x, (x.size(-1),), self.weight, self.eps)
+
+
+class LayerNorm(nn.Module):
+    """nanoGPT's LayerNorm: F.layer_norm with the module's own weight and optional bias."""
+
+    def __init__(self, ndim: int, eps: float = 1e-5, bias: bool = True) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(ndim))
+        self.bias = nn.Parameter(torch.zeros(ndim)) if bias else None
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, self.eps)
+
+
+NORMS: dict[str, type[nn.Module]] = {
+    "rms": RMSNorm,
+    "nn_rms": nn.RMSNorm,
+    "layer": nn.LayerNorm,
+    "f_rms": FunctionalRMSNorm,
+    "f_layer": LayerNorm,
+}
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -338,6 +362,8 @@ LLAMA_PRESETS: dict[str, LlamaConfig] = {
 }
 LLAMA_PRESETS["llama"] = LlamaConfig(n_kv_head=2)
 LLAMA_PRESETS["llama_nn_rmsnorm"] = LlamaConfig(norm="nn_rms")
+LLAMA_PRESETS["llama_f_rms_norm"] = LlamaConfig(n_kv_head=2, norm="f_rms", kv_repeat="sdpa")
+LLAMA_PRESETS["nanogpt_layernorm"] = LlamaConfig(norm="f_layer", ffn="gelu", rope=False)
 
 
 # -- torch's own modules: nn.MultiheadAttention, nn.TransformerEncoder(Layer) and

@@ -9,7 +9,15 @@ import torch
 from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
-from .transformer_zoo import GPT, LLAMA_PRESETS, TORCH_PRESETS, GPTConfig, Llama, RMSNorm
+from .transformer_zoo import (
+    GPT,
+    LLAMA_PRESETS,
+    TORCH_PRESETS,
+    GPTConfig,
+    LayerNorm,
+    Llama,
+    RMSNorm,
+)
 
 
 class BasicBlock(nn.Module):
@@ -347,9 +355,10 @@ def randomize_norms(model: nn.Module, seed: int = 0) -> nn.Module:
                 if m.weight is not None:
                     m.weight.copy_(0.5 + torch.rand(n, generator=g))
                     m.bias.copy_(0.3 * torch.randn(n, generator=g))
-            elif isinstance(m, nn.LayerNorm) and m.weight is not None:
+            elif isinstance(m, (nn.LayerNorm, LayerNorm)) and m.weight is not None:
                 m.weight.copy_(0.5 + torch.rand(m.weight.shape, generator=g))
-                m.bias.copy_(0.3 * torch.randn(m.bias.shape, generator=g))
+                if m.bias is not None:
+                    m.bias.copy_(0.3 * torch.randn(m.bias.shape, generator=g))
             elif isinstance(m, (nn.RMSNorm, RMSNorm)) and m.weight is not None:
                 m.weight.copy_(0.5 + torch.rand(m.weight.shape, generator=g))
     return model
