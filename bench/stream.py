@@ -973,7 +973,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     plan = _plan(args)
     tag = args.tag or f"{'sweep' if args.sweep else 'quick' if args.quick else 'full'}-{steps}"
     args.tag_used = tag
-    folder = results_dir(tag, kept=not (args.quick or args.no_write))
+    folder = results_dir(tag, kept=not args.quick)
     if not args.report_only:
         _run_all(plan, steps, folder, resume=args.resume)
     results = load_all(folder)
