@@ -11,8 +11,13 @@
   training, and whether the new units diverge from their sources (cosine similarity of incoming
   weights), under Adam and under SGD.
 * ``depth``: ``deepen(style="identity")`` against ``style="residual"`` on the same problem.
+* ``units``: a tiny GPT widened ×2 by every ``init`` mode (the default first) and trained on with
+  AdamW on a seeded token stream: exact at growth, the loss spike, and whether the new stream
+  channels, heads and MLP units stay copies of their sources.
+* ``gpt``: widening ×2 and deepening by one identity block (``style="block"``) of ~10M and ~100M
+  GPTs: the transform's time against one training step of the grown model, and its peak memory.
 
-``--only speed`` (or modes, depth) runs one part; ``--quick`` shrinks everything for a smoke run
+``--only speed`` (or modes, depth, units, gpt) runs one part; ``--quick`` shrinks everything for a smoke run
 (and writes nothing unless ``--write`` is given).
 """
 
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import ctypes
 import gc
 import statistics
 import time
@@ -587,10 +593,13 @@ GPT_SIZES: list[tuple[str, GPTConfig]] = [
 
 class PeakRSS:
     """The peak resident set size while the block runs, above the RSS at its start (Linux:
-    ``clear_refs`` resets the high-water mark VmHWM, which the kernel then tracks exactly)."""
+    ``clear_refs`` resets the high-water mark VmHWM, which the kernel then tracks exactly). Freed
+    memory is first handed back to the system (``malloc_trim``), so that the start is what is
+    live and the block's allocations show up in the RSS instead of reusing freed pages."""
 
     def __enter__(self) -> PeakRSS:
         gc.collect()
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
         Path("/proc/self/clear_refs").write_text("5")
         self.start = _status_kb("VmRSS")
         return self
@@ -665,6 +674,10 @@ def gpt(quick: bool) -> str:
     torch.set_num_threads(2)
     sizes = GPT_SIZES[:1] if quick else GPT_SIZES
     batch, example = (2, 1) if quick else (8, 2)
+    tiny, idx = GPT(GPTConfig()), torch.zeros(1, 16, dtype=torch.long)
+    net2net.deepen(
+        net2net.widen(tiny, idx, factor=2).model, idx, after="transformer.h.1", style="block"
+    )  # warm-up
     rows = [_gpt_row(n, c, op, batch, example) for n, c in sizes for op in ("widen", "deepen")]
     head = [
         "model",
