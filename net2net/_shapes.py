@@ -34,6 +34,7 @@ class SizeLiteral:
     node: fx.Node
     value: int
     segs: Segs
+    arg: int | None = None  # its position among a view's sizes
 
     def where(self) -> str:
         label = f"Tensor.{self.node.target}" if self.node.op == "call_method" else "op"
@@ -63,7 +64,7 @@ def _view_literals(node: fx.Node, state: TraceState) -> Iterator[SizeLiteral]:
     for d, segs in state.layouts.get(node, {}).items():
         size = args[d] if d < len(args) else None
         if isinstance(size, int) and size != -1 and has_groups(segs):
-            yield SizeLiteral(node, size, segs)
+            yield SizeLiteral(node, size, segs, d)
 
 
 def _split_literals(node: fx.Node, state: TraceState) -> Iterator[SizeLiteral]:
@@ -155,7 +156,71 @@ def _int_attrs(module: nn.Module, value: int) -> tuple[int, list[str]]:
     return 1, []
 
 
-def attribute_of(model: nn.Module, lit: SizeLiteral) -> tuple[str, str, int] | str:
+Probes = dict[tuple[int, str], list[fx.Node] | None]  # (module id, attribute) → a trace's nodes
+
+
+def _probe(
+    model: nn.Module, module: nn.Module, names: list[str], lit: SizeLiteral, probes: Probes
+) -> list[str]:
+    """The attributes among ``names`` (all holding one value) that the op at ``lit.node`` reads:
+    each is set to another value for one more trace (kept in ``probes`` for the other literals),
+    and read if the literal changes with it. The model is restored after each trace. All of
+    ``names`` when the forward takes another path before the op (control flow on the
+    attribute): then the caller stays ambiguous."""
+
+    def literal(n: fx.Node) -> Any:
+        if lit.arg is None:
+            return _plain((n.args, n.kwargs))
+        sizes = _shape_args(n)
+        return _plain(sizes[lit.arg]) if lit.arg < len(sizes) else None
+
+    base = list(lit.node.graph.nodes)
+    upto = base.index(lit.node) + 1
+    read: list[str] = []
+    for name in names:
+        nodes = _probe_trace(model, module, name, probes)
+        if nodes is None or [(n.op, n.target) for n in nodes[:upto]] != [
+            (n.op, n.target) for n in base[:upto]
+        ]:
+            return names  # the forward took another path before the op
+        if literal(nodes[upto - 1]) != literal(lit.node):
+            read.append(name)
+    return read or names
+
+
+def _probe_trace(
+    model: nn.Module, module: nn.Module, name: str, probes: Probes
+) -> list[fx.Node] | None:
+    """The nodes of a trace of ``model`` with ``module.name`` set to another value."""
+    from ._graph import trace  # here: the graph module imports this one
+
+    key = (id(module), name)
+    if key not in probes:
+        old = getattr(module, name)
+        try:
+            setattr(module, name, old + 7919)  # a prime no size is likely to equal
+            probes[key] = list(trace(model, "widen").graph.nodes)
+        except GrowthError:
+            probes[key] = None
+        finally:
+            setattr(module, name, old)
+    return probes[key]
+
+
+def _plain(value: Any) -> Any:
+    """Node arguments with nodes replaced by their names (to compare two traces)."""
+    if isinstance(value, fx.Node):
+        return value.name
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def attribute_of(
+    model: nn.Module, lit: SizeLiteral, probes: Probes | None = None
+) -> tuple[str, str, int] | str:
     """(module path, attribute name, c) such that the literal is c times the attribute, or the
     reason no attribute can be found."""
     modules = dict(model.named_modules())
@@ -164,6 +229,8 @@ def attribute_of(model: nn.Module, lit: SizeLiteral) -> tuple[str, str, int] | s
         if module is None:
             continue
         c, names = _int_attrs(module, lit.value)
+        if len(names) > 1:
+            names = _probe(model, module, names, lit, {} if probes is None else probes)
         if len(names) == 1:
             return path, names[0], c
         if len(names) > 1:
@@ -186,7 +253,7 @@ def attribute_of(model: nn.Module, lit: SizeLiteral) -> tuple[str, str, int] | s
 def pin_unwritable(model: nn.Module, gm: fx.GraphModule, state: TraceState) -> None:
     """Groups measured by a literal that no attribute holds keep their width."""
     for lit in size_literals(gm, state):
-        found = attribute_of(model, lit)
+        found = attribute_of(model, lit, state.probes)
         if isinstance(found, str):
             state.pin_layout({0: lit.segs}, found)
 
@@ -202,7 +269,7 @@ def attribute_updates(
     updates: dict[tuple[str, str], tuple[int, int]] = {}
     for lit in size_literals(gm, state):
         new = new_size(lit.segs)
-        found = attribute_of(model, lit)
+        found = attribute_of(model, lit, state.probes)
         if isinstance(found, str):
             if new != lit.value:
                 raise GrowthError(f"widen: {found}")

@@ -56,6 +56,8 @@ class TraceState:
         self.origins: dict[fx.Node, tuple[str, dict[int, int]]] = {}
         self.links: list[tuple[set[int], fx.Node]] = []  # groups a module grows by one factor
         self.adopted: set[tuple[fx.Node, fx.Node]] = set()  # (parameter tensor, op) that grows it
+        # traces that tell attributes apart: (module id, attribute) → nodes
+        self.probes: dict[tuple[int, str], list[fx.Node] | None] = {}
 
     # -- re-cutting groups into units -----------------------------------------------------------
     def _rewrite(self, root: int, fn: Callable[[Seg], Segs]) -> None:

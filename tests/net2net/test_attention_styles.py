@@ -79,14 +79,47 @@ def test_grouped_query_heads_grow_alone_by_any_whole_number(preset: str) -> None
     assert_same_function(model, grown.model, idx)
 
 
-def test_equal_head_attributes_are_named() -> None:
-    """Two attributes that hold the head count leave net2net unable to tell which one a view
-    reads: the refusal says so."""
+def test_equal_attributes_are_told_apart_by_which_one_the_view_reads() -> None:
+    """n_head == n_kv_head, and n_head == head_dim: a second trace with one attribute changed
+    shows which one each view reads; both head counts are rewritten, the head size is not."""
     torch.manual_seed(0)
-    model = Llama(LlamaConfig(n_kv_head=4, norm="layer", ffn="gelu", rope=False))
     idx = torch.randint(0, 48, (2, 8))
-    with pytest.raises(net2net.GrowthError, match="attributes n_head, n_kv_head all hold 4"):
-        net2net.widen(model, idx, widths={"layers.0.attn.q_proj": 8})
+    model = Llama(LlamaConfig(n_kv_head=4, norm="layer", ffn="gelu", rope=False))
+    grown = net2net.widen(model, idx, factor=2.0)
+    assert grown.record["attributes"]["layers.0.attn.n_kv_head"] == [4, 8]
+    assert grown.record["attributes"]["layers.0.attn.n_head"] == [4, 8]
+    assert (model.layers[0].attn.n_head, model.layers[0].attn.n_kv_head) == (4, 4)  # untouched
+    assert_same_function(model, grown.model, idx)
+    model = Llama(LlamaConfig(n_embd=16, norm="layer", ffn="gelu", rope=False))  # hs = 4 heads
+    grown = net2net.widen(model, idx, factor=2.0)
+    attn = grown.model.layers[0].attn
+    assert (attn.n_head, attn.head_dim) == (8, 4)
+    assert_same_function(model, grown.model, idx)
+
+
+class TwoCounts(nn.Module):
+    """Two attributes that hold the head count, and the forward picks one by comparing the
+    other: changing either changes the view, so net2net cannot tell and refuses by name."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.q = nn.Linear(8, 8)
+        self.out = nn.Linear(8, 3)
+        self.heads, self.groups = 2, 2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, _ = x.size()
+        n = self.heads if self.groups == 2 else self.groups
+        h = torch.relu(self.q(x)).view(b, t, n, 4).transpose(1, 2)
+        out: torch.Tensor = self.out(h.transpose(1, 2).reshape(b, t, 8))
+        return out
+
+
+def test_attributes_a_second_trace_cannot_tell_apart_are_named() -> None:
+    torch.manual_seed(0)
+    model, x = TwoCounts(), torch.randn(2, 3, 8)
+    with pytest.raises(net2net.GrowthError, match="attributes heads, groups all hold 2"):
+        net2net.widen(model, x, widths={"q": 4})
 
 
 @pytest.mark.parametrize("preset", ["llama", "llama_nn_rmsnorm"])
