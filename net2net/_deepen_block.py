@@ -33,6 +33,8 @@ _PASS_METHODS = ("contiguous", "clone")
 _PASS_MODULES: tuple[type[nn.Module], ...] = (nn.modules.dropout._DropoutNd, nn.Identity)
 # layers whose output is zero when their weight and bias are zero
 _ZEROABLE: tuple[type[nn.Module], ...] = (nn.Linear, nn.modules.conv._ConvNd)
+# leaf modules returning a tuple whose first output is zero when this inner layer is zero
+_ZERO_INSIDE: dict[type[nn.Module], str] = {nn.MultiheadAttention: "out_proj"}
 
 
 @dataclass
@@ -136,6 +138,12 @@ def _branch_end(an: Analysis, node: Any, inside: set[fx.Node]) -> tuple[str | No
                     None,
                     f"ends in {node.target!r} ({type(module).__name__}), not a Linear or conv",
                 )
+        elif _is_first_output(node):
+            module = an.gm.get_submodule(str(node.args[0].target))  # type: ignore[union-attr]
+            inner = _ZERO_INSIDE.get(type(module))
+            if inner is None:
+                return None, f"ends in the first output of {type(module).__name__}"
+            return f"{node.args[0].target}.{inner}", ""  # type: ignore[union-attr]
         elif not (
             (node.op == "call_method" and node.target in _PASS_METHODS)
             or (node.op == "call_function" and node.target is F.dropout)
@@ -143,6 +151,18 @@ def _branch_end(an: Analysis, node: Any, inside: set[fx.Node]) -> tuple[str | No
             return None, f"ends in {node.name} ({node.target}), not a Linear or conv"
         node = node.args[0]
     return None, "does not end in a layer of the block"
+
+
+def _is_first_output(node: fx.Node) -> bool:
+    """``module(...)[0]``: the first output of a leaf module that returns a tuple."""
+    src = node.args[0] if node.args else None
+    return (
+        node.op == "call_function"
+        and node.target is operator.getitem
+        and node.args[1:] == (0,)
+        and isinstance(src, fx.Node)
+        and src.op == "call_module"
+    )
 
 
 def _not_residual(an: Analysis, node: fx.Node, inside: set[fx.Node], after: str, op: str) -> str:

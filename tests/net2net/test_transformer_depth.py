@@ -11,8 +11,8 @@ from torch import nn
 import net2net
 
 from .test_transformers import assert_same_function, logits, tiny_gpt
-from .transformer_zoo import GPT
-from .zoo import assert_unchanged, snapshot
+from .transformer_zoo import GPT, EncoderClassifier, Llama, TorchConfig, TorchMHALM
+from .zoo import PreLNMLP, assert_unchanged, snapshot
 
 LAST = "transformer.h.1"
 
@@ -209,3 +209,52 @@ def test_summary_predicts_the_block_styles() -> None:
     post = net2net.summarize(PostNormNet(), torch.randn(3, 4))
     with pytest.raises(net2net.GrowthError, match="style='block' is not exact"):
         net2net.predict_param_count(post, deepen_after="blocks.1", style="block")
+
+
+@pytest.mark.parametrize(
+    ("build", "after", "zeroed"),
+    [
+        (Llama, "layers.0", ["layers.1.attn.o_proj", "layers.1.ffn.w2"]),
+        (TorchMHALM, "blocks.1", ["blocks.2.attn.out_proj", "blocks.2.proj"]),
+        (
+            EncoderClassifier,
+            "encoder.layers.0",
+            ["encoder.layers.1.self_attn.out_proj", "encoder.layers.1.linear2"],
+        ),
+    ],
+)
+def test_other_pre_norm_blocks_are_deepened_exactly(
+    build: type[nn.Module], after: str, zeroed: list[str]
+) -> None:
+    """Llama (RMSNorm, SwiGLU, rotary), nn.MultiheadAttention (its out_proj is zeroed) and
+    nn.TransformerEncoderLayer(norm_first=True)."""
+    torch.manual_seed(0)
+    model = build()
+    idx = torch.randint(1, 16, (2, 8), generator=torch.Generator().manual_seed(1))
+    grown = net2net.deepen(model, idx, after=after, style="block")
+    assert grown.record["zeroed"] == zeroed
+    assert_same_function(model, grown.model, idx)
+    rebuilt = net2net.replay(model, [grown.record])
+    assert [n for n, _ in rebuilt.named_parameters()] == [
+        n for n, _ in grown.model.named_parameters()
+    ]
+
+
+def test_post_norm_encoder_layer_is_refused() -> None:
+    model = EncoderClassifier(TorchConfig(norm_first=False))
+    idx = torch.randint(1, 16, (2, 8))
+    with pytest.raises(
+        net2net.GrowthError,
+        match=r"'encoder\.layers\.0\.norm2' \(LayerNorm\) after its residual add \(post-norm",
+    ):
+        net2net.deepen(model, idx, after="encoder.layers.0", style="block")
+
+
+def test_a_block_of_a_sequential_gets_a_sibling_and_no_rename() -> None:
+    torch.manual_seed(0)
+    model, x = PreLNMLP(), torch.randn(4, 6)
+    grown = net2net.deepen(model, x, after="blocks.0", style="block")
+    assert grown.record["inserted"] == "blocks.0_deep" and grown.record["renamed"] == {}
+    assert grown.record["zeroed"] == ["blocks.0_deep.fc2"]
+    assert grown.max_abs_error == 0.0
+    assert [name for name, _ in grown.model.blocks.named_children()] == ["0", "0_deep", "1"]
