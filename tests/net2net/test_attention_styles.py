@@ -11,7 +11,15 @@ from torch import nn
 
 import net2net
 
-from .transformer_zoo import LLAMA_PRESETS, TORCH_PRESETS, Llama, LlamaConfig
+from .transformer_zoo import (
+    LLAMA_PRESETS,
+    TORCH_PRESETS,
+    EncoderClassifier,
+    Llama,
+    LlamaConfig,
+    Seq2Seq,
+    TorchConfig,
+)
 from .zoo import ZOO, Case, build, randomize_norms
 
 TOL = 1e-5  # float32, relative to the logits' scale
@@ -382,4 +390,28 @@ def test_functional_norms_with_their_own_weights_are_norms_of_the_stream(preset:
     assert norm.weight.shape == (144,)
     if getattr(norm, "bias", None) is not None:
         torch.testing.assert_close(norm.bias[grown.mappings["tok"]], norm.bias)
+    assert_same_function(model, grown.model, idx)
+
+
+def test_encoder_classifier_with_an_additive_padding_mask_grows_x2() -> None:
+    torch.manual_seed(0)
+    model = randomize_norms(EncoderClassifier(TorchConfig(additive_mask=True)))
+    idx = torch.randint(1, 40, (3, 12))
+    idx[1, 5:] = 0
+    grown = net2net.widen(model, idx, factor=2.0)
+    assert grown.model.cls.shape == (1, 1, 64)
+    assert_same_function(model, grown.model, idx)
+
+
+@pytest.mark.parametrize("norm_first", [True, False])
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_torch_encoder_and_decoder_layers_grow_x2(norm_first: bool, batch_first: bool) -> None:
+    torch.manual_seed(0)
+    model = randomize_norms(Seq2Seq(TorchConfig(norm_first=norm_first, batch_first=batch_first)))
+    idx = torch.randint(0, 40, (2, 12))
+    groups = {g.name: g for g in net2net.width_groups(model, idx)}
+    assert {"enc.self_attn", "dec.self_attn", "dec.multihead_attn"} <= set(groups["tok"].grows_with)
+    grown = net2net.widen(model, idx, factor=2.0)
+    assert grown.model.dec.multihead_attn.num_heads == 4
+    assert grown.model.dec.norm3.normalized_shape == (64,)
     assert_same_function(model, grown.model, idx)

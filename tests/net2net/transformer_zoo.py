@@ -381,6 +381,7 @@ class TorchConfig:
     batch_first: bool = True
     norm_first: bool = True
     pad: int = 0  # token id of padding (masked out of attention)
+    additive_mask: bool = False  # the padding mask as -inf added to the scores, not booleans
 
 
 class MHABlock(nn.Module):
@@ -436,7 +437,7 @@ class EncoderClassifier(nn.Module):
     def __init__(self, cfg: TorchConfig | None = None, classes: int = 3) -> None:
         super().__init__()
         cfg = cfg or TorchConfig()
-        self.pad, self.batch_first = cfg.pad, cfg.batch_first
+        self.pad, self.batch_first, self.additive = cfg.pad, cfg.batch_first, cfg.additive_mask
         self.tok = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.pos = nn.Parameter(0.1 * torch.randn(1, cfg.block_size + 1, cfg.d_model))
         self.cls = nn.Parameter(0.1 * torch.randn(1, 1, cfg.d_model))
@@ -456,6 +457,8 @@ class EncoderClassifier(nn.Module):
         x = torch.cat([self.cls.expand(b, -1, -1), self.tok(idx)], dim=1)  # (B, 1 + T, d)
         x = x + self.pos[:, : t + 1]
         pad = torch.cat([torch.zeros_like(idx[:, :1]), idx], dim=1) == self.pad  # (B, 1 + T)
+        if self.additive:
+            pad = torch.zeros(pad.shape, device=idx.device).masked_fill(pad, float("-inf"))
         if not self.batch_first:
             x = x.transpose(0, 1)
         x = self.encoder(x, src_key_padding_mask=pad)
