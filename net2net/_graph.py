@@ -160,6 +160,10 @@ def analyse(model: nn.Module, example_input: Any, op: str) -> Analysis:
     with eval_mode(model):
         try:
             teacher_out = prop.run(*inputs)
+            if any(traceable_forward(m) is not None for m in model.modules()):
+                # the trace followed a slow path where torch's own forward may take a fast one
+                # (nested tensors give zeros at padded positions): verify against the model
+                teacher_out = model(*inputs)
         except Exception as err:
             raise GrowthError(
                 f"{op}: running {type(model).__name__} on example_input failed: "

@@ -415,3 +415,28 @@ def test_torch_encoder_and_decoder_layers_grow_x2(norm_first: bool, batch_first:
     assert grown.model.dec.multihead_attn.num_heads == 4
     assert grown.model.dec.norm3.normalized_shape == (64,)
     assert_same_function(model, grown.model, idx)
+
+
+class Tagger(nn.Module):
+    """A token tagger on nn.TransformerEncoder with nested tensors (the default): in eval mode
+    its fast path returns zeros at padded positions, which the traced slow path does not."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tok = nn.Embedding(30, 16)
+        layer = nn.TransformerEncoderLayer(16, 2, 24, batch_first=True)
+        self.enc = nn.TransformerEncoder(layer, 2)
+        self.head = nn.Linear(16, 5)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.head(self.enc(self.tok(idx), src_key_padding_mask=idx == 0))
+        return out
+
+
+def test_verification_compares_with_torchs_own_forward_at_padded_positions() -> None:
+    torch.manual_seed(0)
+    model, idx = Tagger(), torch.randint(1, 30, (3, 10))
+    idx[0, 6:] = 0
+    grown = net2net.widen(model, idx, factor=2.0)
+    err = assert_same_function(model, grown.model, idx)
+    assert grown.max_abs_error == pytest.approx(err, abs=1e-7)
