@@ -302,8 +302,12 @@ def _candidates(raw: Iterable[Any]) -> list[DeepenCandidate]:
     return candidates
 
 
-def deepen_param_count(candidate: DeepenCandidate, style: str = "identity") -> int:
-    """Parameters a deepen adds: the summary's figure for the style, else a square Linear."""
+def deepen_param_count(candidate: DeepenCandidate, style: str = "auto") -> int:
+    """Parameters a deepen adds: the summary's figure for the style, else a square Linear.
+    ``"auto"`` resolves as ``net2net.deepen``'s default does: a copy of the block where the
+    summary gives an exact one (``added_params["block"]``), else an identity layer."""
+    if style == "auto":
+        style = "block" if candidate.added_params("block") is not None else "identity"
     n = candidate.added_params(style)
     if n is not None:
         return n

@@ -13,6 +13,7 @@ from torch import fx, nn
 
 from ._deepen_block import (
     BLOCK_STYLES,
+    auto_style,
     block_count,
     block_sources,
     build_copy,
@@ -29,6 +30,7 @@ from ._types import Grown, ParamPlan
 from ._widen import RECORD_FORMAT, copy_model, input_spec, verify
 
 STYLES = ("identity", "residual")  # one inserted layer; BLOCK_STYLES copy a whole block
+AUTO = "auto"  # "block" after a block that style="block" deepens exactly, else "identity"
 KERNEL = 3  # kernel size of inserted convs: an identity filter has its single 1 at the centre tap
 
 
@@ -349,11 +351,16 @@ def deepen(
     example_input: Any,
     *,
     after: str,
-    style: str = "identity",
+    style: str = AUTO,
     calibration: Any = None,
     seed: int = 0,
 ) -> Grown:
-    """Net2DeeperNet: insert a layer right after module ``after``.
+    """Net2DeeperNet: insert a layer (or a whole block) right after module ``after``.
+
+    ``style="auto"`` (the default): ``"block"`` when ``after`` names a block of an
+    ``nn.ModuleList`` or ``nn.Sequential`` that style="block" deepens exactly (a pre-norm
+    residual block such as ``"transformer.h.1"``), ``"identity"`` everywhere else. The record
+    stores the style it resolved to, so replay does the same.
 
     ``style="identity"``: a Linear with an identity matrix (a conv with an identity kernel: a
     single 1 at the centre tap k//2, padding k//2), followed by ``after``'s activation when
@@ -383,6 +390,14 @@ def deepen(
     )
 
 
+def _check_style(style: str) -> None:
+    if style not in (AUTO, *STYLES, *BLOCK_STYLES):
+        raise GrowthError(
+            f"deepen: unknown style {style!r}; choose 'auto', 'identity', 'residual', 'block' or "
+            "'stack'"
+        )
+
+
 def deepen_impl(
     model: nn.Module,
     example_input: Any,
@@ -394,10 +409,7 @@ def deepen_impl(
     check: bool,
     expect_width: int | None = None,
 ) -> Grown:
-    if style not in STYLES + BLOCK_STYLES:
-        raise GrowthError(
-            f"deepen: unknown style {style!r}; choose 'identity', 'residual', 'block' or 'stack'"
-        )
+    _check_style(style)
     inputs = as_inputs(example_input)
     an = analyse(model, inputs, "deepen")
     plan = plan_deepen(an, after)
@@ -406,6 +418,8 @@ def deepen_impl(
             f"deepen: the record expects width {expect_width} after {after!r}, but the model has "
             f"{plan.width}; replay the records in order on the base model they were made from"
         )
+    if style == AUTO:
+        style = auto_style(an, after)
     if style in BLOCK_STYLES:
         return _deepen_by_block(an, model, inputs, plan, style=style, seed=seed, check=check)
     if style == "identity" and plan.identity_refusal is not None:

@@ -75,6 +75,17 @@ def plan_block(an: Analysis, after: str, op: str = "deepen") -> BlockPlan:
     return BlockPlan(after, parent_name, key, zeroed, refusal)
 
 
+def auto_style(an: Analysis, after: str) -> str:
+    """``deepen(style="auto")``: ``"block"`` where ``after`` names a block of an
+    ``nn.ModuleList``/``nn.Sequential`` that style="block" deepens exactly (a pre-norm residual
+    block, ``x + f(norm(x))``), else ``"identity"`` (one inserted layer, as before)."""
+    try:
+        plan = plan_block(an, after)
+    except GrowthError:
+        return "identity"
+    return "block" if plan.refusal is None else "identity"
+
+
 def _members(an: Analysis, after: str) -> list[fx.Node]:
     out = []
     for n in an.gm.graph.nodes:

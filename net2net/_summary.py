@@ -9,7 +9,7 @@ from typing import Any
 
 from torch import nn
 
-from ._deepen import STYLES, build_block, plan_deepen
+from ._deepen import AUTO, STYLES, build_block, plan_deepen
 from ._deepen_block import BLOCK_STYLES, plan_block
 from ._errors import GrowthError
 from ._graph import Analysis, analyse, as_inputs
@@ -134,20 +134,25 @@ def predict_param_count(
     factor: float | None = None,
     widths: Mapping[str, int] | None = None,
     deepen_after: str | None = None,
-    style: str = "identity",
+    style: str = AUTO,
 ) -> int:
     """The exact parameter count after ``widen(factor=…)``/``widen(widths=…)`` or after
     ``deepen(after=deepen_after, style=…)``, from a :func:`summarize` result alone. Raises
-    :class:`GrowthError` exactly where the op would refuse for width constraints."""
+    :class:`GrowthError` exactly where the op would refuse for width constraints. ``style="auto"``
+    resolves as deepen's default does: "block" where the candidate's ``added_params`` give an
+    exact block, else "identity"."""
     if deepen_after is not None:
         if factor is not None or widths is not None:
             raise GrowthError(
                 "predict_param_count: predict one op at a time (deepen_after= or factor=/widths=)"
             )
-        if style not in STYLES + BLOCK_STYLES:
+        if style not in (AUTO, *STYLES, *BLOCK_STYLES):
             raise GrowthError(f"predict_param_count: unknown style {style!r}")
         for cand in summary["deepen_candidates"]:
             if cand["after"] == deepen_after:
+                if style == AUTO:
+                    exact_block = cand["added_params"].get("block") is not None
+                    style = "block" if exact_block else "identity"
                 if style not in cand["added_params"]:
                     raise GrowthError(
                         f"predict_param_count: {deepen_after!r} is not a block of an "

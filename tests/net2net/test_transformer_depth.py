@@ -258,3 +258,42 @@ def test_a_block_of_a_sequential_gets_a_sibling_and_no_rename() -> None:
     assert grown.record["zeroed"] == ["blocks.0_deep.fc2"]
     assert grown.max_abs_error == 0.0
     assert [name for name, _ in grown.model.blocks.named_children()] == ["0", "0_deep", "1"]
+
+
+@pytest.mark.parametrize("after", ["transformer.h.0", LAST])
+def test_the_default_style_inserts_a_block_after_a_pre_norm_block(after: str) -> None:
+    model, idx = tiny_gpt()
+    summary = net2net.summarize(model, idx)
+    grown = net2net.deepen(model, idx, after=after)  # no style: "auto"
+    assert grown.record["style"] == "block"  # the resolved style, so replay needs no guess
+    assert grown.exact and grown.record["exact"] is True
+    assert_same_function(model, grown.model, idx)
+    gpt = grown.model
+    assert isinstance(gpt, GPT)
+    assert len(gpt.transformer.h) == 3 and gpt.config.n_layer == 3
+    assert net2net.predict_param_count(summary, deepen_after=after) == net2net.count_params(gpt)
+    rebuilt = net2net.replay(model, [grown.record])
+    for name, value in gpt.state_dict().items():
+        torch.testing.assert_close(rebuilt.state_dict()[name], value, rtol=0, atol=0)
+
+
+def test_the_default_style_keeps_one_identity_layer_elsewhere() -> None:
+    """After a layer (an MLP's ReLU), a layer inside a block, or a post-norm block (which
+    style="block" refuses), the default is one identity layer, as it always was."""
+    torch.manual_seed(0)
+    mlp = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    x = torch.randn(3, 4)
+    grown = net2net.deepen(mlp, x, after="1")
+    assert grown.record["style"] == "identity" and grown.record["inserted"] == "1_deep"
+    assert isinstance(grown.model.get_submodule("1_deep.0"), nn.Linear)
+    assert grown.max_abs_error == 0.0
+    assert net2net.predict_param_count(
+        net2net.summarize(mlp, x), deepen_after="1"
+    ) == net2net.count_params(grown.model)
+    model, idx = tiny_gpt()
+    inside = net2net.deepen(model, idx, after="transformer.h.0.mlp.c_fc")
+    assert inside.record["style"] == "identity" and inside.model.config.n_layer == 2
+    post = PostNormNet()
+    wrapped = net2net.deepen(post, x, after="blocks.0")
+    assert wrapped.record["style"] == "identity" and len(wrapped.model.blocks) == 2
+    assert wrapped.record["inserted"] == "blocks.0.1"
