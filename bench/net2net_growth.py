@@ -11,7 +11,7 @@
   training, and whether the new units diverge from their sources (cosine similarity of incoming
   weights), under Adam and under SGD.
 * ``depth``: ``deepen(style="identity")`` against ``style="residual"`` on the same problem.
-* ``units``: a tiny GPT widened ×2 by every ``init`` mode (the default first) and trained on with
+* ``units``: a tiny GPT widened ×2 by every ``init`` mode (the default, ``random_zero``, first) and trained on with
   AdamW on a seeded token stream: exact at growth, the loss spike, and whether the new stream
   channels, heads and MLP units stay copies of their sources.
 * ``gpt``: widening ×2 and deepening by one identity block (``style="block"``) of ~10M and ~100M
@@ -137,7 +137,9 @@ def _speed_row(
     batch = make(batch_size)
     labels = torch.randint(0, 10, (batch.shape[0],))
     groups_s, groups = _timed(lambda m=model, e=example: net2net.width_groups(m, e), repeats)
-    widen_s, grown = _timed(lambda m=model, e=example: net2net.widen(m, e, factor=2.0), repeats)
+    widen_s, grown = _timed(
+        lambda m=model, e=example: net2net.widen(m, e, factor=2.0, init="net2net"), repeats
+    )
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     _fwd_bwd(model, batch[:8], labels[:8])
     opt.step()
@@ -489,7 +491,11 @@ def depth(quick: bool) -> str:
 
 # -- new units of a GPT ---------------------------------------------------------------------------
 
-GPT_MODES: list[tuple[str, dict[str, Any]]] = [("net2net (default)", {}), *MODES[1:]]
+GPT_MODES: list[tuple[str, dict[str, Any]]] = [
+    ("random_zero (default)", {}),
+    *MODES[:5],
+    MODES[6],
+]  # the default first, then the others; MODES[5] is random_zero
 
 
 def _units_seed(seed: int, pre: int, post: int, track: int) -> list[tuple[float, ...]]:
@@ -638,7 +644,7 @@ def _gpt_row(name: str, cfg: GPTConfig, op: str, batch: int, example: int) -> li
     with PeakRSS() as mem:
         t0 = time.perf_counter()
         if op == "widen":
-            grown = net2net.widen(teacher, ex, factor=2)
+            grown = net2net.widen(teacher, ex, factor=2, init="net2net")
         else:
             last = f"transformer.h.{cfg.n_layer - 1}"
             grown = net2net.deepen(teacher, ex, after=last, style="block")
@@ -676,7 +682,10 @@ def gpt(quick: bool) -> str:
     batch, example = (2, 1) if quick else (8, 2)
     tiny, idx = GPT(GPTConfig()), torch.zeros(1, 16, dtype=torch.long)
     net2net.deepen(
-        net2net.widen(tiny, idx, factor=2).model, idx, after="transformer.h.1", style="block"
+        net2net.widen(tiny, idx, factor=2, init="net2net").model,
+        idx,
+        after="transformer.h.1",
+        style="block",
     )  # warm-up
     rows = [_gpt_row(n, c, op, batch, example) for n, c in sizes for op in ("widen", "deepen")]
     head = [
@@ -694,8 +703,8 @@ def gpt(quick: bool) -> str:
     ]
     return (
         "nanoGPT-style GPTs (nanoGPT's own attention code, float32, tied LM head) on the CPU, one "
-        "run each. *Transform* is `net2net.widen(model, x, factor=2)` (every group ×2, default "
-        'init) or `net2net.deepen(model, x, after=<last block>, style="block")`, end to end: '
+        'run each. *Transform* is `net2net.widen(model, x, factor=2, init="net2net")` (every '
+        'group ×2, the paper\'s copies) or `net2net.deepen(model, x, after=<last block>, style="block")`, end to end: '
         "tracing, the shape pass that gives the teacher's output, the copy and weight surgery and "
         f"the verification forward of the grown model, on an example batch of {example} × "
         f"{sizes[0][1].block_size} tokens. The step is one forward+backward pass of the *grown* "

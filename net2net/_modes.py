@@ -30,6 +30,11 @@ class InitMode:
     scale: Literal["matched", "default"] = "matched"  # spread of random draws (see _mapping)
 
 
+# widen's default: exact, and its new units differ from the start and learn under Adam/AdamW
+# (docs/benchmarks.md: "net2net: init modes under Adam", "net2net: do a GPT's new units learn?
+# (init modes)"); the paper's "net2net" copies stay copies there
+DEFAULT_INIT = "random_zero"
+
 INIT_MODES: dict[str, InitMode] = {
     m.name: m
     for m in (
@@ -93,5 +98,6 @@ INIT_MODES: dict[str, InitMode] = {
 
 
 def init_modes() -> dict[str, dict[str, Any]]:
-    """The ``init=`` modes of :func:`net2net.widen` and their properties (JSON-serialisable)."""
+    """The ``init=`` modes of :func:`net2net.widen` and their properties (JSON-serialisable).
+    The default is ``"random_zero"``; ``"net2net"`` is the paper's exact copies."""
     return {name: asdict(mode) for name, mode in INIT_MODES.items()}

@@ -15,7 +15,7 @@ from ._graph import Analysis, GroupInfo, analyse, as_inputs, eval_mode, max_abs_
 from ._handlers import ParamAxes, axes_of, handler_for
 from ._layout import Segs
 from ._mapping import AxisMap, GroupMap, axis_map, generator, grow_tensor, make_group_map
-from ._modes import INIT_MODES, InitMode
+from ._modes import DEFAULT_INIT, INIT_MODES, InitMode
 from ._shapes import attribute_updates, set_attributes
 from ._trace import ModuleRoles
 from ._types import Grown, ParamPlan, WidthGroup
@@ -293,7 +293,7 @@ def widen(
     *,
     factor: float | None = None,
     widths: dict[str, int] | None = None,
-    init: str = "net2net",
+    init: str = DEFAULT_INIT,
     noise: float = 0.0,
     split: str = "equal",
     seed: int = 0,
@@ -301,9 +301,15 @@ def widen(
     """Net2WiderNet over the whole traced graph (see ``docs/net2net.md`` for the math).
 
     Every growable width group listed in ``widths`` (by name), or every one with ``factor``
-    (rounded up), grows from n to q units with one mapping g: new units ``j > n`` copy a random
-    source ``g(j)`` (with replacement; equally often where a LayerNorm needs it). With
-    ``init="net2net"`` (the paper) producers' rows and per-channel parameters are copied and each
+    (rounded up), grows from n to q units with one mapping g: new unit ``j > n`` has a random
+    source ``g(j)`` (with replacement; equally often where a LayerNorm needs it).
+    ``init="random_zero"`` (the default): the new units' incoming weights are random,
+    N(0, std(W)²), and their outgoing weights zero, so the function is unchanged and the new units
+    differ from the start (in a group a LayerNorm normalises they are copies of ``g(j)``, with
+    zero outgoing weights; ``Grown.notes`` says so). Measured, they learn under Adam and AdamW
+    where the paper's copies stay copies (docs/benchmarks.md, "net2net: init modes under Adam"
+    and "net2net: do a GPT's new units learn? (init modes)").
+    ``init="net2net"`` (the paper): producers' rows and per-channel parameters are copied and each
     consumer's input column for unit j becomes ``W[:, g(j)] · share(j)``, with ``share = 1/count``
     (``split="equal"``) or random positive shares summing to one per source (``split="random"``).
     ``noise`` adds ``noise · std(W)`` Gaussian noise to the copies' incoming weights. Other

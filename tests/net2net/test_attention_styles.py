@@ -64,7 +64,7 @@ def test_grouped_query_attention_keeps_its_grouping(preset: str) -> None:
     heads = groups["layers.0.attn.q_proj"]
     assert heads.width == 2  # a unit is one key/value head with its 2 query heads
     assert set(heads.producers) == {f"layers.0.attn.{p}_proj" for p in "qkv"}
-    grown = net2net.widen(model, idx, factor=2.0, seed=5)
+    grown = net2net.widen(model, idx, factor=2.0, seed=5, init="net2net")
     attn = grown.model.layers[0].attn
     assert (attn.n_head, attn.n_kv_head) == (8, 4)
     assert grown.record["attributes"]["layers.0.attn.n_kv_head"] == [2, 4]
@@ -81,7 +81,9 @@ def test_grouped_query_attention_keeps_its_grouping(preset: str) -> None:
 @pytest.mark.parametrize("preset", ["gqa_repeat_interleave", "gqa_sdpa"])
 def test_grouped_query_heads_grow_alone_by_any_whole_number(preset: str) -> None:
     model, idx = tiny(preset)
-    grown = net2net.widen(model, idx, widths={"layers.1.attn.q_proj": 3}, split="random")
+    grown = net2net.widen(
+        model, idx, widths={"layers.1.attn.q_proj": 3}, split="random", init="net2net"
+    )
     attn = grown.model.layers[1].attn
     assert (attn.n_head, attn.n_kv_head) == (6, 3)
     assert_same_function(model, grown.model, idx)
@@ -173,7 +175,7 @@ def test_heads_and_ffn_grow_x1_5_under_rmsnorm() -> None:
     heads), SwiGLU 48 → 72."""
     model, idx = tiny("llama")
     widths = {"layers.0.attn.q_proj": 3, "layers.0.ffn.w1": 72, "layers.1.ffn.w1": 72}
-    grown = net2net.widen(model, idx, widths=widths, split="random", seed=2)
+    grown = net2net.widen(model, idx, widths=widths, split="random", seed=2, init="net2net")
     assert (grown.model.layers[0].attn.n_head, grown.model.layers[0].attn.n_kv_head) == (6, 3)
     assert_same_function(model, grown.model, idx)
 
@@ -296,7 +298,7 @@ def test_a_parameter_used_only_on_the_group_grows_with_it() -> None:
 
     torch.manual_seed(0)
     model, x = Gain(), torch.randn(3, 4)
-    grown = net2net.widen(model, x, widths={"fc": 9}, split="random")
+    grown = net2net.widen(model, x, widths={"fc": 9}, split="random", init="net2net")
     assert grown.model.gain.shape == (1, 9)
     assert_same_function(model, grown.model, x)
 

@@ -52,7 +52,9 @@ def test_inception_concat_offsets() -> None:
     groups = by_name(model, x)
     for name in ("b1.0", "b2.3", "b3.1"):
         assert "mix_bn" in groups[name].norms and "mix" in groups[name].consumers
-    grown = net2net.widen(model, x, widths={"b2.3": 7})  # 5 -> 7: two copies inside the concat
+    grown = net2net.widen(
+        model, x, widths={"b2.3": 7}, init="net2net"
+    )  # 5 -> 7: two copies inside the concat
     g = grown.mappings["b2.3"]
     assert g[:5].tolist() == [0, 1, 2, 3, 4]
     old, new = model.mix.weight.detach(), grown.model.mix.weight.detach()
@@ -71,7 +73,7 @@ def test_flatten_gives_each_channel_a_block() -> None:
     torch.manual_seed(0)
     model = cnn_flatten()
     x = torch.randn(2, 3, 8, 8)
-    grown = net2net.widen(model, x, widths={"4": 13})
+    grown = net2net.widen(model, x, widths={"4": 13}, init="net2net")
     head_old, head_new = model[8].weight.detach(), grown.model[8].weight.detach()
     assert head_new.shape == (10, 13 * 16)
     src = int(grown.mappings["4"][12])

@@ -68,7 +68,9 @@ def test_state_shapes_and_rule(
 ) -> None:
     model, opt, x, _ = trained
     old_state = {k: {kk: vv.clone() for kk, vv in v.items()} for k, v in opt.state.items()}
-    grown = net2net.widen(model, x, widths={"0": 13, "2": 11}, split="random", seed=7)
+    grown = net2net.widen(
+        model, x, widths={"0": 13, "2": 11}, split="random", seed=7, init="net2net"
+    )
     new_opt = net2net.transfer_optimizer(opt, model, grown, state="carry")
     assert type(new_opt) is type(opt)
     assert new_opt.defaults == opt.defaults

@@ -78,7 +78,7 @@ def test_heads_alone_x2(attention: str) -> None:
 
 def test_new_heads_are_copies_of_old_heads() -> None:
     model, idx = tiny_gpt()
-    grown = net2net.widen(model, idx, widths={HEADS[0]: 4})
+    grown = net2net.widen(model, idx, widths={HEADS[0]: 4}, init="net2net")
     g = grown.mappings[HEADS[0]]
     assert g[:2].tolist() == [0, 1]
     old = model.transformer.h[0].attn.c_attn.weight.detach().view(3, 2, 16, 32)
@@ -121,7 +121,7 @@ def test_residual_stream_is_one_group() -> None:
 def test_stream_alone_x2_keeps_the_tie(attention: str) -> None:
     model, idx = tiny_gpt(attention)
     snap = snapshot(model)
-    grown = net2net.widen(model, idx, widths={STREAM: 64})
+    grown = net2net.widen(model, idx, widths={STREAM: 64}, init="net2net")
     assert_unchanged(model, snap)
     assert_same_function(model, grown.model, idx)
     g = grown.model
@@ -169,7 +169,7 @@ def test_zero_outgoing_modes_are_exact(init: str) -> None:
 
 def test_random_split_is_exact() -> None:
     model, idx = tiny_gpt()
-    grown = net2net.widen(model, idx, factor=3, split="random", seed=2)
+    grown = net2net.widen(model, idx, factor=3, split="random", seed=2, init="net2net")
     assert_same_function(model, grown.model, idx)
     assert grown.model.transformer.h[0].attn.n_head == 6
 

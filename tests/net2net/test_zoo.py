@@ -67,7 +67,7 @@ def test_widen_odd_widths_random_split(case: Case) -> None:
     snap = snapshot(model)
     groups = net2net.width_groups(model, x)
     widths = odd_widths(groups)
-    grown = net2net.widen(model, x, widths=widths, split="random", seed=3)
+    grown = net2net.widen(model, x, widths=widths, split="random", seed=3, init="net2net")
     assert_unchanged(model, snap)
     err, scale = max_err(model, grown.model, x)
     assert err < bound(scale)
@@ -95,7 +95,7 @@ def test_random_pad_is_honestly_inexact(case: Case) -> None:
 
 def test_noise_is_honestly_inexact(case: Case) -> None:
     model, x = build(case)
-    grown = net2net.widen(model, x, factor=2.0, noise=0.1)
+    grown = net2net.widen(model, x, factor=2.0, noise=0.1, init="net2net")
     err, _ = max_err(model, grown.model, x)
     assert not grown.exact
     assert grown.max_abs_error == pytest.approx(err, rel=1e-6)
@@ -125,10 +125,15 @@ def test_repeated_growth_composes_and_replays(case: Case) -> None:
     records = []
     current: nn.Module = model
     steps = [
-        lambda m: net2net.widen(m, x, factor=2.0, seed=1),
+        lambda m: net2net.widen(m, x, factor=2.0, seed=1, init="net2net"),
         lambda m: net2net.deepen(m, x, after=case.deepen_after),
         lambda m: net2net.widen(
-            m, x, widths=odd_widths(net2net.width_groups(m, x)), split="random", seed=2
+            m,
+            x,
+            widths=odd_widths(net2net.width_groups(m, x)),
+            split="random",
+            seed=2,
+            init="net2net",
         ),
         lambda m: net2net.deepen(m, x, after=case.residual_after, style="residual", seed=4),
         lambda m: net2net.widen(m, x, factor=2.0, init="random_zero", seed=5),
