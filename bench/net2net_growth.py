@@ -16,8 +16,10 @@
   channels, heads and MLP units stay copies of their sources.
 * ``gpt``: widening ×2 and deepening by one identity block (``style="block"``) of ~10M and ~100M
   GPTs: the transform's time against one training step of the grown model, and its peak memory.
+* ``zoo``: every transformer of the test zoo widened ×2 and ×1.5 and deepened by a block: the
+  error relative to the output scale, or the refusal, and whether the heads grew.
 
-``--only speed`` (or modes, depth, units, gpt) runs one part; ``--quick`` shrinks everything for a smoke run
+``--only speed`` (or modes, depth, units, gpt, zoo) runs one part; ``--quick`` shrinks everything for a smoke run
 (and writes nothing unless ``--write`` is given).
 """
 
@@ -27,6 +29,7 @@ import argparse
 import copy
 import ctypes
 import gc
+import math
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -44,6 +47,8 @@ from bench._report import table, write_section
 from tests.net2net import gpt_units
 from tests.net2net.gpt_units import LMTask
 from tests.net2net.transformer_zoo import GPT, GPTConfig
+from tests.net2net.zoo import ZOO, Case, max_err
+from tests.net2net.zoo import build as build_case
 
 # -- models ------------------------------------------------------------------------------------
 
@@ -718,15 +723,129 @@ def gpt(quick: bool) -> str:
     )
 
 
+# -- the transformer zoo --------------------------------------------------------------------------
+
+TRANSFORMER_ZOO = ZOO[[c.name for c in ZOO].index("gpt") :]  # the zoo's transformers, in order
+# the start of a refusal's message → a short reason for the table
+_REASONS = (
+    ("use an integer factor", "a norm over the stream needs an integer factor"),
+    ("post-norm", "post-norm block, norm(x + f(x))"),
+    ("no block list", "no block list (nn.ModuleList/nn.Sequential)"),
+    ("must grow by the same factor", "linked groups grow by one factor"),
+)
+
+
+def _refused(err: net2net.GrowthError) -> str:
+    msg = str(err)
+    short = next((r for key, r in _REASONS if key in msg), msg.split(";", maxsplit=1)[0][:80])
+    return f"refused: {short}"
+
+
+def _heads(model: nn.Module) -> int:
+    """Query heads over the model: the ``n_head``/``num_heads`` attributes of its modules."""
+    return sum(
+        int(getattr(m, a))
+        for m in model.modules()
+        for a in ("n_head", "num_heads")
+        if type(getattr(m, a, None)) is int
+    )
+
+
+def _relative(model: nn.Module, x: torch.Tensor, op: Callable[[], net2net.Grown]) -> str:
+    """The grown model's max abs error over the teacher's max |output|, or the refusal."""
+    try:
+        grown = op()
+    except net2net.GrowthError as refusal:
+        return _refused(refusal)
+    err, scale = max_err(model, grown.model, x)
+    return f"{err / scale:.1e}"
+
+
+def _free_widths(model: nn.Module, x: torch.Tensor, factor: float) -> dict[str, int]:
+    """×factor (rounded up to ``multiple_of``) for the groups that take any factor: no norm over
+    them and no link to another group's width (heads and FFNs, not the stream)."""
+    return {
+        g.name: -(-math.ceil(g.width * factor) // g.multiple_of) * g.multiple_of
+        for g in net2net.width_groups(model, x)
+        if not g.integer_factor and not g.grows_with
+    }
+
+
+def _block(summary: dict[str, Any]) -> str | None:
+    """The first block of a block list (where style="block" applies, exact or not)."""
+    return next(
+        (c["after"] for c in summary["deepen_candidates"] if "block" in c["added_params"]), None
+    )
+
+
+def _zoo_row(case: Case) -> list[str]:
+    model, x = build_case(case)
+    summary = net2net.summarize(model, x)
+    wide = net2net.widen(model, x, factor=2)
+    block = _block(summary)
+    deepen = (
+        _relative(model, x, lambda: net2net.deepen(model, x, after=block, style="block"))
+        if block is not None
+        else "refused: no block list (nn.ModuleList/nn.Sequential)"
+    )
+    before, after = _heads(model), _heads(wide.model)
+    free = _free_widths(model, x, 1.5)
+    row = [
+        case.name,
+        f"{summary['param_count']:,}",
+        _relative(model, x, lambda: wide),
+        _relative(model, x, lambda: net2net.widen(model, x, factor=2, init="net2net")),
+        _relative(model, x, lambda: net2net.widen(model, x, factor=1.5)),
+        (
+            _relative(model, x, lambda: net2net.widen(model, x, widths=free, init="net2net"))
+            if free
+            else "no such group (all normalised or linked)"
+        ),
+        f"`{block}`: {deepen}" if block is not None else deepen,
+        f"yes, {before} → {after}" if after > before else f"no ({before})",
+    ]
+    print(row, flush=True)
+    return row
+
+
+def zoo(quick: bool) -> str:
+    torch.set_num_threads(1)
+    cases = TRANSFORMER_ZOO[:2] if quick else TRANSFORMER_ZOO
+    rows = [_zoo_row(case) for case in cases]
+    head = [
+        "model (tests/net2net/zoo.py)",
+        "parameters",
+        "widen ×2, default init",
+        '×2, init="net2net"',
+        "widen ×1.5",
+        'heads and FFN ×1.5, init="net2net"',
+        'deepen by a block (style="block")',
+        "heads grew (×2)",
+    ]
+    return (
+        "Every transformer of the test zoo (tests/net2net/zoo.py, tests/net2net/transformer_zoo.py; "
+        "tiny sizes, float32, norms with non-default affine parameters), grown on its example "
+        "batch. Figures are the grown model's max abs error relative to the teacher's output "
+        "scale, max |f_new(x) − f(x)| / max |f(x)|, in eval mode. *widen ×2* grows every group "
+        "(stream, heads, FFN) with `factor=2`, with the default init (`random_zero`) and with "
+        'the paper\'s copies (`init="net2net"`); *widen ×1.5* uses the default init; *heads and FFN '
+        "×1.5* grows, with the paper's copies and their split outgoing weights, the groups that no "
+        "norm normalises and whose width no other group's is computed from (×1.5 rounded up to "
+        "whole units); *deepen by a block* inserts a copy of the first block of the block list with its branches' output "
+        "layers at zero. *Heads grew*: the query heads over the model (the `n_head`/`num_heads` "
+        "attributes) before and after widen ×2.\n\n" + table(head, rows)
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--only", choices=["speed", "modes", "depth", "units", "gpt"], action="append"
+        "--only", choices=["speed", "modes", "depth", "units", "gpt", "zoo"], action="append"
     )
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke run")
     parser.add_argument("--write", action="store_true", help="write even with --quick")
     args = parser.parse_args(argv)
-    parts = args.only or ["speed", "modes", "depth", "units", "gpt"]
+    parts = args.only or ["speed", "modes", "depth", "units", "gpt", "zoo"]
     write = args.write or not args.quick
     sections = {
         "speed": ("net2net-growth", "net2net: growth cost", speed),
@@ -738,6 +857,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             "net2net: GPT growth cost (widen ×2, deepen by a block)",
             gpt,
         ),
+        "zoo": ("net2net-transformer-zoo", "net2net: the transformer zoo grows", zoo),
     }
     for part in parts:
         name, title, fn = sections[part]
