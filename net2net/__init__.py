@@ -10,7 +10,7 @@ from ._replay import replay
 from ._summary import count_params, predict_param_count, summarize
 from ._trace import TraceContext
 from ._types import Grown, WidthGroup
-from ._widen import widen, width_groups
+from ._widen import widen, widen_head_size, width_groups
 
 __all__ = [
     "Grown",
@@ -30,5 +30,6 @@ __all__ = [
     "summarize",
     "transfer_optimizer",
     "widen",
+    "widen_head_size",
     "width_groups",
 ]

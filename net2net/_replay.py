@@ -10,7 +10,7 @@ from torch import nn
 
 from ._deepen import deepen_impl
 from ._errors import GrowthError
-from ._widen import RECORD_FORMAT, widen_impl
+from ._widen import RECORD_FORMAT, widen_head_size_impl, widen_impl
 
 
 def _dummy_inputs(spec: Any, model: nn.Module) -> tuple[torch.Tensor, ...]:
@@ -42,7 +42,12 @@ def replay(model: nn.Module, records: Sequence[Mapping[str, Any]]) -> nn.Module:
         op = rec["op"]
         try:
             inputs = _dummy_inputs(rec["input"], current)
-            if op == "widen":
+            if op == "widen" and rec.get("head_size"):
+                sizes = {str(k): int(v[1]) for k, v in dict(rec["head_size"]).items()}
+                grown = widen_head_size_impl(
+                    current, inputs, sizes, seed=int(rec["seed"]), check=False
+                )
+            elif op == "widen":
                 grown = widen_impl(
                     current,
                     inputs,

@@ -13,6 +13,13 @@ from torch import nn
 from ._errors import GrowthError
 from ._graph import Analysis, GroupInfo, analyse, as_inputs, eval_mode, max_abs_error
 from ._handlers import ParamAxes, axes_of, handler_for
+from ._head_size import (
+    apply_head_size,
+    check_head_size_error,
+    head_size_record,
+    plan_all,
+    state_plans,
+)
 from ._layout import Segs
 from ._mapping import AxisMap, GroupMap, axis_map, generator, grow_tensor, make_group_map
 from ._modes import DEFAULT_INIT, INIT_MODES, InitMode
@@ -326,6 +333,55 @@ def widen(
         split=split,
         seed=seed,
         check=True,
+    )
+
+
+def widen_head_size(
+    model: nn.Module, example_input: Any, head_size: Mapping[str, int], *, seed: int = 0
+) -> Grown:
+    """Grow the head size of the named head groups (names from :func:`net2net.width_groups`):
+    every head of group ``name`` grows from hs to ``head_size[name]`` channels, the head count and
+    the stream unchanged (:func:`widen` keeps hs fixed). New q dims are zero and the old q rows
+    (and bias) are multiplied by sqrt(hs'/hs) where the scale is 1/sqrt(head size) (SDPA's
+    default, or computed by the forward); a constant SDPA ``scale=`` is kept and q not rescaled.
+    New v dims have random rows and zero output-projection columns, new k dims random rows. The
+    head-size attribute the forward reads (``self.head_dim``) is rewritten. Refused by name:
+    rotary embeddings, nn.MultiheadAttention, a head size computed from the stream width or
+    written as a literal, a fused qkv projection (docs/net2net.md, "Head size")."""
+    return widen_head_size_impl(model, example_input, head_size, seed=seed, check=True)
+
+
+def widen_head_size_impl(
+    model: nn.Module, example_input: Any, sizes: Mapping[str, int], *, seed: int, check: bool
+) -> Grown:
+    """Every head of each named group grows to the given head size (see :mod:`._head_size`)."""
+    an, plans = plan_all(model, example_input, sizes)
+    student = copy_model(model, "widen")
+    grown = [n for plan in plans for n in apply_head_size(student, plan, seed)]
+    state = {k: v for plan in plans for k, v in state_plans(student, plan).items()}
+    inputs = as_inputs(example_input)
+    err = verify("widen", an.output, student, inputs) if check else float("nan")
+    check_head_size_error(an.output, err)
+    record: dict[str, Any] = {
+        "op": "widen",
+        "format": RECORD_FORMAT,
+        "input": input_spec(inputs),
+        "widths": {},
+        "init": "random_zero",
+        "noise": 0.0,
+        "split": "equal",
+        "seed": int(seed),
+    }
+    record.update(head_size_record(plans))
+    names = [n for n, _ in student.named_parameters()]
+    return Grown(
+        model=student,
+        record=record,
+        max_abs_error=err,
+        exact=True,
+        param_sources={n: n for n in names},
+        notes=[f"grew parameters {', '.join(grown)} along the head size"],
+        plans=state,
     )
 
 
