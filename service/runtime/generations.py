@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from service.runtime.tracking import TrackedIds, read_tracked_ids
 from workers.checkpoint import GenerationInfo, durable_root, newest_durable, tracked_copy_path
 from workers.shards import is_remote
 
@@ -72,16 +73,6 @@ class GenerationRecord:
         return cls(**{k: v for k, v in raw.items() if k in known})
 
 
-@dataclass(frozen=True)
-class TrackedIds:
-    """Where a job is in MLflow: experiment, registered model, run and version per generation."""
-
-    experiment_id: str | None
-    model_name: str | None
-    runs: dict[int, str]
-    versions: dict[int, str]
-
-
 class GenerationLedger:
     """The generations of one job. Reading needs the store alone; writing needs the job's spec,
     its MLflow tracker and the data root where checkpoint copies wait for MLflow."""
@@ -116,16 +107,7 @@ class GenerationLedger:
         return None if raw is None else GenerationRecord.from_json(str(raw))
 
     def tracked_ids(self) -> TrackedIds:
-        keys, client = self.store.keys, self.store.client
-        info = {str(k): str(v) for k, v in client.hgetall(keys.mlflow(self.job_id)).items()}
-        runs = client.hgetall(keys.mlflow_runs(self.job_id))
-        versions = client.hgetall(keys.mlflow_versions(self.job_id))
-        return TrackedIds(
-            info.get("experiment_id"),
-            info.get("model_name"),
-            {int(k): str(v) for k, v in runs.items()},
-            {int(k): str(v) for k, v in versions.items()},
-        )
+        return read_tracked_ids(self.store.client, self.store.keys, self.job_id)
 
     def checkpoint_of(self, record: GenerationRecord) -> str | None:
         """The checkpoint that serves a generation: the newest named in its record while it

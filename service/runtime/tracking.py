@@ -56,6 +56,29 @@ def fail_fast_client_env() -> None:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
+@dataclass(frozen=True)
+class TrackedIds:
+    """Where a job is in MLflow: experiment, registered model, run and version per generation."""
+
+    experiment_id: str | None
+    model_name: str | None
+    runs: dict[int, str]
+    versions: dict[int, str]
+
+
+def read_tracked_ids(client: redis.Redis, keys: Keys, job_id: str) -> TrackedIds:
+    """What the tracker of ``job_id`` has recorded of MLflow's ids (readers need no tracker)."""
+    info = {text(k): text(v) for k, v in client.hgetall(keys.mlflow(job_id)).items()}
+    runs = client.hgetall(keys.mlflow_runs(job_id))
+    versions = client.hgetall(keys.mlflow_versions(job_id))
+    return TrackedIds(
+        info.get("experiment_id"),
+        info.get("model_name"),
+        {int(text(k)): text(v) for k, v in runs.items()},
+        {int(text(k)): text(v) for k, v in versions.items()},
+    )
+
+
 @dataclass
 class TrackerStatus:
     pending: int
@@ -192,12 +215,10 @@ class MlflowTracker:
 
     # --- what has been tracked ----------------------------------------------------------------
     def run_ids(self) -> dict[int, str]:
-        raw = self.client.hgetall(self.runs_key)
-        return {int(text(k)): text(v) for k, v in raw.items()}
+        return read_tracked_ids(self.client, self.keys, self.job_id).runs
 
     def model_versions(self) -> dict[int, str]:
-        raw = self.client.hgetall(self.versions_key)
-        return {int(text(k)): text(v) for k, v in raw.items()}
+        return read_tracked_ids(self.client, self.keys, self.job_id).versions
 
     def status(self) -> TrackerStatus:
         info = {text(k): text(v) for k, v in self.client.hgetall(self.info_key).items()}

@@ -3,7 +3,6 @@ are queued in the controller by their id, and every one gets exactly one outcome
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -20,13 +19,6 @@ from tests.service.conftest import JOB_SPEC
 from workers.sources import GrowthEvent
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def store(redis_url: str, redis_prefix: str) -> Iterator[RedisStore]:
-    s = RedisStore(redis_url, redis_prefix)
-    yield s
-    s.close()
 
 
 def _summary() -> dict[str, Any]:

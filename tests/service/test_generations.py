@@ -4,7 +4,6 @@ tracker's producer side, which never calls MLflow), checkpoint copies and the se
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +19,6 @@ from workers.checkpoint import GenerationInfo, checkpoint_path, durable_root, tr
 from workers.sources import CheckpointEvent, GrowthEvent
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def store(redis_url: str, redis_prefix: str) -> Iterator[RedisStore]:
-    s = RedisStore(redis_url, redis_prefix)
-    yield s
-    s.close()
 
 
 @pytest.fixture

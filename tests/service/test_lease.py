@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 
@@ -14,13 +13,6 @@ from service.state.store import RedisStore
 from tests.service.conftest import JOB_SPEC
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def store(redis_url: str, redis_prefix: str) -> Iterator[RedisStore]:
-    s = RedisStore(redis_url, redis_prefix)
-    yield s
-    s.close()
 
 
 def test_one_owner_at_a_time_and_a_lost_lease_is_noticed(store: RedisStore) -> None:

@@ -3,8 +3,6 @@ MLflow server, and against a port where no MLflow answers."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from service.jobs.spec import validate_job_spec
@@ -16,13 +14,6 @@ from service.state.store import RedisStore
 from tests.service.conftest import JOB_SPEC
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def store(redis_url: str, redis_prefix: str) -> Iterator[RedisStore]:
-    s = RedisStore(redis_url, redis_prefix)
-    yield s
-    s.close()
 
 
 def _job_with_ops(store: RedisStore, status: JobStatus | None) -> str:
