@@ -339,7 +339,9 @@ class Controller:
             self._shape_cache = None
         # Steps can go back when the job resumes from a checkpoint: forget what came after.
         self._history = [o for o in self._history if o.step < obs.step]
-        self._history.append(obs.model_copy(update={"summary": None, "group_signals": {}}))
+        self._history.append(
+            obs.model_copy(update={"summary": None, "group_signals": {}, "compute": {}})
+        )
         del self._history[: -self.config.history_size]
 
         if (

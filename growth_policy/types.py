@@ -48,6 +48,12 @@ class Observation(BaseModel):
         default_factory=dict,
         description="Per width group, named saturation signals (measured by workers.signals).",
     )
+    compute: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Compute spent so far (workers.compute.ComputeMeter.snapshot): steps, samples, "
+        "flops, busy_s, elapsed_s, duty_cycle, per_generation, per_version. Not kept in the "
+        "controller's history.",
+    )
 
 
 class GrowthOp(BaseModel):

@@ -32,6 +32,7 @@ Importing this module has no side effects (Ray is imported inside the runtime's 
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
@@ -61,6 +62,14 @@ from workers.checkpoint import (
     save_durable,
     save_temporary,
 )
+from workers.compute import (
+    ComputeMeter,
+    Converged,
+    ConvergenceDetector,
+    eval_flops,
+    spent,
+    train_flops,
+)
 from workers.models import build_model, count_parameters
 from workers.reader import DataReader
 from workers.runtime import RayRuntime, Resumed, Runtime
@@ -75,7 +84,7 @@ from workers.sources import (
     LoopState,
     LoopStatus,
 )
-from workers.spec import ModelSpec, OptimizerSpec, TaskSpec
+from workers.spec import ComputeSpec, ModelSpec, OptimizerSpec, TaskSpec
 from workers.tasks import evaluate, loss_fn, targets
 
 logger = logging.getLogger(__name__)
@@ -128,6 +137,10 @@ class WorkerConfig(BaseModel):
     seed: int = 0
     signals: bool = Field(default=True, description="Compute per-group saturation signals.")
     verify_shards: bool = True
+    compute: ComputeSpec = Field(
+        default_factory=ComputeSpec,
+        description="Convergence (wait for new data), budgets (workers.compute).",
+    )
 
     @field_validator("manifest")
     @classmethod
@@ -269,6 +282,14 @@ class TrainLoop:
         # (step, generation, (val loss, metric)) of the last observation, reused as the "before"
         # of a growth decided on it: the model has not changed since.
         self._observed_val: tuple[int, int, tuple[float, float]] | None = None
+        # Compute that follows the data (workers.compute): what was spent, convergence, the best
+        # weights since the data last changed (wake_from='best'), and the converged state.
+        self.meter = ComputeMeter()
+        self.detector = ConvergenceDetector(config.compute)
+        self._best: _Snapshot | None = None
+        self._busy_mark: float | None = None  # perf_counter() since which time counts as busy
+        self._params = 0
+        self._converged: _ConvergedNote | None = None
 
     # -- setup ------------------------------------------------------------------------------------
 
@@ -306,6 +327,7 @@ class TrainLoop:
                 )
             ]
         module = module.to(self.group.device).train()
+        self._params = count_parameters(module)
         self.optimizer = build_optimizer(self.cfg.optimizer, module.parameters())
         if optimizer_state is not None:
             self.optimizer.load_state_dict(optimizer_state)
@@ -337,6 +359,9 @@ class TrainLoop:
         )
         if self.group.is_main:
             self.source.load_state_dict(meta.source_state)
+        self.meter.load_state_dict(meta.loop_state.get("compute") or {})
+        note = meta.loop_state.get("converged")
+        self._converged = _ConvergedNote.model_validate(note) if note else None
         return loaded.model
 
     def _wrap(self, module: nn.Module) -> None:
@@ -350,10 +375,13 @@ class TrainLoop:
     # -- the loop ---------------------------------------------------------------------------------
 
     def run(self) -> None:
+        self._busy_mark = time.perf_counter()
         while not self.stopping:
             self.sync_manifest()
             if not self.reader.ready:
                 self.idle("waiting_for_data")
+                continue
+            if self._still_converged():
                 continue
             plan = self.reader.plan(self.progress.passes)
             self.progress.passes += 1
@@ -401,8 +429,10 @@ class TrainLoop:
         p = self.progress
         p.step += 1
         p.generation_step += 1
-        p.samples_seen += x.shape[0] * self.group.world_size
-        self._window_samples += x.shape[0] * self.group.world_size
+        samples = x.shape[0] * self.group.world_size
+        p.samples_seen += samples
+        self._window_samples += samples
+        self._account(steps=1, samples=samples, flops=train_flops(self._params, samples))
         if self._pending is not None:
             if self.group.device.type == "cuda":
                 torch.cuda.synchronize(self.group.device)
@@ -426,10 +456,52 @@ class TrainLoop:
             observation = self.observe()
             directive = self.source.decide(observation)
             decided = time.perf_counter()
-            text = directive.model_dump_json()
-        self.act(Directive.model_validate_json(self.group.broadcast_str(text)), decided)
+            text = self._step_message(observation, directive).model_dump_json()
+        message = _StepMessage.model_validate_json(self.group.broadcast_str(text))
+        if message.improved:
+            self._best = _Snapshot.of(self, message.improved)
+        self.act(message.directive, decided)
         self._window_start = time.perf_counter()
         self._window_samples = 0
+        if self.stopping or message.directive.pause:
+            return
+        if message.total_spent is not None:
+            self.stop(message.total_spent, budget=True)
+        elif message.converged is not None and message.directive.op is None:
+            self.converge(message.converged)
+
+    def _step_message(self, observation: Observation, directive: Directive) -> _StepMessage:
+        """Rank 0: the directive, with what convergence and the budgets say of this step."""
+        compute = self.cfg.compute
+        p = self.progress
+        version = self.reader.manifest.version
+        total = spent(compute.budget_total, self.meter.total)
+        if total is not None:
+            total = f"the job's total compute budget is spent: {total} (compute.budget_total)"
+        converged: _ConvergedNote | None = None
+        improved = None
+        if compute.idle_when_converged:
+            verdict = self.detector.update(
+                step=p.step, samples_seen=p.samples_seen, dataset_version=version,
+                dataset_size=self.reader.train_size, generation=p.generation,
+                val_loss=observation.val_loss,
+            )  # fmt: skip
+            val = (observation.val_loss, observation.val_metric)
+            if verdict.improved and compute.wake_from == "best" and None not in val:
+                improved = (float(val[0] or 0.0), float(val[1] or 0.0))
+            if verdict.converged is not None:
+                converged = _ConvergedNote.of(verdict.converged)
+        used = spent(compute.budget_per_version, self.meter.version(version))
+        if used is not None:
+            converged = _ConvergedNote(
+                reason=f"the compute budget of data version {version} is spent: {used} "
+                "(compute.budget_per_version): waiting for new data",
+                numbers={"dataset_version": version, **self.meter.version(version).as_dict()},
+                budget=True,
+            )
+        return _StepMessage(
+            directive=directive, improved=improved, converged=converged, total_spent=total
+        )
 
     def observe(self) -> Observation:
         """Rank 0's observation of the model and the data now."""
@@ -439,6 +511,9 @@ class TrainLoop:
         if self.reader.val_size:
             val_loss, val_metric = self.validate()
             self._observed_val = (p.step, p.generation, (val_loss, val_metric))
+            val_n = min(self.reader.val_size, self.cfg.val_max_samples or self.reader.val_size)
+            self.meter.add(p.generation, self.reader.manifest.version,
+                           flops=eval_flops(self._params, val_n))  # fmt: skip
         summary, groups = self._summary()
         signals: dict[str, dict[str, float]] = {}
         if self.cfg.signals and groups is not None:
@@ -464,6 +539,7 @@ class TrainLoop:
             wall_time=time.time(),
             summary=summary,
             group_signals=signals,
+            compute=self.meter.snapshot(),
         )
 
     def act(self, directive: Directive, decided: float) -> None:
@@ -481,11 +557,23 @@ class TrainLoop:
         if directive.stop:
             self.stop(directive.reason or "stopped by the decision source")
 
-    def idle(self, state: LoopState) -> None:
-        """Wait for data or for a resume, without spinning and in lock-step with every rank."""
+    def idle(self, state: LoopState) -> str:
+        """Wait for data or for a resume, without spinning and in lock-step with every rank.
+
+        Idle time is not busy time (``ComputeMeter``). Returns what ended the wait: 'data' (a new
+        manifest), 'command' (a resume, a wake, a stop) or 'ready' (data was there already).
+        """
+        self._account()
+        self._busy_mark = None
+        try:
+            return self._idle(state)
+        finally:
+            self._busy_mark = time.perf_counter()
+
+    def _idle(self, state: LoopState) -> str:
         while not self.stopping:
             if state == "waiting_for_data" and self.reader.ready:
-                return
+                return "ready"
             # A growth is reported at the grown model's first step (to time the pause); idling
             # may last long, so one applied just before is reported now, ahead of the idle state.
             self._finish_pending_growth(first_step_s=None)
@@ -498,14 +586,20 @@ class TrainLoop:
             directive = message.directive
             self.apply(directive, time.perf_counter())
             if self.stopping or (state == "paused" and not directive.pause):
-                return
-            if state == "waiting_for_data" and directive.pause:
+                return "command"
+            if state == "converged" and not directive.pause:
+                if message.manifest is not None:
+                    return "data"
+                if directive.wake:
+                    return "command"
+            if state in ("waiting_for_data", "converged") and directive.pause:
                 state = "paused"
+        return "command"
 
     def _poll(self, state: LoopState) -> _IdleMessage:
         """Rank 0, idle: wait ``poll_interval`` (or for a newer manifest), then ask the source."""
         version = self.reader.manifest.version
-        if state == "waiting_for_data":
+        if state in ("waiting_for_data", "converged"):
             manifest = self.cfg.manifest.wait_newer(version, self.cfg.poll_interval)
         else:
             time.sleep(self.cfg.poll_interval)
@@ -515,11 +609,70 @@ class TrainLoop:
             directive=directive, manifest=manifest if manifest.version != version else None
         )
 
-    def stop(self, reason: str) -> None:
+    def stop(self, reason: str, *, budget: bool = False) -> None:
         self._finish_pending_growth(first_step_s=None)
         self.checkpoint("final")
         self.stopping = True
-        self._set_state("stopped", reason=reason)
+        self._set_state("stopped", reason=reason, budget=budget)
+
+    # -- converged: compute that follows the data ------------------------------------------------
+
+    def converge(self, note: _ConvergedNote) -> None:
+        """Every rank: the job has learned what its data holds (or spent its budget for this data
+        version). Hold the best weights or the last ones (``compute.wake_from``), checkpoint them,
+        and wait for new data, blocked on the manifest as while waiting for a first push; a push,
+        or a resume or grow command (``Directive.wake``), ends the wait."""
+        self._converged = note.model_copy(update=self._hold(note))
+        self.progress.checkpointed = None  # the weights held may be older than the last checkpoint
+        self.checkpoint("periodic")
+        self._wake(self.idle("converged"))
+
+    def _hold(self, note: _ConvergedNote) -> dict[str, Any]:
+        """Every rank: restore the best weights where wanted and known; what is held, in words."""
+        best, p = self._best, self.progress
+        if (
+            self.cfg.compute.wake_from == "best"
+            and not note.budget
+            and best is not None
+            and best.generation == p.generation
+        ):
+            best.restore(self)
+            self._summary_cache = None
+            return {"held": "best", "held_step": best.step, "held_val_loss": best.val_loss,
+                    "held_val_metric": best.val_metric}  # fmt: skip
+        seen = self._observed_val
+        val = seen[2] if seen is not None and seen[:2] == (p.step, p.generation) else (None, None)
+        return {"held": "last", "held_step": p.step, "held_val_loss": val[0],
+                "held_val_metric": val[1]}  # fmt: skip
+
+    def _wake(self, woken_by: str) -> None:
+        """Every rank: out of the converged wait; convergence is measured afresh from here."""
+        self._converged = None
+        self.detector.reset()
+        if not self.stopping:
+            self._set_state("training", woken_by=woken_by)
+
+    def _still_converged(self) -> bool:
+        """Every rank, after a resume: a checkpoint written while converged waits again, unless
+        the data changed since."""
+        note = self._converged
+        if note is None or self.state == "converged":
+            return False
+        if note.numbers.get("dataset_version") != self.reader.manifest.version:
+            self._converged = None
+            return False
+        self._wake(self.idle("converged"))
+        return True
+
+    def _account(self, *, steps: int = 0, samples: int = 0, flops: float = 0.0) -> None:
+        """Book the busy time since the last mark (none while idle) and what the step spent."""
+        busy = 0.0
+        if self._busy_mark is not None:
+            now = time.perf_counter()
+            busy, self._busy_mark = now - self._busy_mark, now
+        if steps or samples or flops or busy:
+            self.meter.add(self.progress.generation, self.reader.manifest.version,
+                           steps=steps, samples=samples, flops=flops, busy_s=busy)  # fmt: skip
 
     # -- growth -----------------------------------------------------------------------------------
 
@@ -618,6 +771,8 @@ class TrainLoop:
         if applied.record is not None:
             p.records.append(applied.record)
         growth.params_after = count_parameters(self.module)
+        self._params = growth.params_after
+        self._best = None  # the best weights so far belong to the model before the growth
         p.lineage.append(
             GenerationInfo(
                 generation=p.generation,
@@ -802,7 +957,11 @@ class TrainLoop:
             param_count=count_parameters(self.module),
             world_size=self.group.world_size,
             source_state=self.source.state_dict(),
-            loop_state={"train_loss_ema": p.train_loss_ema},
+            loop_state={
+                "train_loss_ema": p.train_loss_ema,
+                "compute": self.meter.state_dict(),
+                "converged": self._converged.model_dump() if self._converged else None,
+            },
         )
 
     # -- status -----------------------------------------------------------------------------------
@@ -822,6 +981,11 @@ class TrainLoop:
             return
         self.state = state
         if self.group.is_main:
+            if state == "converged" and self._converged is not None:
+                detail = {**self._converged.model_dump(), **detail}
+            if state != "starting":
+                self._account()
+                detail["compute"] = self.meter.snapshot()
             self.source.on_status(self._status(state, **detail))
 
 
@@ -853,6 +1017,62 @@ def _fault_point(job_id: str, where: Literal["transform", "checkpoint"]) -> None
     logger.error("fault injection: crashing after the growth's %s (job %s)", where, job_id)
     logging.shutdown()
     os._exit(70)
+
+
+@dataclass
+class _Snapshot:
+    """Every rank: the weights and optimizer state of the best validation loss so far (since the
+    data or the generation last changed), copied where they live."""
+
+    step: int
+    generation: int
+    val_loss: float
+    val_metric: float
+    model: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
+
+    @classmethod
+    def of(cls, loop: TrainLoop, val: tuple[float, float]) -> _Snapshot:
+        state = {k: v.detach().clone() for k, v in loop.module.state_dict().items()}
+        p = loop.progress
+        return cls(p.step, p.generation, val[0], val[1], state,
+                   copy.deepcopy(loop.optimizer.state_dict()))  # fmt: skip
+
+    def restore(self, loop: TrainLoop) -> None:
+        loop.module.load_state_dict(self.model)
+        loop.optimizer.load_state_dict(copy.deepcopy(self.optimizer))
+
+
+class _ConvergedNote(BaseModel):
+    """Why the loop waits for new data, and the weights it holds meanwhile (a 'converged' status's
+    detail; kept in checkpoints, so a resume waits again while the data is unchanged)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str
+    numbers: dict[str, float | int | str] = Field(default_factory=dict)
+    budget: bool = Field(default=False, description="A per-version budget was spent.")
+    held: Literal["best", "last"] | None = None
+    held_step: int | None = None
+    held_val_loss: float | None = None
+    held_val_metric: float | None = None
+
+    @classmethod
+    def of(cls, converged: Converged) -> _ConvergedNote:
+        return cls(reason=converged.reason, numbers=dict(converged.numbers))
+
+
+class _StepMessage(BaseModel):
+    """What rank 0 broadcasts at every observation step."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    directive: Directive
+    improved: tuple[float, float] | None = Field(
+        default=None, description="The best validation (loss, metric) so far: keep these weights."
+    )
+    converged: _ConvergedNote | None = None
+    total_spent: str | None = None
 
 
 class _IdleMessage(BaseModel):

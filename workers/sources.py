@@ -39,7 +39,7 @@ from workers.checkpoint import CheckpointKind
 
 logger = logging.getLogger(__name__)
 
-LoopState = Literal["starting", "waiting_for_data", "training", "paused", "stopped"]
+LoopState = Literal["starting", "waiting_for_data", "training", "converged", "paused", "stopped"]
 
 
 class Directive(BaseModel):
@@ -57,6 +57,11 @@ class Directive(BaseModel):
     )
     stop: bool = Field(default=False, description="Checkpoint and end the loop.")
     checkpoint: bool = Field(default=False, description="Write a checkpoint now.")
+    wake: bool = Field(
+        default=False,
+        description="Leave the converged state and train now, without new data (a resume or grow "
+        "command); ignored in any other state.",
+    )
 
     @classmethod
     def from_decision(
@@ -88,7 +93,11 @@ class LoopStatus(BaseModel):
     detail: dict[str, Any] = Field(
         default_factory=dict,
         description="'starting': world_size, pids (per rank), device, resumed_from (a checkpoint "
-        "summary or null). 'stopped': reason.",
+        "summary or null). 'converged': reason, numbers, held ('best' or 'last'), held_step, "
+        "held_val_loss, held_val_metric, budget (true when a per-version budget was spent). "
+        "'training' after 'converged': woken_by ('data' or 'command'). 'stopped': reason, "
+        "budget (true when the total budget was spent). Every state but 'starting': compute "
+        "(workers.compute.ComputeMeter.snapshot).",
     )
     wall_time: float = Field(default_factory=time.time)
 

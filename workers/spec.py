@@ -102,3 +102,76 @@ class OptimizerSpec(BaseModel):
         if not all(0.0 <= b < 1.0 for b in self.betas):
             raise ValueError(f"betas {list(self.betas)} must each be in [0, 1)")
         return self
+
+
+class BudgetSpec(BaseModel):
+    """Compute limits; each one unset (None) is no limit. Busy seconds count training time only
+    (not the time spent waiting for data, converged or paused)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    steps: int | None = Field(default=None, ge=1, description="Optimizer steps.")
+    samples: int | None = Field(default=None, ge=1, description="Training samples consumed.")
+    flops: float | None = Field(
+        default=None, gt=0, description="Estimated FLOPs (training and validation)."
+    )
+    seconds: float | None = Field(
+        default=None, gt=0, description="Busy wall-clock seconds (training, not waiting)."
+    )
+
+    @property
+    def limited(self) -> bool:
+        return any(v is not None for v in (self.steps, self.samples, self.flops, self.seconds))
+
+
+WakeFrom = Literal["best", "last"]
+PatienceUnit = Literal["observations", "samples"]
+
+
+class ComputeSpec(BaseModel):
+    """When a job stops spending compute: convergence on the data it has, and budgets.
+
+    A job has converged on its data when its validation loss has not improved by more than
+    ``min_improvement`` (relative to the best) for ``patience`` observations (or samples seen),
+    and no new data has arrived since the best. With ``idle_when_converged`` it then waits, using
+    no compute, until new data arrives (or a resume or grow command), and trains on from the best
+    weights or the last ones (``wake_from``). See docs/workers.md, "Converged: compute that
+    follows the data".
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    idle_when_converged: bool = Field(
+        default=True, description="False: train without end on the data it has (no idling)."
+    )
+    patience: int = Field(
+        default=10,
+        ge=1,
+        description="How long without a validation improvement counts as converged, in "
+        "'patience_unit's.",
+    )
+    patience_unit: PatienceUnit = Field(
+        default="observations",
+        description="'observations' (one every observe_every steps) or 'samples' seen.",
+    )
+    min_improvement: float = Field(
+        default=0.002,
+        ge=0.0,
+        lt=1.0,
+        description="A validation loss below best × (1 - min_improvement) is an improvement.",
+    )
+    wake_from: WakeFrom = Field(
+        default="best",
+        description="The weights a converged job holds and trains on from: 'best' (those of the "
+        "best validation loss since the data last changed, with their optimizer state) or "
+        "'last'. Measured: bench/idle.py (docs/benchmarks.md).",
+    )
+    budget_per_version: BudgetSpec = Field(
+        default_factory=BudgetSpec,
+        description="Limits per data version: when spent, the job waits for new data, as when "
+        "converged.",
+    )
+    budget_total: BudgetSpec = Field(
+        default_factory=BudgetSpec,
+        description="Limits over the job's life: when spent, the job stops.",
+    )
