@@ -168,6 +168,14 @@ class GuardsConfig(_Section):
         "exceeds it. Off by default: measured, wider is better at every dataset size, so "
         "data-driven growth need not wait for the gap to close (plateau has its own gap test).",
     )
+    regrow_on_same_data: Literal["never", "underfitting", "always"] = Field(
+        default="underfitting",
+        description="Whether a policy may grow the model again on a training set that has not "
+        "grown since the last growth: 'underfitting' only when the model plainly underfits (the "
+        "plateau test: the training loss has stopped improving and the generalisation gap is "
+        "small, so the loss plateaued high); 'never'; 'always' (the behaviour before this rule). "
+        "Manual growth is not subject to it.",
+    )
     max_params_over_target: float | None = Field(
         default=2.0,
         gt=0.0,

@@ -13,7 +13,9 @@ Order of an observation:
 3. a manual request: the hard limits only (max generations, max params, memory);
 4. the policies, any-of in the configured order; none fires: an idle decision;
 5. the guards: max generations, warm-up (the first pass over the first data), minimum steps per
-   generation, cooldown, optional gap;
+   generation, cooldown, optional gap; then the data rule: no growth on a training set that has
+   not grown since the last growth unless the model plainly underfits it
+   (``guards.regrow_on_same_data``; every growth's reason says how the rule was met);
 6. the plan (what and where, by strategy), within max params, memory and the data cap;
 7. when no policy wants growth, or the plan refuses it (size limits): shrink-and-perturb, if
    enabled and the data has grown enough since the last one. It changes no size and starts no
@@ -90,6 +92,7 @@ class Controller:
         self._growths = 0
         self._failure: str | None = None
         self._sp_size: int | None = None  # dataset size at the last shrink-and-perturb
+        self._grown_size: int | None = None  # training set size at the last growth applied
 
     # ------------------------------------------------------------------ public API
 
@@ -150,6 +153,8 @@ class Controller:
         """
         kind = op.op if op is not None else self._pending_kind()
         answered = self.pending_request
+        if kind != "shrink_perturb" and self._pending is not None:
+            self._grown_size = self._pending.get("dataset_size", self._grown_size)
         self._pending = None
         self._generation = generation
         if kind == "shrink_perturb":  # no new capacity: no cooldown, no growth counted
@@ -212,6 +217,7 @@ class Controller:
             "growths": self._growths,
             "failure": self._failure,
             "shrink_perturb_size": self._sp_size,
+            "grown_dataset_size": self._grown_size,
             "summary": self._summary,
             "summary_generation": self._summary_generation,
             "history": [o.model_dump(mode="json") for o in self._history],
@@ -245,6 +251,7 @@ class Controller:
         self._growths = int(state.get("growths", 0))
         self._failure = state.get("failure")
         self._sp_size = state.get("shrink_perturb_size")
+        self._grown_size = state.get("grown_dataset_size")
         self._summary = state.get("summary")
         self._summary_generation = state.get("summary_generation")
         self._shape_cache = None
@@ -289,17 +296,56 @@ class Controller:
             # A growth is wanted but must wait (warm-up, cooldown, ...): shrink-and-perturb waits
             # too, so that it follows the growth, as measured (docs/learning.md).
             return self._wanted_but_refused(obs, firing, *guard)
-        plan = self._plan(
-            obs, shape, self._limits(obs), target=firing.target_params, signals=obs.group_signals
-        )
+        allowed, data_note, data_numbers = self._data_rule(obs, ctx, firing)
+        plan = (
+            self._plan(
+                obs, shape, self._limits(obs), target=firing.target_params,
+                signals=obs.group_signals,
+            )
+            if allowed
+            else Plan(None, "same_data", data_note, obs.param_count, obs.param_count, data_numbers)
+        )  # fmt: skip
         if plan.op is None:
             if shrink_perturb:
                 return self._shrink_perturb(obs)
             return self._wanted_but_refused(obs, firing, plan.state, plan.description, plan.numbers)
         note = f" (model summary unreadable: {shape_error})" if shape_error else ""
-        return self._grow(
-            obs, plan, firing.policy, f"{firing.reason}: {plan.description}{note}", firing.numbers
+        reason = f"{firing.reason}: {plan.description}{note}; {data_note}"
+        return self._grow(obs, plan, firing.policy, reason, {**firing.numbers, **data_numbers})
+
+    def _data_rule(
+        self, obs: Observation, ctx: PolicyContext, firing: Verdict
+    ) -> tuple[bool, str, Numbers]:
+        """Whether a policy may grow on this data (``guards.regrow_on_same_data``), and why.
+
+        The rule: no growth on a training set that has not grown since the last growth, unless
+        the model plainly underfits it (the plateau test passes: the training loss has stopped
+        improving with a small generalisation gap). The answer is quoted in the decision.
+        """
+        last, size = self._grown_size, obs.dataset_size
+        numbers: Numbers = {"dataset_size": size}
+        if last is None:
+            return True, "data: no growth before on this job's data", numbers
+        numbers["grown_dataset_size"] = last
+        if size > last:
+            return (
+                True,
+                f"data: {count(last)} → {count(size)} samples since the last growth",
+                numbers,
+            )
+        rule = self.config.guards.regrow_on_same_data
+        same = f"the training set has not grown since the last growth ({count(size)} samples)"
+        if rule == "always":
+            return True, f"data: {same}; regrow_on_same_data='always'", numbers
+        under = firing if firing.policy == "plateau" else self._run_policy("plateau", ctx)
+        if rule == "underfitting" and under.grow:
+            return True, f"data: {same}, but the model underfits it ({under.reason})", numbers
+        why = (
+            "regrow_on_same_data='never'"
+            if rule == "never"
+            else (f"not plainly underfitting: {under.reason}")
         )
+        return False, f"{same}: no growth on the same data ({why})", numbers
 
     def _wanted_but_refused(
         self, obs: Observation, firing: Verdict, state: str, text: str, numbers: Numbers
@@ -322,6 +368,8 @@ class Controller:
         elif obs.generation > self._generation:
             grown_at = obs.step - obs.generation_step
             if self._pending_kind() != "shrink_perturb":
+                if self._pending is not None:
+                    self._grown_size = self._pending.get("dataset_size", self._grown_size)
                 if self._last_growth_step is None or grown_at > self._last_growth_step:
                     self._last_growth_step = grown_at
                 self._last_kind = self._pending_kind() or self._last_kind
@@ -558,6 +606,7 @@ class Controller:
             "generation": obs.generation,
             "policy": policy,
             "request_id": request_id,
+            "dataset_size": obs.dataset_size,
         }
         numbers = {**numbers, **plan.numbers}
         return self._decide(

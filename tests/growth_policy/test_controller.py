@@ -77,7 +77,8 @@ def test_growth_reason_names_policy_and_numbers() -> None:
     assert d.op.factor == 2.13
     assert d.reason == (
         "1,000 samples call for 3.0k parameters (3 × 1,000^1), the model has 1.1k "
-        "(target ×2.73 >= ×1.5): widening all groups ×2.13, 1.1k → 3.1k parameters"
+        "(target ×2.73 >= ×1.5): widening all groups ×2.13, 1.1k → 3.1k parameters; "
+        "data: no growth before on this job's data"
     )
     assert d.numbers["params_after"] == mlp_params(40, [35, 35], 10)
     assert d.op.seed == derive_seed(0, 1)
