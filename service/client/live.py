@@ -45,6 +45,26 @@ class JobView:
     growths: list[dict[str, Any]] = field(default_factory=list)
     pushes: list[dict[str, Any]] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
+    # The newest compute snapshot (workers.compute.ComputeMeter.snapshot) and its Unix time.
+    compute: dict[str, Any] = field(default_factory=dict)
+    compute_time: float = 0.0
+
+    def duty_cycle(self, now: float | None = None) -> float | None:
+        """Busy seconds over the seconds since the job started, brought forward from the newest
+        snapshot to ``now``: the time since counts as busy while the job trains, idle otherwise."""
+        if not self.compute:
+            return None
+        dt = max(0.0, (time.time() if now is None else now) - self.compute_time)
+        busy = float(self.compute.get("busy_s", 0.0))
+        if self.status in ("training", "growing"):
+            busy += dt
+        elapsed = float(self.compute.get("elapsed_s", 0.0)) + dt
+        return min(1.0, busy / elapsed) if elapsed > 0 else None
+
+    def _take_compute(self, data: dict[str, Any], when: float) -> None:
+        compute = data.get("compute")
+        if isinstance(compute, dict) and compute:
+            self.compute, self.compute_time = compute, when
 
     def apply(self, event: EventPublic) -> None:
         data = event.data
@@ -59,12 +79,14 @@ class JobView:
             self.val_metric = data.get("val_metric")
             self.metric_name = data.get("metric_name", "accuracy")
             self.throughput = float(data.get("throughput") or 0.0)
+            self._take_compute(data, float(data.get("wall_time") or event.time))
             self.history.append(
                 {k: data.get(k) for k in ("step", "samples_seen", "dataset_size", "generation",
                                           "param_count", "val_metric", "train_loss", "val_loss")}
             )  # fmt: skip
             return
         if event.type == "status":
+            self._take_compute(data, event.time)
             if "status" in data:
                 self.status = str(data["status"])
                 self.reason = data.get("reason")
@@ -125,6 +147,16 @@ class JobView:
             "train samples", f"{self.dataset_size:,}", "val samples", f"{self.val_size:,}"
         )
         table.add_row(f"val {self.metric_name}", metric, "train loss", loss)
-        table.add_row("throughput", f"{self.throughput:,.0f}/s", "", self.note)
+        table.add_row("throughput", f"{self.throughput:,.0f}/s", "duty cycle", self._duty_text())
+        if self.note:
+            table.add_row("", "", "", self.note)
         body = Group(table, Text(""), *self.lines)
         return Panel(body, title=self.title or self.job_id, border_style="cyan")
+
+    def _duty_text(self) -> str:
+        """'37% busy, 1.2 GFLOP': the share of the job's time spent training, and its FLOPs."""
+        duty = self.duty_cycle()
+        if duty is None:
+            return "-"
+        flops = float(self.compute.get("flops", 0.0))
+        return f"{100 * duty:.0f}% busy, {flops / 1e9:,.1f} GFLOP"

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pydantic_core import ErrorDetails
 
 from growth_policy import GrowthPolicyConfig
-from workers.spec import ModelSpec, OptimizerSpec, TaskSpec
+from workers.spec import ComputeSpec, ModelSpec, OptimizerSpec, TaskSpec
 
 
 class ScalingSpec(BaseModel):
@@ -72,6 +72,12 @@ class JobSpec(BaseModel):
     )
     growth: GrowthPolicyConfig = Field(default_factory=GrowthPolicyConfig)
     scaling: ScalingSpec = Field(default_factory=ScalingSpec)
+    compute: ComputeSpec = Field(
+        default_factory=ComputeSpec,
+        description="When the job stops spending compute: it waits for new data once converged "
+        "on the data it has (idle_when_converged, patience, min_improvement, wake_from), and "
+        "its budgets per data version and in total.",
+    )
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
 
 

@@ -49,6 +49,8 @@ class CommandBook:
         self.lock = lock or threading.RLock()
         self.paused = False
         self.stop_requested = False
+        # A resume or grow command wakes a converged loop (Directive.wake) at its next poll.
+        self._wake = False
         self.stop_reason = "stopped by command"
         self._pending: dict[CommandKind, list[str]] = {k: [] for k in CommandKind}
         self._seen: set[str] = set()
@@ -77,11 +79,13 @@ class CommandBook:
                 self.paused = True
             elif kind == CommandKind.RESUME:
                 self.paused = False
+                self._wake = True
             elif kind == CommandKind.STOP:
                 self.stop_requested = True
             elif kind == CommandKind.GROW:
                 self._grow_ops[command_id] = op
                 self._queue(command_id, op)
+                self._wake = True  # a converged loop trains again, to observe and grow
 
     def stop(self, reason: str) -> None:
         """Stop without a command (the lease was lost)."""
@@ -92,9 +96,20 @@ class CommandBook:
     def directive(self, decision: Decision | None = None) -> Directive:
         """What the loop is told now: the decision's growth, if any, and the wanted state."""
         with self.lock:
+            wake, self._wake = self._wake, False
             if decision is None:
-                return Directive(pause=self.paused, stop=self.stop_requested)
-            return Directive.from_decision(decision, pause=self.paused, stop=self.stop_requested)
+                return Directive(pause=self.paused, stop=self.stop_requested, wake=wake)
+            directive = Directive.from_decision(
+                decision, pause=self.paused, stop=self.stop_requested
+            )
+            return directive.model_copy(update={"wake": wake})
+
+    def rewake(self) -> None:
+        """The loop has just converged: a resume still in progress, or a grow command queued and
+        not yet decided, wakes it again (a wake sent while it trained was spent then)."""
+        with self.lock:
+            if self._pending[CommandKind.RESUME] or self.controller.requests:
+                self._wake = True
 
     # --- outcomes -----------------------------------------------------------------------------
     def answer(

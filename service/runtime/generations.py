@@ -215,6 +215,7 @@ class GenerationLedger:
             "throughput": obs.throughput,
             "param_count": float(obs.param_count),
             "samples_seen": float(obs.samples_seen),
+            **compute_metrics(obs.compute, obs.generation, obs.dataset_version),
         }
         clean = {k: v for k, v in values.items() if v is not None}
         tracker = self._writer()
@@ -223,6 +224,29 @@ class GenerationLedger:
         if record is not None:
             record.metrics = {"step": obs.step, **clean}
             self._save(record)
+
+    def converged(self, generation: int, step: int, reason: str, detail: dict[str, Any]) -> None:
+        """The loop converged (or spent a per-version budget): its numbers as MLflow metrics, and
+        its reason as the run's ``lifelong.converged`` tag."""
+        numbers = detail.get("numbers") or {}
+        values: dict[str, float | None] = {
+            "converged": 1.0,
+            "best_val_loss": _number(numbers.get("best_val_loss")),
+            "held_val_loss": _number(detail.get("held_val_loss")),
+            "held_val_metric": _number(detail.get("held_val_metric")),
+            **compute_metrics(
+                detail.get("compute") or {}, generation, numbers.get("dataset_version")
+            ),
+        }
+        tracker = self._writer()
+        tracker.log_metrics(generation, step, {k: v for k, v in values.items() if v is not None})
+        tracker.set_tags(
+            generation, {"lifelong.converged": reason, "lifelong.converged_step": str(step)}
+        )
+
+    def woken(self, generation: int, step: int) -> None:
+        """The loop trains again after converging."""
+        self._writer().log_metrics(generation, step, {"converged": 0.0})
 
     # --- internals -----------------------------------------------------------------------------
     def _writer(self) -> MlflowTracker:
@@ -300,3 +324,27 @@ class GenerationLedger:
             "batch_size": str(spec.batch_size),
             "num_workers": str(spec.scaling.num_workers),
         }
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) else None
+
+
+def compute_metrics(
+    compute: dict[str, Any], generation: int, version: Any
+) -> dict[str, float | None]:
+    """MLflow metrics of a compute snapshot (``workers.compute.ComputeMeter.snapshot``): the job's
+    totals and duty cycle, and what this generation and this data version spent."""
+    if not compute:
+        return {}
+    gen = (compute.get("per_generation") or {}).get(str(generation)) or {}
+    ver = (compute.get("per_version") or {}).get(str(version)) or {}
+    return {
+        "compute_flops": _number(compute.get("flops")),
+        "compute_busy_s": _number(compute.get("busy_s")),
+        "duty_cycle": _number(compute.get("duty_cycle")),
+        "generation_flops": _number(gen.get("flops")),
+        "generation_busy_s": _number(gen.get("busy_s")),
+        "version_flops": _number(ver.get("flops")),
+        "version_busy_s": _number(ver.get("busy_s")),
+    }

@@ -147,6 +147,7 @@ class JobSupervisor:
             observe_every=self.cfg.observe_every,
             checkpoint_every=self.cfg.checkpoint_every,
             seed=spec.seed,
+            compute=spec.compute,
         )
         settings = TrainerSettings(
             worker=worker,
@@ -275,13 +276,44 @@ class JobSupervisor:
             self._set_status(JobStatus.WAITING_FOR_DATA, "waiting for data")
             self.commands.resolve(CommandKind.RESUME, "resumed (waiting for data)")
         elif state == "training":
-            self._set_status(JobStatus.TRAINING, None)
-            self.commands.resolve(CommandKind.RESUME, "resumed")
+            self._training(status)
+        elif state == "converged":
+            self._converged(status)
         elif state == "paused":
             self._set_status(JobStatus.PAUSED, "paused by command")
             self.commands.resolve(CommandKind.PAUSE, "paused")
         elif state == "stopped":
+            if status.detail.get("budget"):  # the total budget is spent: the job ends here
+                self.commands.stop(str(status.detail.get("reason") or "budget spent"))
             self.commands.resolve(CommandKind.STOP, "stopped")
+
+    def _training(self, status: LoopStatus) -> None:
+        woken = status.detail.get("woken_by")
+        reason = None
+        if woken:
+            reason = "woken by new data" if woken == "data" else "woken by a command"
+            self.generations.woken(status.generation, status.step)
+            self._event(EventType.STATUS, {"loop": "woken", "woken_by": woken, "step": status.step,
+                                           "compute": status.detail.get("compute") or {}})  # fmt: skip
+        self._set_status(JobStatus.TRAINING, reason)
+        self.commands.resolve(CommandKind.RESUME, "resumed")
+
+    def _converged(self, status: LoopStatus) -> None:
+        """The loop waits for new data: the reason with its numbers in the status, an event, the
+        job's metrics (its compute) and MLflow."""
+        detail = _jsonable(status.detail)
+        reason = str(detail.get("reason") or "converged")
+        if detail.get("held"):
+            reason += f"; holding the {detail['held']} weights (step {detail.get('held_step')})"
+        self._set_status(JobStatus.CONVERGED, reason)
+        self._event(EventType.STATUS, {"loop": "converged", "step": status.step, **detail})
+        self.generations.converged(status.generation, status.step, reason, detail)
+        compute = detail.get("compute")
+        job = self.store.get_job(self.job_id)
+        if compute and job is not None:
+            self.store.update_job(self.job_id, metrics={**job.metrics, "compute": compute})
+        # A resume or grow command may have come while the loop converged: it wakes it again.
+        self.commands.rewake()
 
     def _starting(self, status: LoopStatus) -> None:
         """The loop (re)started, from a checkpoint or from the base model: say why, and give

@@ -200,6 +200,10 @@ class MlflowTracker:
             }
         )
 
+    def set_tags(self, generation: int, tags: dict[str, str]) -> None:
+        """Set (or overwrite) tags of generation ``generation``'s run."""
+        self._put({"kind": "tags", "gen": generation, "tags": {k: str(v) for k, v in tags.items()}})
+
     def log_artifacts(self, generation: int, path: str, artifact_path: str) -> None:
         """Upload a folder (or one file) of ``path`` under ``artifact_path`` of the run."""
         self._put({"kind": "artifacts", "gen": generation, "path": path, "dest": artifact_path})
@@ -373,6 +377,11 @@ class MlflowTracker:
                 self._guard(lambda: mlflow.log_artifact(run_id, str(path), op["dest"]), op)
         elif kind == "register":
             self._register(op, run_id)
+        elif kind == "tags":
+            from mlflow.entities import RunTag
+
+            tags = [RunTag(k, v[:5000]) for k, v in op["tags"].items()]
+            self._guard(lambda: mlflow.log_batch(run_id, tags=tags), op)
         elif kind == "close":
             end = op.get("time") or _now_ms()
             self._guard(lambda: mlflow.set_terminated(run_id, op["status"], end_time=end), op)

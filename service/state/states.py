@@ -7,8 +7,14 @@
        │              ▼   │              ▼  │          │
        └────────────▶ paused ◀───────────┘  │          │
                          │  └───────────────┘          │
+                     training ◀──▶ converged ──▶ paused
+          pending ──▶ converged (a job restarted while converged, on unchanged data)
           every non-terminal state ──▶ stopped | failed (terminal, failed carries a reason)
           every non-terminal state ──▶ pending (the supervisor restarts the job after a fault)
+
+``converged`` waits for new data, using no compute: the job has learned what its data holds, or
+spent its compute budget for this data version (the reason says which, with its numbers). The next
+push, or a resume or grow command, takes it back to ``training``.
 
 The API creates a job as ``pending``; every later change is made by the job's supervisor
 (``service.runtime.supervisor``) through :meth:`service.state.store.RedisStore.set_status`, which checks the transition
@@ -25,6 +31,7 @@ class JobStatus(StrEnum):
     PENDING = "pending"
     WAITING_FOR_DATA = "waiting_for_data"
     TRAINING = "training"
+    CONVERGED = "converged"
     GROWING = "growing"
     PAUSED = "paused"
     STOPPED = "stopped"
@@ -39,11 +46,22 @@ TERMINAL = frozenset({JobStatus.STOPPED, JobStatus.FAILED})
 
 _S = JobStatus
 TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
-    _S.PENDING: frozenset({_S.WAITING_FOR_DATA, _S.TRAINING, _S.PAUSED, _S.STOPPED, _S.FAILED}),
+    _S.PENDING: frozenset(
+        {_S.WAITING_FOR_DATA, _S.TRAINING, _S.CONVERGED, _S.PAUSED, _S.STOPPED, _S.FAILED}
+    ),
     _S.WAITING_FOR_DATA: frozenset({_S.TRAINING, _S.PAUSED, _S.PENDING, _S.STOPPED, _S.FAILED}),
     _S.TRAINING: frozenset(
-        {_S.GROWING, _S.WAITING_FOR_DATA, _S.PAUSED, _S.PENDING, _S.STOPPED, _S.FAILED}
+        {
+            _S.GROWING,
+            _S.WAITING_FOR_DATA,
+            _S.CONVERGED,
+            _S.PAUSED,
+            _S.PENDING,
+            _S.STOPPED,
+            _S.FAILED,
+        }
     ),
+    _S.CONVERGED: frozenset({_S.TRAINING, _S.PAUSED, _S.PENDING, _S.STOPPED, _S.FAILED}),
     # A growth finishes (or fails) before anything else happens to the job.
     _S.GROWING: frozenset({_S.TRAINING, _S.PENDING, _S.STOPPED, _S.FAILED}),
     _S.PAUSED: frozenset({_S.TRAINING, _S.WAITING_FOR_DATA, _S.PENDING, _S.STOPPED, _S.FAILED}),

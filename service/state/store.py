@@ -344,6 +344,7 @@ class RedisStore:
                 "metric_name",
                 "throughput",
                 "wall_time",
+                "compute",
             )
         }
         fields: dict[FieldT, EncodableT] = {

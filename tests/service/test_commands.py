@@ -149,3 +149,21 @@ def test_pause_resume_stop_and_the_end_of_the_job(store: RedisStore) -> None:
     # A command read twice (a re-delivered stream entry) is taken once.
     b.book.accept(grow, CommandKind.GROW, {})
     assert b.status(grow)[0] == CommandStatus.REJECTED
+
+
+def test_resume_and_grow_wake_a_converged_loop_once(store: RedisStore) -> None:
+    b = Book(store, JOB_SPEC)
+    assert not b.book.directive().wake
+    b.send(CommandKind.RESUME)
+    assert b.book.directive().wake
+    assert not b.book.directive().wake  # spent by the poll that carried it
+    b.send(CommandKind.GROW)
+    woken = b.book.directive()
+    assert woken.wake and not woken.pause and woken.op is None  # the growth comes at a decision
+    # The loop converged again before deciding: the queued grow and the resume in progress wake it.
+    b.book.rewake()
+    assert b.book.directive().wake
+    b.book.observe(lambda: b.controller.observe(_obs(100)))  # the grow request is decided
+    b.book.resolve(CommandKind.RESUME, "resumed")
+    b.book.rewake()
+    assert not b.book.directive().wake

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from service.api.models import EventPublic
 from service.client.live import JobView
 
@@ -45,3 +47,22 @@ def test_status_and_decisions_are_kept_in_order() -> None:
         ["status", "training"],
         ["decision", "widening all groups ×2"],
     ]
+
+
+def test_the_duty_cycle_runs_on_while_training_and_falls_while_converged() -> None:
+    view = JobView("job")
+    assert view.duty_cycle() is None and view._duty_text() == "-"
+    compute = {"busy_s": 30.0, "elapsed_s": 40.0, "flops": 2.5e9}
+    view.apply(_event("status", {"status": "training", "previous": "pending", "reason": None}))
+    view.apply(EventPublic(id="2-0", type="status", time=1000.0,  # type: ignore[arg-type]
+                           data={"loop": "converged", "compute": compute}))  # fmt: skip
+    assert view.duty_cycle(now=1000.0) == 0.75
+    assert view.duty_cycle(now=1020.0) == pytest.approx(50 / 60)  # still training: busy
+    view.apply(_event("status", {"status": "converged", "previous": "training",
+                                 "reason": "converged: the validation loss ..."}))  # fmt: skip
+    assert view.duty_cycle(now=1020.0) == 0.5  # 30 busy seconds of 60: waiting is not busy
+    assert view.lines[-1].plain.split(maxsplit=2)[1:] == [
+        "status",
+        "converged: converged: the validation loss ...",
+    ]
+    assert "2.5 GFLOP" in view._duty_text()

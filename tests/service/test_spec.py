@@ -91,3 +91,28 @@ def test_not_an_object() -> None:
 def test_missing_sections_are_named() -> None:
     found = problems({"name": "x"})
     assert found == {"task": "required", "model": "required"}
+
+
+def test_the_compute_section_has_defaults_and_refuses_what_it_does_not_know() -> None:
+    spec = validate_job_spec(VALID, max_workers=4)
+    compute = spec.compute
+    assert compute.idle_when_converged and compute.wake_from == "best"
+    assert (compute.patience, compute.patience_unit, compute.min_improvement) == (
+        10,
+        "observations",
+        0.002,
+    )
+    assert not compute.budget_per_version.limited and not compute.budget_total.limited
+    raw = dict(
+        VALID,
+        compute={"idle_when_converged": False, "patiense": 3, "wake_from": "first",
+                 "budget_total": {"flops": -1}},
+    )  # fmt: skip
+    found = problems(raw)
+    assert set(found) == {"compute.patiense", "compute.wake_from", "compute.budget_total.flops"}
+    assert found["compute.patiense"] == "unknown key 'patiense'"
+    ok = validate_job_spec(
+        dict(VALID, compute={"idle_when_converged": False, "budget_per_version": {"steps": 500}}),
+        max_workers=4,
+    )
+    assert not ok.compute.idle_when_converged and ok.compute.budget_per_version.steps == 500

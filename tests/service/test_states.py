@@ -22,6 +22,10 @@ S = JobStatus
         (S.TRAINING, S.PENDING),
         (S.GROWING, S.FAILED),
         (S.PAUSED, S.STOPPED),
+        (S.TRAINING, S.CONVERGED),
+        (S.CONVERGED, S.TRAINING),
+        (S.CONVERGED, S.PAUSED),
+        (S.PENDING, S.CONVERGED),
     ],
 )
 def test_allowed(current: JobStatus, new: JobStatus) -> None:
@@ -37,6 +41,9 @@ def test_allowed(current: JobStatus, new: JobStatus) -> None:
         (S.PAUSED, S.GROWING),
         (S.GROWING, S.PAUSED),
         (S.WAITING_FOR_DATA, S.GROWING),
+        (S.CONVERGED, S.GROWING),  # a grow command wakes it to train first
+        (S.WAITING_FOR_DATA, S.CONVERGED),
+        (S.PAUSED, S.CONVERGED),
     ],
 )
 def test_refused(current: JobStatus, new: JobStatus) -> None:
