@@ -168,7 +168,9 @@ def test_api_restart_during_training(
     stack: Stack, client: LifelongClient, digits: tuple[np.ndarray, np.ndarray]
 ) -> None:
     x, y = digits
-    job = client.create_job(digits_job("e2e-restart"))
+    # Training must go on through the restart: no waiting when converged (the old behaviour).
+    spec = {**digits_job("e2e-restart"), "compute": {"idle_when_converged": False}}
+    job = client.create_job(spec)
     client.push(job.id, x[:800], y[:800])
     wait_until(lambda: (client.get_job(job.id).metrics or {}).get("step", 0) > 100,
                timeout=120, what="training steps")  # fmt: skip
