@@ -28,6 +28,17 @@ touches one slot::
     <p>deleting                      SET    ids of deleted jobs whose keys and files are being
                                             removed (finished again at start-up after a crash)
 
+Access (``service.state.access``)::
+
+    <p>apikeys                       HASH   sha256(key) -> the key's record JSON (id, role, scope,
+                                            limits); the key itself is never stored
+    <p>apikey-ids                    HASH   key id -> sha256(key)
+    <p>apikey:<kid>:jobs             SET    the job ids of a key scoped to a set of jobs
+    <p>tenants                       HASH   job id -> the tenant it was created in
+    <p>request:<sha256>              STRING the answer of a create, command or delete request
+                                            made with an Idempotency-Key (with TTL)
+    <p>rate:<kid>:<s|m>:<window>     STRING requests in this second, bytes in this minute (TTL)
+
 Deleting a job removes every key under ``<p>job:{<id>}`` (see ``RedisStore.delete_job``).
 
 Nothing here imports Redis: this module is loaded by worker processes too (via ``RedisManifest``).
@@ -101,3 +112,25 @@ class Keys:
 
     def deleting(self) -> str:
         return f"{self.prefix}deleting"
+
+    # --- access ------------------------------------------------------------------------------
+
+    def api_keys(self) -> str:
+        return f"{self.prefix}apikeys"
+
+    def api_key_ids(self) -> str:
+        return f"{self.prefix}apikey-ids"
+
+    def api_key_jobs(self, key_id: str) -> str:
+        return f"{self.prefix}apikey:{key_id}:jobs"
+
+    def tenants(self) -> str:
+        return f"{self.prefix}tenants"
+
+    def request(self, scope: str, key: str) -> str:
+        # Hashed: the client's key may hold any printable character and up to 255 of them.
+        digest = hashlib.sha256(f"{scope}\0{key}".encode()).hexdigest()[:40]
+        return f"{self.prefix}request:{digest}"
+
+    def rate(self, key_id: str, unit: str, window: int) -> str:
+        return f"{self.prefix}rate:{key_id}:{unit}:{window}"

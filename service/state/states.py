@@ -111,3 +111,4 @@ class EventType(StrEnum):
     COMMAND = "command"  # {command_id, kind, status, detail}: queued and every outcome
     DATA = "data"  # {version, accepted, train_samples, val_samples}
     GENERATION = "generation"  # {generation, ...}: a generation opened
+    AUDIT = "audit"  # {key_id, method, route, status}: a mutating request (keys on)

@@ -277,9 +277,13 @@ class RedisStore:
     def list_jobs(self, *, offset: int = 0, limit: int = 100) -> list[JobRecord]:
         """Jobs in creation order (oldest first)."""
         ids = self.client.zrange(self.keys.jobs(), offset, offset + limit - 1)
+        return self.get_jobs([codec.s(i) for i in ids])
+
+    def get_jobs(self, job_ids: Sequence[str]) -> list[JobRecord]:
+        """The jobs of ``job_ids`` that exist, in that order."""
         pipe = self.client.pipeline(transaction=False)
-        for job_id in ids:
-            pipe.hgetall(self.keys.job(codec.s(job_id)))
+        for job_id in job_ids:
+            pipe.hgetall(self.keys.job(job_id))
         jobs = (codec.parse_job(codec.hash(h)) for h in pipe.execute())
         return [j for j in jobs if j is not None]
 
