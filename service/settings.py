@@ -109,8 +109,8 @@ class Settings(BaseSettings):
     # --- serving -----------------------------------------------------------------------------
     host: str = Field(
         default="127.0.0.1",
-        description="Interface that 'lifelong serve' binds. Anything but loopback requires API "
-        "keys.",
+        description="Interface that 'lifelong serve' binds. With LIFELONG_AUTH=disabled it must be "
+        "loopback.",
     )
     port: int = Field(default=8000, ge=1, le=65535, description="Port of 'lifelong serve'.")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
@@ -169,6 +169,30 @@ class Settings(BaseSettings):
         description="A file of API keys, one 'role:key' or 'role:sha256:<hex>' per line; "
         "'#' starts a comment.",
     )
+    admin_key_file: Path | None = Field(
+        default=None,
+        description="A file holding one admin key (the key alone). Unset: "
+        "'<state_dir>/admin-key'. 'lifelong serve' and 'lifelong up' create it (mode 0600) on "
+        "their first start when no key is configured; the API reads it when it exists.",
+    )
+    auth: Literal["keys", "disabled"] = Field(
+        default="keys",
+        description="'keys': every /v1 route needs an API key, and the API refuses to start "
+        "without one configured. 'disabled': no authentication, accepted only on loopback (the "
+        "API refuses to start on another LIFELONG_HOST and refuses clients from elsewhere).",
+    )
+    key_requests_per_s: int = Field(
+        default=200,
+        ge=1,
+        description="Requests per second that one API key may send (429 with Retry-After "
+        "above); a key created through the API may carry its own.",
+    )
+    key_bytes_per_min: int = Field(
+        default=4096 * MiB,
+        ge=1024,
+        description="Request body bytes per minute that one API key may send (429 with "
+        "Retry-After above); a key created through the API may carry its own.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> Self:
@@ -199,10 +223,18 @@ class Settings(BaseSettings):
     def embedded_redis_dir(self) -> Path:
         return (self.state_dir / "redis").expanduser().resolve()
 
+    @property
+    def admin_key_path(self) -> Path:
+        """Where the admin key of ``lifelong serve`` / ``lifelong up`` lives."""
+        return (self.admin_key_file or self.state_dir / "admin-key").expanduser().resolve()
+
     @cached_property
     def api_key_hashes(self) -> dict[str, Role]:
         """SHA-256 (hex) of every configured key → its role. Keys themselves are not kept."""
         lines = [key.get_secret_value() for key in self.api_keys]
+        admin_key = read_key_file(self.admin_key_path)
+        if admin_key is not None:
+            lines.append(f"admin:{admin_key}")
         if self.api_keys_file is not None:
             try:
                 text = self.api_keys_file.read_text()
@@ -228,7 +260,18 @@ class Settings(BaseSettings):
 
     @property
     def auth_enabled(self) -> bool:
-        return bool(self.api_key_hashes)
+        return self.auth == "keys"
+
+
+def read_key_file(path: Path) -> str | None:
+    """The key held in ``path`` (surrounding blanks dropped), or None if there is no such file."""
+    try:
+        text = path.read_text().strip()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ValueError(f"key file {path}: {exc.strerror}") from None
+    return text or None
 
 
 class ClientSettings(BaseSettings):
@@ -238,6 +281,30 @@ class ClientSettings(BaseSettings):
 
     api_url: str = Field(default="http://127.0.0.1:8000", description="Base URL of the API.")
     api_key: str | None = Field(default=None, description="API key sent as a Bearer token.")
+    api_key_file: Path | None = Field(
+        default=None, description="A file holding the API key (e.g. the stack's admin-key)."
+    )
+
+    def key(self) -> str | None:
+        """``LIFELONG_API_KEY``, else the key in ``LIFELONG_API_KEY_FILE``, else the admin key
+        that ``lifelong up`` or ``lifelong serve`` made in their default folders, if any."""
+        if self.api_key:
+            return self.api_key
+        if self.api_key_file is not None:
+            found = read_key_file(self.api_key_file)
+            if found is None:
+                raise ValueError(f"LIFELONG_API_KEY_FILE {self.api_key_file} does not exist")
+            return found
+        for path in DEFAULT_KEY_FILES:
+            found = read_key_file(path)
+            if found is not None:
+                return found
+        return None
+
+
+# Where 'lifelong up' (its default work directory) and 'lifelong serve' (its default state
+# directory) keep the admin key they make.
+DEFAULT_KEY_FILES = (Path(".lifelong/stack/admin-key"), Path(".lifelong/admin-key"))
 
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")

@@ -4,6 +4,10 @@
 this module reads nothing and connects to nothing. Redis is connected (or the embedded one started)
 in the app's lifespan, so that a server that cannot reach Redis still starts, answers /healthz, and
 says why in /readyz.
+
+The app refuses to be built open: without a configured API key it raises
+:class:`InsecureStartError`, unless ``LIFELONG_AUTH=disabled`` says so explicitly, and that only with
+a loopback ``LIFELONG_HOST`` (its requests are then served to loopback clients only).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
@@ -24,10 +28,13 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service import __version__
+from service.api.audit import AuditMiddleware
+from service.api.deps import no_unknown_query
 from service.api.limits import BodyLimitMiddleware
-from service.api.metrics import Metrics, MetricsMiddleware
+from service.api.metrics import Metrics, MetricsMiddleware, _routes
 from service.api.models import ErrorBody, JobCreate
-from service.api.routes import commands, data, events, generations, health, jobs
+from service.api.routes import commands, data, events, generations, health, jobs, keys
+from service.jobs.access import Access
 from service.jobs.control import ControlPlane, translate
 from service.jobs.errors import ServiceError
 from service.jobs.spec import SpecProblem
@@ -35,7 +42,8 @@ from service.local.embedded import EmbeddedRedis
 from service.runtime.actor import SupervisorConfig
 from service.runtime.launcher import SupervisorLauncher
 from service.runtime.sweeper import OutboxSweeper
-from service.settings import Settings
+from service.settings import Settings, is_loopback
+from service.state.access import AccessStore
 from service.state.store import RedisStore, StoreError
 from workers.shards import ShardStore
 
@@ -48,15 +56,41 @@ and follow its events. Every error answer is JSON: `{"detail": "...", "errors": 
 """
 
 
+class InsecureStartError(RuntimeError):
+    """The settings would serve the API open to anyone."""
+
+
+def check_access(settings: Settings) -> None:
+    """Refuse settings that would serve an open API (see the module's docstring)."""
+    if not settings.auth_enabled:
+        if not is_loopback(settings.host):
+            raise InsecureStartError(
+                f"LIFELONG_AUTH=disabled is accepted on loopback only, and LIFELONG_HOST is "
+                f"{settings.host}; configure API keys, or bind 127.0.0.1"
+            )
+        log.warning("authentication is disabled (LIFELONG_AUTH=disabled): loopback clients only")
+        return
+    if not settings.api_key_hashes:
+        raise InsecureStartError(
+            "no API key is configured, and the API does not start open. Run 'lifelong serve' "
+            f"(it makes an admin key in {settings.admin_key_path}), or set "
+            "LIFELONG_API_KEYS_FILE (lines of 'role:key') or LIFELONG_ADMIN_KEY_FILE, or set "
+            "LIFELONG_AUTH=disabled to serve loopback clients without keys"
+        )
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
-    """An app for ``settings`` (default: from the environment)."""
+    """An app for ``settings`` (default: from the environment); raises
+    :class:`InsecureStartError` for settings that would serve an open API."""
     settings = settings or Settings()
+    check_access(settings)
     metrics = Metrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         parts = await _start(settings, metrics)
         app.state.plane = parts.plane
+        app.state.access = Access(settings, AccessStore(parts.store))
         app.state.launcher = parts.launcher
         app.state.sweeper = parts.sweeper
         try:
@@ -70,10 +104,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description=DESCRIPTION,
         lifespan=lifespan,
         responses={500: {"model": ErrorBody, "description": "A server fault (see the log)."}},
+        dependencies=[Depends(no_unknown_query)],
     )
     app.state.settings = settings
     app.state.metrics = metrics
-    routers = (jobs, data, commands, events, generations, health)
+    routers = (jobs, data, commands, events, generations, keys, health)
     for router in (module.router for module in routers):
         app.include_router(router)
     _install_error_handlers(app)
@@ -82,6 +117,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_push_bytes=settings.max_push_bytes,
         max_request_bytes=settings.max_request_bytes,
     )
+    app.add_middleware(AuditMiddleware, root=app)
     app.add_middleware(MetricsMiddleware, metrics=metrics, root=app)
     app.openapi = _openapi_with(app)  # type: ignore[method-assign]
     return app
@@ -247,6 +283,9 @@ def _openapi_with(app: FastAPI) -> Any:
             components.update(job_create.pop("$defs", {}))
             components["JobCreate"] = job_create
             _uniform_errors(schema)
+            _state_roles(app, schema)
+            _no_null_parameters(schema)
+            _event_streams(schema)
             app.openapi_schema = schema
         return app.openapi_schema
 
@@ -255,14 +294,19 @@ def _openapi_with(app: FastAPI) -> Any:
 
 _ERROR_REF = {"$ref": "#/components/schemas/ErrorBody"}
 _COMMON_ERRORS = {
-    "401": "No API key, or one that is not valid (when keys are configured).",
-    "403": "The API key's role is too low for this route.",
+    "401": "No API key, or one that is not valid (or was revoked).",
+    "403": "The API key's role is too low for this route (or, with LIFELONG_AUTH=disabled, "
+    "the client is not on loopback).",
+    "429": "The API key is above its requests per second or bytes per minute; retry after "
+    "the Retry-After seconds.",
     "503": "The state store (Redis) is unreachable; retry shortly.",
 }
+_IDEMPOTENCY_ERROR = "The Idempotency-Key is not 1 to 255 printable ASCII characters."
 _BODY_ERRORS = {
     "400": "The body is not readable (malformed JSON).",
     "413": "The body is above LIFELONG_MAX_REQUEST_BYTES (LIFELONG_MAX_PUSH_BYTES for a push).",
 }
+_QUERY_ERROR = "A query parameter that the route does not take."
 
 
 def _uniform_errors(schema: dict[str, Any]) -> None:
@@ -278,12 +322,75 @@ def _uniform_errors(schema: dict[str, Any]) -> None:
             if "requestBody" in operation:
                 for code, text in _BODY_ERRORS.items():
                     responses.setdefault(code, {"description": text})
+            responses.setdefault("400", {"description": _QUERY_ERROR})
+            names = {p.get("name") for p in operation.get("parameters", [])}
+            if "Idempotency-Key" in names:
+                responses.setdefault("400", {"description": _IDEMPOTENCY_ERROR})
             for code, response in responses.items():
                 if code[0] in "45":
                     response["content"] = {"application/json": {"schema": dict(_ERROR_REF)}}
     components = schema.get("components", {}).get("schemas", {})
     for name in ("HTTPValidationError", "ValidationError"):
         components.pop(name, None)
+
+
+def _no_null_parameters(schema: dict[str, Any]) -> None:
+    """An optional query or header parameter is absent or a string: it never carries a JSON
+    null, so its schema is the non-null one (FastAPI writes ``anyOf [X, null]`` for ``X | None``)."""
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            for parameter in operation.get("parameters", []):
+                options = parameter.get("schema", {}).get("anyOf")
+                if not options:
+                    continue
+                kept = [o for o in options if o.get("type") != "null"]
+                if len(kept) == 1 and len(kept) < len(options):
+                    extra = {k: v for k, v in parameter["schema"].items() if k != "anyOf"}
+                    parameter["schema"] = {**kept[0], **extra}
+
+
+def _event_streams(schema: dict[str, Any]) -> None:
+    """A text/event-stream answer is a stream of events, each of whose ``data`` is an event in
+    JSON: the model is the schema of each item's data, not of the whole stream."""
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            ok = operation.get("responses", {}).get("200", {})
+            stream = ok.get("content", {}).get("text/event-stream")
+            if not stream or "schema" not in stream:
+                continue
+            model = stream.pop("schema")
+            item = stream.setdefault("itemSchema", {"type": "object", "properties": {}})
+            item["properties"]["data"] = {
+                "type": "string",
+                "contentMediaType": "application/json",
+                "contentSchema": model,
+            }
+
+
+def _required_role(dependant: Any) -> str | None:
+    """The role of the ``require_<role>`` dependency among ``dependant``'s, if any."""
+    for sub in getattr(dependant, "dependencies", []):
+        name = getattr(sub.call, "__name__", "")
+        if name.startswith("require_"):
+            return str(name.removeprefix("require_"))
+        found = _required_role(sub)
+        if found is not None:
+            return found
+    return None
+
+
+def _state_roles(app: FastAPI, schema: dict[str, Any]) -> None:
+    """Each operation that needs a key says which role (``x-required-role``, and in words)."""
+    for route in _routes(app.router.routes):
+        role = _required_role(getattr(route, "dependant", None))
+        operations = schema.get("paths", {}).get(getattr(route, "path", ""), {})
+        for method in getattr(route, "methods", ()):
+            operation = operations.get(method.lower())
+            if role is None or operation is None:
+                continue
+            operation["x-required-role"] = role
+            text = f"Needs an API key with the role '{role}' (or above) whose scope holds the job."
+            operation["description"] = f"{operation.get('description', '')}\n\n{text}".strip()
 
 
 @functools.cache

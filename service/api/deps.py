@@ -1,28 +1,31 @@
-"""Dependencies of the routes: the control plane, the job id, and the role a route needs."""
+"""Dependencies of the routes: the control plane, the job id, and (from ``service.api.auth``) the
+role a route needs."""
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import re
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Path, Request
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from service.api.auth import (
+    JOB_ID,
+    Admin,
+    AdminKey,
+    CurrentPrincipal,
+    Reader,
+    ReaderKey,
+    Writer,
+    require_role,
+)
 from service.api.metrics import Metrics
+from service.jobs.access import Principal
 from service.jobs.control import ControlPlane
-from service.jobs.errors import ForbiddenError, NotFoundError, UnauthorizedError
-from service.settings import Role, Settings
+from service.jobs.errors import BadRequestError, NotFoundError
+from service.settings import Settings
 from service.state.records import JobRecord
 
-JOB_ID = re.compile(r"^job_[0-9a-f]{16}$")
 # Largest list offset: Redis takes 64-bit indexes, and offset + limit must stay below 2**63.
 MAX_OFFSET = 2**53
-_RANK: dict[Role, int] = {"reader": 0, "writer": 1, "admin": 2}
-_bearer = HTTPBearer(auto_error=False, description="An API key: 'Authorization: Bearer <key>'.")
 
 
 def get_plane(request: Request) -> ControlPlane:
@@ -71,49 +74,33 @@ def existing_job(job_id: JobId, plane: Plane) -> JobRecord:
 ExistingJob = Annotated[JobRecord, Depends(existing_job)]
 
 
-@dataclass(frozen=True)
-class Principal:
-    """Who is calling: the role of their API key, or None when no keys are configured."""
-
-    role: Role | None
-
-
-def require_role(role: Role) -> Callable[..., Principal]:
-    """A dependency that admits keys of ``role`` or above (reader < writer < admin).
-
-    With no API keys configured (the loopback default) it admits everyone; ``lifelong serve``
-    refuses to bind a non-loopback address in that case.
-    """
-
-    def dependency(
-        settings: SettingsDep,
-        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-    ) -> Principal:
-        keys = settings.api_key_hashes
-        if not keys:
-            return Principal(role=None)
-        if credentials is None or credentials.scheme.lower() != "bearer":
-            raise UnauthorizedError(
-                "an API key is required: send 'Authorization: Bearer <key>'",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
-        digest = hashlib.sha256(credentials.credentials.encode()).hexdigest()
-        found: Role | None = None
-        for stored, stored_role in keys.items():
-            if hmac.compare_digest(stored, digest):
-                found = stored_role
-        if found is None:
-            raise UnauthorizedError(
-                "the API key is not valid", headers={"WWW-Authenticate": "Bearer"}
-            )
-        if _RANK[found] < _RANK[role]:
-            raise ForbiddenError(f"this needs the role '{role}'; the key's role is '{found}'")
-        return Principal(role=found)
-
-    dependency.__name__ = f"require_{role}"
-    return dependency
+def _query_names(dependant: Any) -> set[str]:
+    names = {str(f.alias) for f in getattr(dependant, "query_params", [])}
+    for sub in getattr(dependant, "dependencies", []):
+        names |= _query_names(sub)
+    return names
 
 
-Reader = Depends(require_role("reader"))
-Writer = Depends(require_role("writer"))
-Admin = Depends(require_role("admin"))
+def no_unknown_query(request: Request) -> None:
+    """Every route refuses query parameters it does not take (a misspelt ``limt=`` would
+    otherwise be ignored without a word)."""
+    route = request.scope.get("route")
+    known = _query_names(getattr(route, "dependant", None))
+    unknown = sorted({k for k in request.query_params if k not in known})
+    if unknown:
+        takes = f"it takes {', '.join(sorted(known))}" if known else "it takes none"
+        shown = ", ".join(repr(k[:40]) for k in unknown[:5])
+        raise BadRequestError(f"unknown query parameter {shown}; {takes}")
+
+
+__all__ = [
+    "JOB_ID",
+    "Admin",
+    "AdminKey",
+    "CurrentPrincipal",
+    "Principal",
+    "Reader",
+    "ReaderKey",
+    "Writer",
+    "require_role",
+]

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.jobs.spec import JobSpec, SpecProblem
+from service.settings import Role
+from service.state.access import KeyRecord
 from service.state.records import CommandRecord, DatasetSummary, EventRecord, JobRecord, PushRecord
 from service.state.states import CommandKind, CommandStatus, EventType, JobStatus
 from workers.shards import ShardInfo
@@ -238,3 +240,63 @@ class PredictResult(_Public):
     probabilities: list[list[float]] | None = Field(
         default=None, description="Classification: softmax probabilities per class."
     )
+
+
+class KeyCreate(_Public):
+    """A new API key (POST /v1/keys): its role, and optionally its scope and limits."""
+
+    role: Role = Field(description="admin, writer or reader: what the key may do in its scope.")
+    name: str = Field(default="", max_length=100, description="A label, e.g. who holds the key.")
+    tenant: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,63}$",
+        description="Limit the key to the jobs of this tenant and its sub-tenants "
+        "('team-a' covers 'team-a/vision'); jobs it creates join the tenant.",
+        examples=["team-a"],
+    )
+    jobs: list[Annotated[str, Field(pattern=r"^job_[0-9a-f]{16}$")]] | None = Field(
+        default=None,
+        max_length=1000,
+        description="Limit the key to these jobs (and those it creates itself); [] for none yet.",
+    )
+    requests_per_s: int | None = Field(
+        default=None, ge=1, le=1_000_000, description="Its own LIFELONG_KEY_REQUESTS_PER_S."
+    )
+    bytes_per_min: int | None = Field(
+        default=None, ge=1024, le=2**50, description="Its own LIFELONG_KEY_BYTES_PER_MIN."
+    )
+
+
+class KeyPublic(_Public):
+    """An API key as listed (never the key itself)."""
+
+    id: str = Field(examples=["key_3f9c2a7d1e5b8c04"])
+    role: Role
+    name: str
+    tenant: str | None
+    jobs: list[str] | None = Field(description="The jobs of a key limited to a set of jobs.")
+    requests_per_s: int | None
+    bytes_per_min: int | None
+    created: float
+    created_by: str = Field(description="The id of the key that created it.")
+
+    @classmethod
+    def of(cls, record: KeyRecord, jobs: list[str]) -> KeyPublic:
+        data = record.model_dump(exclude={"jobs"})
+        return cls(**data, jobs=jobs if record.jobs else None)
+
+
+class KeyCreated(KeyPublic):
+    key: str = Field(
+        description="The key: shown this once and never again (only its digest is kept). Send "
+        "it as 'Authorization: Bearer <key>'."
+    )
+
+
+class KeyList(_Public):
+    keys: list[KeyPublic]
+
+
+class KeyRevoked(_Public):
+    id: str
+    revoked: bool = True

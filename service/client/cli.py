@@ -81,11 +81,14 @@ def serve(
     ] = None,
     port: Annotated[int | None, typer.Option(help="Port [default: LIFELONG_PORT or 8000].")] = None,
 ) -> None:
-    """Run the API under uvicorn, configured from the environment (see service/settings.py)."""
+    """Run the API under uvicorn, configured from the environment (see service/settings.py).
+
+    With no API key configured, the first start makes an admin key in the state folder (mode
+    0600) and says how to use it; LIFELONG_AUTH=disabled serves loopback clients without keys."""
     import uvicorn
 
-    from service.api.app import create_app
-    from service.settings import Settings, is_loopback
+    from service.api.app import InsecureStartError, create_app
+    from service.settings import Settings
 
     overrides: dict[str, object] = {}
     if host is not None:
@@ -94,27 +97,35 @@ def serve(
         overrides["port"] = port
     try:
         settings = Settings(**overrides)  # type: ignore[arg-type]
-    except ValueError as exc:
-        console.print(f"[red]invalid settings:[/red] {exc}")
+        if settings.auth_enabled and not settings.api_key_hashes:
+            _admin_key_notice(settings.admin_key_path, f"http://{settings.host}:{settings.port}")
+            settings = Settings(**overrides)  # type: ignore[arg-type]
+        app_ = create_app(settings)
+    except (ValueError, InsecureStartError) as exc:
+        console.print(f"[red]refusing to start:[/red] {exc}")
         raise typer.Exit(2) from None
-    if not is_loopback(settings.host) and not settings.auth_enabled:
-        console.print(
-            f"[red]refusing to bind {settings.host} without API keys.[/red] Anyone who can reach "
-            "it could create jobs and push data. Create a key file and point "
-            "LIFELONG_API_KEYS_FILE at it, e.g.\n"
-            "  printf 'admin:%s\\n' \"$(openssl rand -hex 24)\" > api-keys\n"
-            "  LIFELONG_API_KEYS_FILE=api-keys lifelong serve --host "
-            f"{settings.host}\n"
-            "or bind 127.0.0.1."
-        )
-        raise typer.Exit(2)
     uvicorn.run(
-        create_app(settings),
+        app_,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
         proxy_headers=False,
         server_header=False,
+    )
+
+
+def _admin_key_notice(path: Path, url: str) -> None:
+    """Make the admin key in ``path`` if there is none, and say where it is and how to use it
+    (never the key itself: terminals and logs are kept)."""
+    from service.jobs.access import create_key_file
+
+    _, made = create_key_file(path)
+    console.print(
+        f"admin API key {'made in' if made else 'read from'} {path} (mode 0600). The lifelong "
+        "command finds it there when run from this folder; elsewhere:\n"
+        f"  export LIFELONG_API_KEY_FILE={path}\n"
+        f'  curl -H "Authorization: Bearer $(cat {path})" {url}/v1/jobs\n'
+        "Make keys for others with 'lifelong keys create' (roles, scopes, limits)."
     )
 
 
@@ -126,10 +137,12 @@ app.add_typer(jobs_app, name="jobs")
 
 def _client() -> LifelongClient:
     from service.client import LifelongClient
-    from service.settings import ClientSettings
 
-    cfg = ClientSettings()
-    return LifelongClient(cfg.api_url, api_key=cfg.api_key)
+    try:
+        return LifelongClient.from_environment()
+    except ValueError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
 
 
 def _fail(exc: Exception) -> typer.Exit:
@@ -270,6 +283,79 @@ def jobs_delete(
     )
 
 
+keys_app = typer.Typer(
+    help="Create, list and revoke API keys through the API (an admin key without a scope).",
+    no_args_is_help=True,
+)
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("create")
+def keys_create(
+    role: Annotated[str, typer.Argument(help="admin, writer or reader.")],
+    *,
+    name: Annotated[str, typer.Option(help="A label: who holds the key.")] = "",
+    tenant: Annotated[
+        str | None, typer.Option(help="Limit the key to this tenant (and its sub-tenants).")
+    ] = None,
+    job: Annotated[
+        list[str] | None, typer.Option(help="Limit the key to this job (repeatable).")
+    ] = None,
+    own_jobs: Annotated[
+        bool, typer.Option(help="Limit the key to the jobs it creates itself.")
+    ] = False,
+    requests_per_s: Annotated[int | None, typer.Option(help="Its requests per second.")] = None,
+    bytes_per_min: Annotated[int | None, typer.Option(help="Its body bytes per minute.")] = None,
+) -> None:
+    """Create an API key; prints the key once (only its digest is kept)."""
+    if role not in ("admin", "writer", "reader"):
+        console.print(f"[red]unknown role {role!r}[/red]; use admin, writer or reader")
+        raise typer.Exit(2)
+    jobs = list(job) if job else ([] if own_jobs else None)
+    with _client() as client:
+        try:
+            created = client.create_key(
+                role,  # type: ignore[arg-type]
+                name=name,
+                tenant=tenant,
+                jobs=jobs,
+                requests_per_s=requests_per_s,
+                bytes_per_min=bytes_per_min,
+            )
+        except Exception as exc:
+            raise _fail(exc) from None
+    console.print(f"created [bold]{created.id}[/bold] ({created.role}); the key, shown once:")
+    print(created.key)
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """List the keys created through the API (never the keys themselves)."""
+    with _client() as client:
+        try:
+            keys = client.list_keys()
+        except Exception as exc:
+            raise _fail(exc) from None
+    table = Table(title=f"{len(keys)} keys")
+    for column in ("id", "role", "name", "tenant", "jobs", "created by"):
+        table.add_column(column)
+    for key in keys:
+        jobs = "all" if key.jobs is None else (", ".join(key.jobs) or "its own")
+        table.add_row(key.id, key.role, key.name, key.tenant or "-", jobs, key.created_by)
+    console.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: str) -> None:
+    """Revoke a key: it is refused from its next request on."""
+    with _client() as client:
+        try:
+            client.revoke_key(key_id)
+        except Exception as exc:
+            raise _fail(exc) from None
+    console.print(f"revoked [bold]{key_id}[/bold]")
+
+
 _SUFFIX_TYPES = {
     ".safetensors": "application/x-safetensors",
     ".npz": "application/x-npz",
@@ -361,6 +447,7 @@ def up(
     from service.local.stack import Stack
 
     stack = Stack(workdir=workdir.resolve(), ray_nodes=1, cpus_per_node=cpus, dashboard=True)
+    _admin_key_notice(stack.admin_key_file, "http://127.0.0.1:<port>")
     stop = False
 
     def _on_signal(signum: int, frame: object) -> None:
@@ -376,6 +463,7 @@ def up(
         assert stack.api is not None
         console.print(
             f"\nexport LIFELONG_API_URL={stack.api.url}   # for lifelong jobs/push/events"
+            f"\nexport LIFELONG_API_KEY_FILE={stack.admin_key_file}"
             "\nCtrl-C stops everything."
         )
         while not stop:

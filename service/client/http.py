@@ -36,6 +36,10 @@ from service.api.models import (
     JobDeleted,
     JobList,
     JobPublic,
+    KeyCreated,
+    KeyList,
+    KeyPublic,
+    KeyRevoked,
     PredictResult,
     PushResult,
     Readiness,
@@ -120,6 +124,16 @@ class LifelongClient:
             transport=transport,
         )
 
+    @classmethod
+    def from_environment(cls, **kw: Any) -> LifelongClient:
+        """A client for ``LIFELONG_API_URL`` with the key of ``LIFELONG_API_KEY``, else of
+        ``LIFELONG_API_KEY_FILE``, else the admin key that ``lifelong up`` or ``lifelong serve``
+        made in their default folders (``.lifelong/stack/admin-key``, ``.lifelong/admin-key``)."""
+        from service.settings import ClientSettings
+
+        cfg = ClientSettings()
+        return cls(cfg.api_url, api_key=cfg.key(), **kw)
+
     @property
     def base_url(self) -> str:
         return str(self._http.base_url)
@@ -142,20 +156,31 @@ class LifelongClient:
 
     def _request(self, method: str, path: str, *, retry: bool = False, **kw: Any) -> httpx.Response:
         """One request; with ``retry`` (idempotent requests only), transport errors and 502-504
-        are retried with backoff."""
-        attempts = self.retries + 1 if retry else 1
+        are retried with backoff. A 429 (the key's limits; nothing was done) is retried after
+        its Retry-After (at most 10 s a time) whether or not ``retry`` is set."""
+        attempts = self.retries + 1
         for attempt in range(attempts):
+            wait = min(2.0, 0.1 * 2**attempt)
             try:
                 response = self._http.request(method, path, **kw)
             except httpx.TransportError:
-                if attempt + 1 >= attempts:
+                if not retry or attempt + 1 >= attempts:
                     raise
             else:
-                if response.status_code not in _RETRY_STATUS or attempt + 1 >= attempts:
+                last = attempt + 1 >= attempts
+                if response.status_code == 429 and not last:
+                    wait = _retry_after(response)
+                elif response.status_code not in _RETRY_STATUS or not retry or last:
                     _raise_for(response)
                     return response
-            time.sleep(min(2.0, 0.1 * 2**attempt))
+            time.sleep(wait)
         raise AssertionError("unreachable")
+
+    def _mutate(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        """A create, command or delete, with a fresh Idempotency-Key so that its retries can
+        never act twice."""
+        headers = {"Idempotency-Key": str(uuid.uuid4()), **kw.pop("headers", {})}
+        return self._request(method, path, retry=True, headers=headers, **kw)
 
     def _get(self, path: str, model: type[_M], **params: Any) -> _M:
         return model.model_validate_json(
@@ -174,7 +199,7 @@ class LifelongClient:
 
     def create_job(self, spec: BaseModel | Mapping[str, Any]) -> JobPublic:
         body = spec.model_dump(mode="json") if isinstance(spec, BaseModel) else dict(spec)
-        return JobPublic.model_validate_json(self._request("POST", "/v1/jobs", json=body).content)
+        return JobPublic.model_validate_json(self._mutate("POST", "/v1/jobs", json=body).content)
 
     def list_jobs(self, *, offset: int = 0, limit: int = 100) -> JobList:
         return self._get("/v1/jobs", JobList, offset=offset, limit=limit)
@@ -185,8 +210,40 @@ class LifelongClient:
     def delete_job(self, job_id: str, *, force: bool = False) -> JobDeleted:
         """Delete a stopped or failed job (409 while it runs); its MLflow records stay."""
         params = {"force": "true"} if force else None
-        response = self._request("DELETE", f"/v1/jobs/{job_id}", params=params)
+        response = self._mutate("DELETE", f"/v1/jobs/{job_id}", params=params)
         return JobDeleted.model_validate_json(response.content)
+
+    # --- API keys (an admin key without a scope) ----------------------------------------------
+
+    def create_key(
+        self,
+        role: Literal["admin", "writer", "reader"],
+        *,
+        name: str = "",
+        tenant: str | None = None,
+        jobs: list[str] | None = None,
+        requests_per_s: int | None = None,
+        bytes_per_min: int | None = None,
+    ) -> KeyCreated:
+        """A new API key; ``.key`` holds the key itself (shown this once)."""
+        body: dict[str, Any] = {"role": role, "name": name}
+        for field, value in (
+            ("tenant", tenant),
+            ("jobs", jobs),
+            ("requests_per_s", requests_per_s),
+            ("bytes_per_min", bytes_per_min),
+        ):
+            if value is not None:
+                body[field] = value
+        response = self._request("POST", "/v1/keys", json=body)
+        return KeyCreated.model_validate_json(response.content)
+
+    def list_keys(self) -> list[KeyPublic]:
+        return self._get("/v1/keys", KeyList).keys
+
+    def revoke_key(self, key_id: str) -> KeyRevoked:
+        response = self._request("DELETE", f"/v1/keys/{key_id}", retry=True)
+        return KeyRevoked.model_validate_json(response.content)
 
     # --- data -------------------------------------------------------------------------------
 
@@ -246,7 +303,7 @@ class LifelongClient:
         return self._command(job_id, "stop")
 
     def _command(self, job_id: str, kind: str, body: dict[str, Any] | None = None) -> CommandPublic:
-        response = self._request("POST", f"/v1/jobs/{job_id}/{kind}", json=body)
+        response = self._mutate("POST", f"/v1/jobs/{job_id}/{kind}", json=body)
         return CommandPublic.model_validate_json(response.content)
 
     def command(self, job_id: str, command_id: str) -> CommandPublic:
@@ -354,6 +411,11 @@ def parse_sse(lines: Iterator[str]) -> Iterator[EventPublic]:
             data.append(value.removeprefix(" "))
     if data:
         yield EventPublic.model_validate_json("\n".join(data))
+
+
+def _retry_after(response: httpx.Response) -> float:
+    value = response.headers.get("retry-after", "1")
+    return min(10.0, float(value)) if value.isdigit() else 1.0
 
 
 def _raise_for(response: httpx.Response) -> None:

@@ -169,11 +169,17 @@ class ControlPlane:
         return job
 
     def list_jobs(
-        self, *, offset: int, limit: int
+        self, *, offset: int, limit: int, among: list[str] | None = None
     ) -> tuple[list[tuple[JobRecord, DatasetSummary]], int]:
-        jobs = self.store.list_jobs(offset=offset, limit=limit)
+        """A page of the jobs (of those ``among``, when given) and how many there are."""
+        if among is None:
+            jobs = self.store.list_jobs(offset=offset, limit=limit)
+            total = self.store.count_jobs()
+        else:
+            jobs = self.store.get_jobs(among[offset : offset + limit])
+            total = len(among)
         summaries = self.store.dataset_summaries([j.id for j in jobs])
-        return list(zip(jobs, summaries, strict=True)), self.store.count_jobs()
+        return list(zip(jobs, summaries, strict=True)), total
 
     def delete_job(self, job_id: str, *, force: bool = False) -> DeleteOutcome:
         """Delete a stopped or failed job: its Redis state, its shards and its checkpoints.
@@ -219,7 +225,7 @@ class ControlPlane:
         fmt = ingest.media_type(content_type)
         fingerprint = ""
         if idempotency_key is not None:
-            _check_idempotency_key(idempotency_key)
+            check_idempotency_key(idempotency_key)
             fingerprint = _fingerprint(fmt, body)
             stored = self.store.get_push(job_id, idempotency_key)
             if stored is not None:  # a retry: the original answer, even if the job stopped since
@@ -425,7 +431,7 @@ def _local_root(root: str) -> Path | None:
     return Path(root.removeprefix("file://")).expanduser()
 
 
-def _check_idempotency_key(key: str) -> None:
+def check_idempotency_key(key: str) -> None:
     if not 1 <= len(key) <= IDEMPOTENCY_KEY_MAX or not key.isprintable() or not key.isascii():
         raise BadRequestError(
             f"Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_MAX} printable ASCII characters "

@@ -70,3 +70,9 @@ class InvalidError(ServiceError):
 
 class UnavailableError(ServiceError):
     status_code = 503
+
+
+class TooManyRequestsError(ServiceError):
+    """An API key above its requests per second or bytes per minute (with Retry-After)."""
+
+    status_code = 429

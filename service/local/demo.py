@@ -85,7 +85,7 @@ def run_demo(cfg: DemoConfig, console: Console) -> dict[str, Any]:
     console.print(stack.describe())
     console.print(f"stack up in {sum(stack.timings.values()):.0f}s")
     assert stack.api is not None and stack.mlflow is not None
-    client = LifelongClient(stack.api.url)
+    client = LifelongClient(stack.api.url, api_key=stack.admin_key)
     try:
         result = _drive(cfg, stack, client, data=(x, y), console=console)
     finally:
@@ -113,7 +113,9 @@ def _drive(
     view = JobView(job.id, title=f"job {job.id} ({job.name})")
     stop_following = threading.Event()
     threading.Thread(
-        target=_follow, args=(client.base_url, job.id, view, stop_following), daemon=True
+        target=_follow,
+        args=(client.base_url, stack.admin_key, job.id, view, stop_following),
+        daemon=True,
     ).start()
     with Live(view.render(), console=console, refresh_per_second=4) as live:
         screen = _Screen(view, live)
@@ -143,9 +145,15 @@ def _drive(
     }
 
 
-def _follow(base_url: str, job_id: str, view: JobView, stop_following: threading.Event) -> None:
+def _follow(
+    base_url: str,
+    api_key: str | None,
+    job_id: str,
+    view: JobView,
+    stop_following: threading.Event,
+) -> None:
     """Feed the job's events to the view until the job has stopped after ``stop_following``."""
-    with LifelongClient(base_url) as events:
+    with LifelongClient(base_url, api_key=api_key) as events:
         for event in events.events(job_id):
             view.apply(event)
             if stop_following.is_set() and event.type == "status" and view.status == "stopped":

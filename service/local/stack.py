@@ -24,6 +24,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from service.jobs.access import create_key_file
 from service.local.processes import ApiServer, MlflowServer, RayNode, RedisServer, free_port
 
 
@@ -43,6 +44,9 @@ class Stack:
     with_api: bool = True
     api_env: dict[str, str] = field(default_factory=dict)
     redis_fsync: str = "always"
+    # The API's admin key: made (mode 0600) at the first start unless api_env says
+    # LIFELONG_AUTH=disabled. Default: <workdir>/admin-key.
+    admin_key_path: Path | None = None
     auth_token: str = field(default_factory=lambda: secrets.token_hex(32))
     ray_port: int = 0
     redis: RedisServer | None = None
@@ -61,6 +65,21 @@ class Stack:
     def data_root(self) -> Path:
         return self.workdir / "data"
 
+    @property
+    def admin_key_file(self) -> Path:
+        return self.admin_key_path or self.workdir / "admin-key"
+
+    @property
+    def auth_enabled(self) -> bool:
+        return self.api_env.get("LIFELONG_AUTH", "keys") != "disabled"
+
+    @property
+    def admin_key(self) -> str | None:
+        """The API's admin key (None with authentication disabled)."""
+        if not self.auth_enabled:
+            return None
+        return create_key_file(self.admin_key_file)[0]
+
     def env(self) -> dict[str, str]:
         """The environment of every process of the stack, and of a driver that joins it."""
         env = dict(os.environ)
@@ -74,6 +93,7 @@ class Stack:
                 "MLFLOW_DISABLE_TELEMETRY": "true",
                 "LIFELONG_DATA_ROOT": str(self.data_root),
                 "LIFELONG_STATE_DIR": str(self.workdir / "state"),
+                "LIFELONG_ADMIN_KEY_FILE": str(self.admin_key_file),
             }
         )
         if self.redis is not None:
@@ -86,6 +106,8 @@ class Stack:
     def start(self) -> Self:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.data_root.mkdir(parents=True, exist_ok=True)
+        if self.with_api and self.auth_enabled:
+            create_key_file(self.admin_key_file)
         try:
             self._timed("redis", self._start_redis)
             self._timed("mlflow", self._start_mlflow)
@@ -147,8 +169,12 @@ class Stack:
             f"--ray-client-server-port={free_port()}",
             *self._node_args(0),
         ]
-        if self.dashboard:
-            head_args += ["--include-dashboard=true", f"--dashboard-port={free_port()}"]
+        if self.dashboard:  # on loopback: the dashboard has no authentication of its own
+            head_args += [
+                "--include-dashboard=true",
+                "--dashboard-host=127.0.0.1",
+                f"--dashboard-port={free_port()}",
+            ]
         else:
             head_args.append("--include-dashboard=false")
         head = RayNode("ray-head", head_args, self.env(), self.workdir / "ray-head")

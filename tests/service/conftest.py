@@ -83,6 +83,7 @@ def settings(redis_url: str, redis_prefix: str, tmp_path: Path) -> Settings:
         max_samples_per_push=5000,
         max_jobs=20,
         supervise=False,  # these tests exercise the control plane alone, without Ray
+        auth="disabled",  # on loopback; tests/service/test_access.py is about keys
     )
 
 

@@ -1,5 +1,5 @@
-"""The app as deployed: `lifelong serve` and `service.api.app:app` from the environment, the embedded
-Redis, API keys and roles."""
+"""The app as deployed: `lifelong serve` and `service.api.app:app` from the environment, the admin key
+that serve makes, the refusal to start open, the embedded Redis, configured API keys and roles."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from service.api.app import InsecureStartError, create_app
 from service.client import LifelongClient, LifelongError
 from service.local.processes import free_port, stop_process, wait_for_http
 from service.settings import Settings
@@ -33,40 +34,96 @@ def _env(redis_url: str, redis_prefix: str, tmp_path: Path, port: int) -> dict[s
     return env
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize(
-    "command",
-    [
-        [str(BIN / "lifelong"), "serve"],
-        [sys.executable, "-m", "uvicorn", "service.api.app:app", "--port", "{port}"],
-    ],
-    ids=["lifelong-serve", "uvicorn-service.api.app:app"],
-)
-def test_served_from_the_environment(
-    command: list[str], redis_url: str, redis_prefix: str, tmp_path: Path
-) -> None:
-    port = free_port()
-    proc = subprocess.Popen(
+def _start(command: list[str], env: dict[str, str], port: int) -> subprocess.Popen[str]:
+    return subprocess.Popen(
         [part.format(port=port) for part in command],
-        env=_env(redis_url, redis_prefix, tmp_path, port),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
         start_new_session=True,
     )
+
+
+@pytest.mark.slow
+def test_serve_makes_an_admin_key_and_refuses_unauthenticated_requests(
+    redis_url: str, redis_prefix: str, tmp_path: Path
+) -> None:
+    port = free_port()
+    env = _env(redis_url, redis_prefix, tmp_path, port)
+    proc = _start([str(BIN / "lifelong"), "serve"], env, port)
+    key_file = tmp_path / "state" / "admin-key"
     try:
         wait_for_http(f"http://127.0.0.1:{port}/readyz", timeout=60, proc=proc)
-        with LifelongClient(f"http://127.0.0.1:{port}") as client:
+        assert key_file.stat().st_mode & 0o777 == 0o600
+        key = key_file.read_text().strip()
+        url = f"http://127.0.0.1:{port}"
+        refused = httpx.post(f"{url}/v1/jobs", json=JOB_SPEC)
+        assert refused.status_code == 401, refused.text
+        assert refused.json()["detail"].startswith("an API key is required")
+        with LifelongClient(url, api_key=key) as client:
             job = client.create_job(JOB_SPEC)
             assert client.push(job.id, *batch(40)).accepted == 40
         assert len(list((tmp_path / "data" / job.id / "shards").iterdir())) >= 1
     finally:
         stop_process(proc)
-    # uvicorn shuts down gracefully, then re-raises the SIGTERM it captured.
+        output = proc.stdout.read() if proc.stdout else ""
+    assert f"admin API key made in {key_file} (mode 0600)" in " ".join(output.split())
+    assert key not in output  # where the key is and how to use it, never the key itself
+    assert proc.returncode in (0, -15)  # uvicorn re-raises the SIGTERM it captured
+
+
+@pytest.mark.slow
+def test_the_app_from_the_environment_with_keys(
+    redis_url: str, redis_prefix: str, tmp_path: Path
+) -> None:
+    port = free_port()
+    env = _env(redis_url, redis_prefix, tmp_path, port)
+    env["LIFELONG_API_KEYS"] = '["admin:env-admin-key"]'
+    command = [sys.executable, "-m", "uvicorn", "service.api.app:app", "--port", "{port}"]
+    proc = _start(command, env, port)
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/readyz", timeout=60, proc=proc)
+        url = f"http://127.0.0.1:{port}"
+        assert httpx.get(f"{url}/v1/jobs").status_code == 401
+        with LifelongClient(url, api_key="env-admin-key") as client:
+            assert client.create_job(JOB_SPEC).status == "pending"
+    finally:
+        stop_process(proc)
     assert proc.returncode in (0, -15)
 
 
-def test_serve_refuses_a_public_address_without_keys(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({}, "no API key is configured, and the API does not start open"),
+        (
+            {"LIFELONG_AUTH": "disabled", "LIFELONG_HOST": "0.0.0.0"},
+            "LIFELONG_AUTH=disabled is accepted on loopback only",
+        ),
+    ],
+    ids=["no keys", "disabled beyond loopback"],
+)
+def test_an_app_without_keys_refuses_to_start(
+    extra: dict[str, str], message: str, redis_url: str, redis_prefix: str, tmp_path: Path
+) -> None:
+    port = free_port()
+    env = {**_env(redis_url, redis_prefix, tmp_path, port), **extra}
+    command = [sys.executable, "-m", "uvicorn", "service.api.app:app", "--port", str(port)]
+    result = subprocess.run(
+        command, env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode != 0
+    assert message in " ".join(result.stderr.split())
+    # The same refusal in process, for embedders of create_app.
+    fields = {k.removeprefix("LIFELONG_").lower(): v for k, v in extra.items()}
+    with pytest.raises(InsecureStartError, match=message.split(",", maxsplit=1)[0]):
+        create_app(Settings(**fields, state_dir=tmp_path / "elsewhere"))  # type: ignore[arg-type]
+
+
+def test_serve_refuses_disabled_auth_beyond_loopback(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LIFELONG_")}
+    env.update(LIFELONG_AUTH="disabled", LIFELONG_STATE_DIR=str(tmp_path / "state"))
     result = subprocess.run(
         [str(BIN / "lifelong"), "serve", "--host", "0.0.0.0"],
         env=env,
@@ -76,13 +133,18 @@ def test_serve_refuses_a_public_address_without_keys(tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 2
-    assert "refusing to bind 0.0.0.0 without API keys" in result.stdout
-    assert "LIFELONG_API_KEYS_FILE" in result.stdout
+    text = " ".join(result.stdout.split())
+    assert "refusing to start: LIFELONG_AUTH=disabled is accepted on loopback only" in text
+    assert not (tmp_path / "state" / "admin-key").exists()
 
 
 def test_embedded_redis_when_no_url_is_given(tmp_path: Path) -> None:
     settings = Settings(
-        redis_url=None, state_dir=tmp_path / "state", key_prefix="embedded:", supervise=False
+        redis_url=None,
+        state_dir=tmp_path / "state",
+        key_prefix="embedded:",
+        supervise=False,
+        auth="disabled",
     )
     with live_server(settings) as server, LifelongClient(server.url) as client:
         job = client.create_job(JOB_SPEC)
@@ -102,7 +164,7 @@ def test_api_keys_and_roles(settings: Settings, tmp_path: Path) -> None:
 
     reader_hash = hashlib.sha256(b"r-key").hexdigest()
     keys.write_text(f"# keys\nadmin:a-key\nwriter:w-key\nreader:sha256:{reader_hash}\n")
-    secured = Settings(**{**settings.model_dump(), "api_keys_file": keys})
+    secured = Settings(**{**settings.model_dump(), "api_keys_file": keys, "auth": "keys"})
     with live_server(secured) as server:
         admin = LifelongClient(server.url, api_key="a-key")
         writer = LifelongClient(server.url, api_key="w-key")

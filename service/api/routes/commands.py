@@ -4,19 +4,25 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Path, Query, Response, status
+from fastapi import APIRouter, Body, Path, Query, Request, Response, status
+from starlette.concurrency import run_in_threadpool
 
 from growth_policy import GrowthOp
 from service.api.deps import Admin, JobId, Plane, Reader
+from service.api.idempotency import Idempotent, Replayable
 from service.api.models import CommandList, CommandPublic, ErrorBody
-from service.state.records import CommandRecord
+from service.jobs.control import ControlPlane
 from service.state.states import CommandKind
 
 router = APIRouter(prefix="/v1/jobs/{job_id}", tags=["commands"])
 
 _QUEUED: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorBody, "description": "No such job."},
-    409: {"model": ErrorBody, "description": "The job is stopped or failed."},
+    409: {
+        "model": ErrorBody,
+        "description": "The job is stopped or failed, or the Idempotency-Key was used for "
+        "another request (or its first request is still being answered).",
+    },
 }
 _GROW_EXAMPLES = {
     "widen": {"summary": "Widen every group ×2", "value": {"op": "widen", "factor": 2}},
@@ -31,43 +37,69 @@ _GROW_EXAMPLES = {
 }
 
 
-def _accepted(job_id: str, command: CommandRecord, response: Response) -> CommandPublic:
+async def _queue(
+    job_id: str,
+    kind: CommandKind,
+    *,
+    plane: ControlPlane,
+    response: Response,
+    replay: Replayable,
+    body: bytes = b"",
+    op: GrowthOp | None = None,
+) -> CommandPublic:
+    async def queue() -> CommandPublic:
+        command = await run_in_threadpool(plane.command, job_id, kind, op)
+        return CommandPublic.of(job_id, command)
+
+    command = await replay.run(response, body, queue, CommandPublic)
     response.headers["Location"] = f"/v1/jobs/{job_id}/commands/{command.id}"
-    return CommandPublic.of(job_id, command)
+    return command
 
 
 @router.post("/grow", status_code=status.HTTP_202_ACCEPTED, dependencies=[Admin], responses=_QUEUED)
-def grow(
+async def grow(
+    *,
     job_id: JobId,
     op: Annotated[GrowthOp, Body(openapi_examples=_GROW_EXAMPLES)],
+    request: Request,
     plane: Plane,
     response: Response,
+    replay: Idempotent,
 ) -> CommandPublic:
     """Ask for a growth now. It goes through the job's growth controller (hard limits apply) and
     is applied on every worker at the same step; the command's outcome says what happened."""
-    return _accepted(job_id, plane.command(job_id, CommandKind.GROW, op), response)
+    body = await request.body()
+    return await _queue(
+        job_id, CommandKind.GROW, plane=plane, response=response, replay=replay, body=body, op=op
+    )
 
 
 @router.post(
     "/pause", status_code=status.HTTP_202_ACCEPTED, dependencies=[Admin], responses=_QUEUED
 )
-def pause(job_id: JobId, plane: Plane, response: Response) -> CommandPublic:
+async def pause(
+    job_id: JobId, plane: Plane, response: Response, replay: Idempotent
+) -> CommandPublic:
     """Pause training at the next step (the model and data stay; pushes are still accepted)."""
-    return _accepted(job_id, plane.command(job_id, CommandKind.PAUSE), response)
+    return await _queue(job_id, CommandKind.PAUSE, plane=plane, response=response, replay=replay)
 
 
 @router.post(
     "/resume", status_code=status.HTTP_202_ACCEPTED, dependencies=[Admin], responses=_QUEUED
 )
-def resume(job_id: JobId, plane: Plane, response: Response) -> CommandPublic:
+async def resume(
+    job_id: JobId, plane: Plane, response: Response, replay: Idempotent
+) -> CommandPublic:
     """Resume a paused job."""
-    return _accepted(job_id, plane.command(job_id, CommandKind.RESUME), response)
+    return await _queue(job_id, CommandKind.RESUME, plane=plane, response=response, replay=replay)
 
 
 @router.post("/stop", status_code=status.HTTP_202_ACCEPTED, dependencies=[Admin], responses=_QUEUED)
-def stop(job_id: JobId, plane: Plane, response: Response) -> CommandPublic:
+async def stop(
+    job_id: JobId, plane: Plane, response: Response, replay: Idempotent
+) -> CommandPublic:
     """Stop the job for good after a last checkpoint; a stopped job takes no data or commands."""
-    return _accepted(job_id, plane.command(job_id, CommandKind.STOP), response)
+    return await _queue(job_id, CommandKind.STOP, plane=plane, response=response, replay=replay)
 
 
 @router.get(

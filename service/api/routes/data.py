@@ -8,6 +8,7 @@ from fastapi import APIRouter, Header, Query, Request, Response, status
 from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import MAX_OFFSET, JobId, Plane, Reader, Writer
+from service.api.idempotency import IDEMPOTENCY_KEY_SCHEMA
 from service.api.models import DatasetDetail, DatasetPublic, ErrorBody, PushResult
 from service.jobs.ingest import JSON, NPZ, PARQUET, SAFETENSORS
 
@@ -76,6 +77,7 @@ async def push_data(
             description="Makes retries safe: a retry with the same key and body returns the "
             "original answer (with 'Idempotent-Replayed: true') and stores nothing.",
             examples=["0b8f5d0e-6c53-4c35-9a9b-2f0f0d2f8d10"],
+            json_schema_extra=IDEMPOTENCY_KEY_SCHEMA,
         ),
     ] = None,
 ) -> PushResult:

@@ -16,6 +16,8 @@ from service.jobs.errors import BadRequestError
 router = APIRouter(prefix="/v1/jobs/{job_id}", tags=["events"])
 
 STREAM_ID = re.compile(r"^\d{1,20}(-\d{1,20})?$")
+# Stated in the schema, checked by event_start (a 400 that says what an event id looks like).
+_EVENT_ID = {"pattern": STREAM_ID.pattern, "examples": ["1700000000000-0"]}
 
 
 def event_start(
@@ -24,23 +26,27 @@ def event_start(
         Header(
             alias="Last-Event-ID",
             description="Resume after this event id (browsers send it on reconnect).",
+            json_schema_extra=_EVENT_ID,
         ),
     ] = None,
     after: Annotated[
         str | None,
-        Query(description="Resume after this event id, for clients that cannot set headers."),
+        Query(
+            description="Resume after this event id, for clients that cannot set headers.",
+            json_schema_extra=_EVENT_ID,
+        ),
     ] = None,
 ) -> str:
-    """Where the stream starts (a dependency, so that a bad id is a 400 before streaming)."""
+    """Where the stream starts (a dependency, so that a bad id is a 400 before streaming):
+    Last-Event-ID when given, else ``after``; each one given must be an event id."""
+    for given in (last_event_id, after):
+        if given is not None and not STREAM_ID.match(given):
+            raise BadRequestError(
+                f"'{given[:40]}' is not an event id; resume with the 'id' of the last event "
+                "received (like 1700000000000-0), or 0 for the start"
+            )
     start = last_event_id if last_event_id is not None else after
-    if start is None:
-        return "0-0"
-    if not STREAM_ID.match(start):
-        raise BadRequestError(
-            f"'{start[:40]}' is not an event id; resume with the 'id' of the last event "
-            "received (like 1700000000000-0), or 0 for the start"
-        )
-    return start
+    return "0-0" if start is None else start
 
 
 @router.get(

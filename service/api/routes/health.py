@@ -19,10 +19,18 @@ def healthz() -> Health:
 
 @router.get(
     "/readyz",
-    responses={503: {"model": ErrorBody, "description": "A dependency does not answer."}},
+    responses={
+        503: {
+            "model": ErrorBody,
+            "description": "Not ready, by design, until every dependency answers: Redis, the "
+            "data root, and, in an API that supervises jobs, Ray (which takes seconds to "
+            "connect after a start). The detail names each check; retry.",
+        }
+    },
 )
 async def readyz(plane: Plane) -> Readiness:
-    """Ready to serve: Redis answers."""
+    """Ready to serve: Redis answers, the data root is writable and (when the API supervises
+    jobs) Ray is connected. A 503 while they come up is expected: poll until 200."""
     return Readiness(status="ready", checks=await plane.readiness())
 
 

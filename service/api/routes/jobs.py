@@ -8,7 +8,9 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response, status
 from starlette.concurrency import run_in_threadpool
 
+from service.api.auth import AccessDep, AdminKey, ReaderKey
 from service.api.deps import MAX_OFFSET, Admin, JobId, Plane, Reader
+from service.api.idempotency import Idempotent
 from service.api.models import JOB_EXAMPLE, ErrorBody, JobDeleted, JobList, JobPublic
 from service.state.records import DatasetSummary
 
@@ -41,31 +43,55 @@ _SPEC_BODY = {
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
-    dependencies=[Admin],
     openapi_extra=_SPEC_BODY,
     responses={
         400: {"model": ErrorBody, "description": "The body is not JSON."},
-        409: {"model": ErrorBody, "description": "The deployment holds its maximum of jobs."},
+        409: {
+            "model": ErrorBody,
+            "description": "The deployment holds its maximum of jobs, or the Idempotency-Key was "
+            "used for another request (or its first request is still being answered).",
+        },
         422: {"model": ErrorBody, "description": "The spec has problems; 'errors' lists each."},
     },
 )
-async def create_job(request: Request, response: Response, plane: Plane) -> JobPublic:
-    """Create a job from a spec. The whole spec is validated first, and every problem comes back
-    in one answer; nothing is stored unless the spec is valid."""
-    body = await request.body()
-    job = await run_in_threadpool(plane.create_job, body)
-    response.headers["Location"] = f"/v1/jobs/{job.id}"
-    return JobPublic.of(job, EMPTY_DATASET)
-
-
-@router.get("", dependencies=[Reader])
-def list_jobs(
+async def create_job(
+    *,
+    request: Request,
+    response: Response,
     plane: Plane,
+    who: AdminKey,
+    access: AccessDep,
+    replay: Idempotent,
+) -> JobPublic:
+    """Create a job from a spec. The whole spec is validated first, and every problem comes back
+    in one answer; nothing is stored unless the spec is valid. A key limited to a tenant or a set
+    of jobs puts the new job in its scope."""
+    body = await request.body()
+
+    async def create() -> JobPublic:
+        job = await run_in_threadpool(plane.create_job, body)
+        await access.adopt(who, job.id)
+        return JobPublic.of(job, EMPTY_DATASET)
+
+    job = await replay.run(response, body, create, JobPublic)
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    return job
+
+
+@router.get("")
+async def list_jobs(
+    plane: Plane,
+    who: ReaderKey,
+    access: AccessDep,
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> JobList:
-    """Jobs in creation order, with status, generation, parameters, dataset and latest metrics."""
-    jobs, total = plane.list_jobs(offset=offset, limit=limit)
+    """Jobs in creation order, with status, generation, parameters, dataset and latest metrics:
+    those in the key's scope only."""
+    visible = await access.visible_jobs(who)
+    jobs, total = await run_in_threadpool(
+        plane.list_jobs, offset=offset, limit=limit, among=visible
+    )
     return JobList(
         jobs=[JobPublic.of(job, dataset) for job, dataset in jobs],
         total=total,
@@ -93,14 +119,17 @@ def get_job(job_id: JobId, plane: Plane) -> JobPublic:
         409: {
             "model": ErrorBody,
             "description": "The job is not stopped or failed, its lease is held (its supervisor "
-            "closing it, or the API logging its last MLflow operations), or MLflow operations "
-            "are still waiting to be logged (see 'force').",
+            "closing it, or the API logging its last MLflow operations), MLflow operations "
+            "are still waiting to be logged (see 'force'), or the Idempotency-Key was used for "
+            "another request.",
         },
     },
 )
-def delete_job(
+async def delete_job(
     job_id: JobId,
     plane: Plane,
+    response: Response,
+    replay: Idempotent,
     force: Annotated[
         bool,
         Query(description="Delete even if MLflow operations of the job were never logged."),
@@ -109,4 +138,9 @@ def delete_job(
     """Delete a stopped or failed job: its state, its data and its checkpoints. It no longer
     counts towards the deployment's maximum of jobs. Its MLflow experiment, runs and registered
     model versions stay. Stop a running job first (POST /v1/jobs/{id}/stop)."""
-    return JobDeleted(**asdict(plane.delete_job(job_id, force=force)))
+
+    async def delete() -> JobDeleted:
+        outcome = await run_in_threadpool(plane.delete_job, job_id, force=force)
+        return JobDeleted(**asdict(outcome))
+
+    return await replay.run(response, b"force" if force else b"", delete, JobDeleted)
