@@ -277,7 +277,72 @@ def run_cases(http: httpx.Client, stop: Callable[[str], None]) -> tuple[list[Row
     auth("writer key asking for growth", f"Bearer {KEYS['writer']}", "POST", f"/v1/jobs/{job}/grow", json={"op": "widen", "factor": 2})  # fmt: skip
     auth("writer key deleting a job", f"Bearer {KEYS['writer']}", "DELETE", f"/v1/jobs/{job}")
     auth("no key on /healthz (open)", None, "GET", "/healthz")
+    every_route(c, http, job, limited)
+    key_management(c, job)
     return c.rows, job
+
+
+_IDS = {"{command_id}": "cmd_0000000000000000", "{key_id}": "key_0000000000000000"}
+
+
+def every_route(c: Cases, http: httpx.Client, job: str, other: str) -> None:
+    """Each operation of the schema: without a key (401), with a wrong one (401), with each key
+    below the role it states (403), and, when it names a job, with a key scoped to another job
+    (404, as for a job that does not exist)."""
+    scoped = http.post("/v1/keys", json={"role": "admin", "jobs": [other]}, headers=c.admin).json()[
+        "key"
+    ]
+    paths = http.get("/openapi.json").json()["paths"]
+    for template, operations in paths.items():
+        if not template.startswith("/v1/"):
+            continue
+        path = template.replace("{job_id}", job)
+        for name, value in _IDS.items():
+            path = path.replace(name, value)
+        for method, operation in operations.items():
+            route = f"{method.upper()} {template}"
+            kw: dict[str, Any] = {"json": {}} if "requestBody" in operation else {}
+            needed = operation.get("x-required-role", "reader")
+            keys: list[tuple[str, str | None]] = [("no key", None), ("a wrong key", "nope")]
+            keys += [(f"{r} key", KEYS[r]) for r in ("reader", "writer") if RANK[r] < RANK[needed]]
+            if "{job_id}" in template:
+                keys.append(("admin key scoped to another job", scoped))
+            for label, key in keys:
+                headers = {"Authorization": f"Bearer {key}" if key else None}
+                c.send("every route", f"{label}: {route}", method.upper(), path, headers=headers, **kw)  # fmt: skip
+
+
+RANK = {"reader": 0, "writer": 1, "admin": 2}
+
+
+def key_management(c: Cases, job: str) -> None:
+    """Managed keys: bad fields, unknown keys and jobs, revocation, limits, idempotency."""
+
+    def keys(case: str, method: str, path: str, **kw: Any) -> httpx.Response:
+        return c.send("keys", case, method, path, **kw)
+
+    keys("a key with an unknown role", "POST", "/v1/keys", json={"role": "root"})
+    keys("a key for a tenant with a space", "POST", "/v1/keys", json={"role": "reader", "tenant": "a b"})  # fmt: skip
+    keys("a key for a job that does not exist", "POST", "/v1/keys", json={"role": "reader", "jobs": ["job_0000000000000000"]})  # fmt: skip
+    keys("revoke a key that does not exist", "DELETE", "/v1/keys/key_0000000000000000")
+    keys("revoke a configured key", "DELETE", "/v1/keys/configured:0123456789ab")
+    made = c.http.post("/v1/keys", json={"role": "reader"}, headers=c.admin).json()
+    c.http.delete(f"/v1/keys/{made['id']}", headers=c.admin)
+    keys("a revoked key", "GET", "/v1/jobs", headers={"Authorization": f"Bearer {made['key']}"})
+    slow = c.http.post("/v1/keys", json={"role": "reader", "requests_per_s": 1}, headers=c.admin)
+    bearer = {"Authorization": f"Bearer {slow.json()['key']}"}
+    for _ in range(10):  # one a second: the second in the same second is refused
+        answer = c.http.get("/v1/jobs", headers=bearer)
+        if answer.status_code == 429:
+            break
+    c.rows.append(Row("keys", "a key above its requests per second", answer.status_code, _normalise(answer.json()["detail"])))  # fmt: skip
+    reused = {"Idempotency-Key": "grow-once"}
+    grown = c.http.post(f"/v1/jobs/{job}/grow", json={"op": "widen", "factor": 2}, headers={**c.admin, **reused})  # fmt: skip
+    assert grown.status_code == 202, grown.text
+    keys("Idempotency-Key of a growth reused for another growth", "POST", f"/v1/jobs/{job}/grow", json={"op": "widen", "factor": 3}, headers=reused)  # fmt: skip
+    keys("Idempotency-Key of 300 characters on a growth", "POST", f"/v1/jobs/{job}/grow", json={"op": "widen", "factor": 2}, headers={"Idempotency-Key": "k" * 300})  # fmt: skip
+    keys("unknown query parameter (limt=5)", "GET", "/v1/jobs?limt=5")
+    keys("'after' that is not an event id", "GET", f"/v1/jobs/{job}/events?after=yesterday")
 
 
 def table(rows: list[Row]) -> str:
