@@ -32,6 +32,7 @@ BENCHMARKS: dict[str, tuple[list[str], list[str], list[str]]] = {
     "paper": (["--quick"], [], ["--write"]),
     "spike": (["--quick"], [], ["--write"]),
     "stream": (["--quick"], [], ["--write"]),
+    "idle": (["--quick"], [], ["--write"]),
     "load": (["--duration", "15"], [], []),
     "system": (["--quick"], [], []),
 }

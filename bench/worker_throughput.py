@@ -40,7 +40,7 @@ from workers.models import build_model, count_parameters
 from workers.runner import TrainerSettings, run_trainer
 from workers.shards import FileManifest, ShardStore
 from workers.sources import JsonlRecorder, ScriptedAction, ScriptedSource, read_jsonl
-from workers.spec import ModelSpec, OptimizerSpec, TaskSpec
+from workers.spec import ComputeSpec, ModelSpec, OptimizerSpec, TaskSpec
 
 FEATURES = 256
 TASK = TaskSpec(kind="classification", input_shape=(FEATURES,), num_classes=10)
@@ -107,6 +107,7 @@ def ray_run(
         source=JsonlRecorder(ScriptedSource(actions), events),
         batch_size=BATCH,
         checkpoint_root=str(root / "durable" / name),
+        compute=ComputeSpec(idle_when_converged=False),  # steps by script: never wait
         **loop,
     )
     result = run_trainer(

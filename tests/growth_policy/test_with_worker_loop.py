@@ -34,7 +34,7 @@ from workers.sources import (
     JsonlRecorder,
     read_jsonl,
 )
-from workers.spec import ModelSpec, TaskSpec
+from workers.spec import ComputeSpec, ModelSpec, TaskSpec
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -117,6 +117,7 @@ def test_default_policy_grows_on_a_staged_stream_but_not_in_the_first_pass(
         checkpoint_every=0,
         poll_interval=0.2,
         seed=0,
+        compute=ComputeSpec(idle_when_converged=False),  # stages by step: never wait
     )
     trainer = TrainerSettings(
         worker=worker,

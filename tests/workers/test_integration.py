@@ -34,7 +34,7 @@ from workers.loop import WorkerConfig
 from workers.runner import TrainerSettings, run_trainer
 from workers.shards import FileManifest, ShardStore
 from workers.sources import JsonlRecorder, ScriptedAction, ScriptedSource, read_jsonl
-from workers.spec import ModelSpec, TaskSpec
+from workers.spec import ComputeSpec, ModelSpec, TaskSpec
 from workers.tasks import evaluate
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -128,6 +128,7 @@ def _start(job: Job, actions: list[ScriptedAction], **settings: Any) -> Future[A
         checkpoint_every=settings.pop("checkpoint_every", 100),
         poll_interval=0.2,
         seed=0,
+        compute=ComputeSpec(idle_when_converged=False),  # scripted by step: never wait
     )
     trainer = TrainerSettings(
         worker=worker,
