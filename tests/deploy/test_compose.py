@@ -155,3 +155,16 @@ def test_compose_sets_only_known_settings(compose: dict[str, Any]) -> None:
         for key in env:
             if key.startswith("LIFELONG_"):
                 assert key in known, f"{name} sets {key}, which no setting reads"
+
+
+def test_only_the_api_is_published(compose: dict[str, Any]) -> None:
+    # MLflow and the Ray dashboard have no authentication of their own: they, Redis and
+    # PostgreSQL sit on an internal network, and only the API (which needs a key) is published.
+    assert compose["networks"]["backend"] == {"internal": True}
+    for name, service in compose["services"].items():
+        if name == "api":
+            assert service["networks"] == ["backend", "frontend"]
+            assert service["environment"]["LIFELONG_API_KEYS_FILE"] == "/run/secrets/api-keys"
+            continue
+        assert "ports" not in service, f"{name} is published"
+        assert service.get("networks") == ["backend"], name

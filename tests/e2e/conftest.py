@@ -53,7 +53,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 @pytest.fixture
 def client(stack: Stack) -> Iterator[LifelongClient]:
     assert stack.api is not None
-    with LifelongClient(stack.api.url) as c:
+    with LifelongClient(stack.api.url, api_key=stack.admin_key) as c:
         yield c
 
 

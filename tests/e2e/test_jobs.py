@@ -178,7 +178,7 @@ def test_api_restart_during_training(
 
     stack.restart_api(kill=True)  # SIGKILL: no shutdown handler runs
     assert stack.api is not None
-    with LifelongClient(stack.api.url) as fresh:
+    with LifelongClient(stack.api.url, api_key=stack.admin_key) as fresh:
         listed = {j.id: j for j in fresh.list_jobs().jobs}
         assert job.id in listed
         assert listed[job.id].status in ("training", "waiting_for_data")

@@ -56,6 +56,7 @@ def _api_env(redis_url: str, prefix: str, tmp_path: Path) -> dict[str, str]:
         LIFELONG_DATA_ROOT=str(tmp_path / "data"),
         LIFELONG_STATE_DIR=str(tmp_path / "state"),
         LIFELONG_SUPERVISE="false",
+        LIFELONG_AUTH="disabled",  # on loopback: keys are not what these faults are about
     )
     return env
 
@@ -139,6 +140,7 @@ def test_redis_killed_and_restarted_during_pushes(own_redis: RedisServer, tmp_pa
         data_root=str(tmp_path / "data"),
         state_dir=tmp_path / "state",
         supervise=False,
+        auth="disabled",
     )
     with live_server(settings) as server, LifelongClient(server.url, retries=0) as client:
         jobs = [client.create_job({**TINY_SPEC, "name": f"job-{i}"}) for i in range(3)]
@@ -191,6 +193,7 @@ def test_lost_append_answer_keeps_the_shards(
         data_root=str(tmp_path / "data"),
         state_dir=tmp_path / "state",
         supervise=False,
+        auth="disabled",
     )
     with live_server(settings) as server, LifelongClient(server.url, retries=0) as client:
         plane: Any = server.server.config.app.state.plane
