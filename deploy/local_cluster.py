@@ -73,6 +73,11 @@ def main(argv: list[str] | None = None) -> int:
             f"\nTo join it: export RAY_ADDRESS={stack.ray_address} RAY_AUTH_MODE=token "
             f"RAY_AUTH_TOKEN=$(cat {token}) REDIS_URL={stack.redis.url if stack.redis else ''}"
         )
+        if stack.api is not None:
+            print(
+                f"API: export LIFELONG_API_URL={stack.api.url} "
+                f"LIFELONG_API_KEY_FILE={stack.admin_key_file}   # its admin key, mode 0600"
+            )
         print("Ctrl-C tears everything down.", flush=True)
         while not stop:
             time.sleep(0.5)
