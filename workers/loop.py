@@ -649,6 +649,7 @@ class TrainLoop:
         """Every rank: out of the converged wait; convergence is measured afresh from here."""
         self._converged = None
         self.detector.reset()
+        self._window_start, self._window_samples = time.perf_counter(), 0  # throughput: no wait
         if not self.stopping:
             self._set_state("training", woken_by=woken_by)
 

@@ -7,7 +7,6 @@ resume command wakes it, it converges again, and a push wakes it within the fres
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import numpy as np
 import psutil
@@ -25,15 +24,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 FRESHNESS_S = 5.0
 CPU_WINDOW_S = 5.0
 MAX_IDLE_CPU = 0.05  # of one core, while converged (a training worker uses about 1.0)
-
-
-@pytest.fixture
-def client(stack: Stack) -> Iterator[LifelongClient]:
-    """A client with the stack's admin key, where the API asks for one."""
-    assert stack.api is not None
-    key = getattr(stack, "admin_key", None)
-    with LifelongClient(stack.api.url, api_key=key) as c:
-        yield c
 
 
 def _worker_pids(client: LifelongClient, job_id: str) -> list[int]:
@@ -100,7 +90,7 @@ def test_a_converged_job_uses_no_cpu_and_a_push_wakes_it(
     idle_cpu = _cpu_share(pids, CPU_WINDOW_S)
     assert idle_cpu < MAX_IDLE_CPU, f"worker CPU while converged: {idle_cpu:.3f} of a core"
     if training_cpu is not None:  # the same measurement sees a training worker
-        assert training_cpu > 10 * max(idle_cpu, 0.01), (training_cpu, idle_cpu)
+        assert training_cpu > 5 * max(idle_cpu, 0.01), (training_cpu, idle_cpu)
     job_now = client.get_job(job.id)
     assert job_now.status == "converged" and job_now.metrics["step"] == step
 
