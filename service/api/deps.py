@@ -93,14 +93,21 @@ def no_unknown_query(request: Request) -> None:
         raise BadRequestError(f"unknown query parameter {shown}; {takes}")
 
 
-__all__ = [
+__all__ = [  # the access dependencies of service.api.auth, re-exported for the routes
     "JOB_ID",
+    "MAX_OFFSET",
     "Admin",
     "AdminKey",
     "CurrentPrincipal",
+    "ExistingJob",
+    "JobId",
+    "MetricsDep",
+    "Plane",
     "Principal",
     "Reader",
     "ReaderKey",
+    "SettingsDep",
     "Writer",
+    "no_unknown_query",
     "require_role",
 ]

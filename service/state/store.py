@@ -22,6 +22,8 @@ from typing import Any
 
 import redis
 import redis.asyncio as aredis
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import ExponentialBackoff
 from redis.typing import EncodableT, FieldT
 
 from growth_policy import Decision, Observation
@@ -147,12 +149,16 @@ class RedisStore:
         # Only the event streams block (XREAD BLOCK, bounded by the caller), in the event loop.
         # Its read timeout must outlast the longest XREAD BLOCK (the SSE keep-alive, at most
         # 300 s): left unset, redis-py times every read out after 5 s.
+        # Retried on a broken connection: after a Redis restart its pooled connections are dead,
+        # and (unlike the sync client) it would otherwise fail the first command on each.
         self.aclient: aredis.Redis = aredis.Redis.from_url(
             url,
             decode_responses=True,
             socket_connect_timeout=5,
             socket_timeout=330,
             health_check_interval=30,
+            retry=AsyncRetry(ExponentialBackoff(cap=1.0, base=0.05), 3),
+            retry_on_error=[redis.ConnectionError, redis.TimeoutError],
         )
         self._create_job = self.client.register_script(scripts.CREATE_JOB)
         self._append = self.client.register_script(scripts.APPEND)
