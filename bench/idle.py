@@ -369,6 +369,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"Wall time of the runs: {total} in all ({len(results)} runs, one after the other). "
         f"Per-run results: `{folder.relative_to(RESULTS.parents[2]) if not args.quick else folder}`."
     )
+    if args.report_only:
+        note += (
+            " Rebuilt with `--report-only` from those per-run results (stored by the same command "
+            "without it): nothing re-run; each variant sets its `wake_from` itself, so the runs "
+            "do not depend on the default, which the labels and the target line follow."
+        )
     report(results, write=not (args.no_write or (args.quick and not args.write)), extra=note)
 
 

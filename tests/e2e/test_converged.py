@@ -60,7 +60,8 @@ def test_a_converged_job_uses_no_cpu_and_a_push_wakes_it(
     stack: Stack, client: LifelongClient, digits: tuple[np.ndarray, np.ndarray]
 ) -> None:
     x, y = digits
-    spec = {**digits_job("e2e-converged"), "compute": {"patience": 5, "min_improvement": 0.01}}
+    options = {"patience": 5, "min_improvement": 0.01, "wake_from": "best"}
+    spec = {**digits_job("e2e-converged"), "compute": options}
     job = client.create_job(spec)
     client.push(job.id, x[:200], y[:200])
     wait_until(lambda: client.get_job(job.id).status in ("training", "converged"),

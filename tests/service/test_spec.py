@@ -96,7 +96,7 @@ def test_missing_sections_are_named() -> None:
 def test_the_compute_section_has_defaults_and_refuses_what_it_does_not_know() -> None:
     spec = validate_job_spec(VALID, max_workers=4)
     compute = spec.compute
-    assert compute.idle_when_converged and compute.wake_from == "best"
+    assert compute.idle_when_converged and compute.wake_from == "last"
     assert (compute.patience, compute.patience_unit, compute.min_improvement) == (
         10,
         "observations",

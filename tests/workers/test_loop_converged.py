@@ -23,7 +23,7 @@ from workers.spec import BudgetSpec, ComputeSpec, ModelSpec, TaskSpec
 from workers.tasks import evaluate
 
 TASK = TaskSpec(kind="classification", input_shape=(64,), num_classes=10)
-FAST = ComputeSpec(patience=3, min_improvement=0.01)
+FAST = ComputeSpec(patience=3, min_improvement=0.01, wake_from="best")
 
 
 class Waker(BaseSource):
@@ -40,10 +40,12 @@ class Waker(BaseSource):
         self.statuses: list[LoopStatus] = []
         self.checkpoints: list[CheckpointEvent] = []
         self.steps: list[int] = []
+        self.val_losses: list[float | None] = []
         self.polls_converged = 0
 
     def decide(self, observation: Any) -> Directive:
         self.steps.append(observation.step)
+        self.val_losses.append(observation.val_loss)
         return Directive(stop=bool(self.stop_at) and observation.step >= self.stop_at)
 
     def poll(self, status: LoopStatus) -> Directive:
@@ -157,6 +159,20 @@ def test_a_resume_while_converged_waits_again_without_a_step(
     assert _states(again)[:3] == [("starting", None), ("converged", None), ("training", "data")]
     assert again.statuses[1].step == stopped_at
     assert again.steps[0] == stopped_at + 10  # it trained only once the push came
+
+
+def test_by_default_it_holds_its_last_weights(
+    tmp_path: Path, data: tuple[FileManifest, list[ShardInfo], ShardStore]
+) -> None:
+    manifest, more, _ = data
+    source = Waker(manifest, more, ["stop"])
+    compute = ComputeSpec(patience=3, min_improvement=0.01)
+    run_loop(_config(tmp_path, manifest, source, compute), LocalRuntime(tmp_path / "run"))
+    converged = next(s for s in source.statuses if s.state == "converged")
+    assert converged.detail["held"] == "last"
+    assert converged.detail["held_step"] == converged.step == source.steps[-1]
+    assert converged.detail["held_val_loss"] == source.val_losses[-1]
+    assert converged.detail["held_val_loss"] > converged.detail["numbers"]["best_val_loss"] * 0.99
 
 
 def test_idling_off_trains_on_as_before(
