@@ -304,3 +304,49 @@ def test_disabled_auth_serves_loopback_clients_only(server: LiveServer) -> None:
 
     status, body = asyncio.run(call())
     assert status == 403 and b"serves loopback clients only" in body
+
+
+def test_lifelong_keys_create_list_revoke(secured: LiveServer, admin: LifelongClient) -> None:
+    from typer.testing import CliRunner
+
+    from service.client.cli import app
+
+    env = {"LIFELONG_API_URL": secured.url, "LIFELONG_API_KEY": ADMIN, "COLUMNS": "200"}
+    runner = CliRunner(env=env)
+    job = admin.create_job(JOB_SPEC).id
+    made = runner.invoke(app, ["keys", "create", "writer", "--name", "ci", "--job", job])
+    assert made.exit_code == 0, made.output
+    key_id, key = made.output.split()[1], made.output.strip().splitlines()[-1]
+    assert key_id.startswith("key_") and key.startswith("ll_")
+    listed = runner.invoke(app, ["keys", "list"])
+    assert key_id in listed.output and job in listed.output and key not in listed.output
+    with LifelongClient(secured.url, api_key=key, retries=0) as ci:
+        assert ci.push(job, *batch(4)).accepted == 4
+        assert runner.invoke(app, ["keys", "revoke", key_id]).exit_code == 0
+        with pytest.raises(LifelongError) as info:
+            ci.get_job(job)
+        assert info.value.status_code == 401
+    refused = CliRunner(env={**env, "LIFELONG_API_KEY": key}).invoke(app, ["keys", "list"])
+    assert refused.exit_code == 1 and "401 the API key is not valid" in refused.output
+
+
+def test_the_client_finds_the_key_of_up_or_serve(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from service.jobs.access import create_key_file
+    from service.settings import ClientSettings
+
+    for name in ("LIFELONG_API_KEY", "LIFELONG_API_KEY_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert ClientSettings().key() is None
+    served, made = create_key_file(tmp_path / ".lifelong" / "admin-key")
+    assert made and ClientSettings().key() == served
+    up, _ = create_key_file(tmp_path / ".lifelong" / "stack" / "admin-key")
+    assert ClientSettings().key() == up  # the stack's key first
+    assert create_key_file(tmp_path / ".lifelong" / "stack" / "admin-key") == (up, False)
+    monkeypatch.setenv("LIFELONG_API_KEY_FILE", str(tmp_path / "missing"))
+    with pytest.raises(ValueError, match="does not exist"):
+        ClientSettings().key()
+    monkeypatch.setenv("LIFELONG_API_KEY", "explicit")
+    assert ClientSettings().key() == "explicit"
