@@ -220,7 +220,7 @@ def main() -> None:
         stack = Stack(Path(tmp), cpus_per_node=2, api_env=api_env)
         with stack:
             assert stack.api is not None and stack.redis is not None
-            client = LifelongClient(stack.api.url, timeout=60)
+            client = LifelongClient(stack.api.url, api_key=stack.admin_key, timeout=60)
             job = client.create_job(spec)
             client.push(job.id, x.astype(np.float32), y)
             deadline = time.monotonic() + 300
@@ -236,6 +236,7 @@ def main() -> None:
                 duration=args.duration,
                 rate=args.rate,
                 batch=args.batch,
+                api_key=stack.admin_key,
             )
             after = client.get_job(job.id)
             store = RedisStore(stack.redis.url, "lifelong:")

@@ -99,7 +99,7 @@ def main() -> None:
         up_s = time.perf_counter() - started
         try:
             assert stack.api is not None
-            with LifelongClient(stack.api.url) as client:
+            with LifelongClient(stack.api.url, api_key=stack.admin_key) as client:
                 results = [measure_job(client, x, y) for _ in range(jobs)]
         finally:
             stack.stop()
