@@ -57,6 +57,7 @@ SPEC: dict[str, Any] = {
     "batch_size": 32,
     "val_fraction": 0.1,
     "growth": {"policies": ["manual"]},  # growth only when a test asks for it
+    "compute": {"idle_when_converged": False},  # faults are watched through steps that go on
 }
 
 
