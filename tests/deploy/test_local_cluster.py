@@ -54,6 +54,7 @@ def test_two_nodes_growth_postgres_tracking_and_node_loss(
     spec = digits_job("cluster-digits", workers=2)
     spec["scaling"] = {"num_workers": 2, "min_workers": 1, "cpus_per_worker": 1}
     spec["growth"] = {"policies": ["manual"]}
+    spec["compute"] = {"idle_when_converged": False}  # training must go on through the node loss
     with LifelongClient(stack.api.url, api_key=stack.admin_key) as client:
         job = client.create_job(spec)
         client.push(job.id, x[:1200], y[:1200])
