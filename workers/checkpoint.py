@@ -33,7 +33,7 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -171,25 +171,34 @@ def _contiguous_cpu(t: torch.Tensor) -> torch.Tensor:
     return t.detach().to("cpu").contiguous().clone()
 
 
+# A model or its state_dict, an optimizer or its state_dict: a state dict is a snapshot taken
+# for a background write (workers._writer), which must not read the live tensors later.
+ModelState = nn.Module | Mapping[str, torch.Tensor]
+OptimizerStateSource = torch.optim.Optimizer | Mapping[str, Any]
+
+
 def save_checkpoint(
     directory: str | Path,
     *,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer | None,
+    model: ModelState,
+    optimizer: OptimizerStateSource | None,
     meta: CheckpointMeta,
 ) -> Path:
     """Write a checkpoint into ``directory`` (created; must be empty or absent). Returns it.
 
-    ``model`` is the unwrapped module (not the DDP wrapper). ``meta.json`` is written last.
+    ``model`` is the unwrapped module (not the DDP wrapper), or a snapshot of its state_dict (then
+    ``meta.param_count`` is kept). ``meta.json`` is written last.
     """
     path = Path(directory)
     path.mkdir(parents=True, exist_ok=True)
     if any(path.iterdir()):
         raise FileExistsError(f"checkpoint folder {path} is not empty")
-    weights = {name: _contiguous_cpu(t) for name, t in model.state_dict().items()}
+    state = model.state_dict() if isinstance(model, nn.Module) else model
+    weights = {name: _contiguous_cpu(t) for name, t in state.items()}
     save_file(weights, path / WEIGHTS_FILE, metadata={"format": FORMAT})
     if optimizer is not None:
-        tensors, rest = _split_optimizer_state(optimizer.state_dict())
+        opt_state = optimizer if isinstance(optimizer, Mapping) else optimizer.state_dict()
+        tensors, rest = _split_optimizer_state(dict(opt_state))
         save_file(tensors, path / OPTIMIZER_TENSORS_FILE, metadata={"format": FORMAT})
         (path / OPTIMIZER_JSON_FILE).write_text(json.dumps(rest))
     files = {
@@ -197,13 +206,14 @@ def save_checkpoint(
         for name in (WEIGHTS_FILE, OPTIMIZER_TENSORS_FILE, OPTIMIZER_JSON_FILE)
         if (path / name).exists()
     }
-    meta = meta.model_copy(update={"param_count": count_parameters(model), "files": files})
+    params = count_parameters(model) if isinstance(model, nn.Module) else meta.param_count
+    meta = meta.model_copy(update={"param_count": params, "files": files})
     (path / META_FILE).write_text(meta.model_dump_json(indent=1))
     return path
 
 
 def save_temporary(
-    *, model: nn.Module, optimizer: torch.optim.Optimizer | None, meta: CheckpointMeta
+    *, model: ModelState, optimizer: OptimizerStateSource | None, meta: CheckpointMeta
 ) -> Path:
     """Write a checkpoint into a new temporary folder and return it (the caller removes it)."""
     folder = Path(tempfile.mkdtemp(prefix="lifelong-ckpt-"))
@@ -314,8 +324,8 @@ def load_checkpoint(path: str | Path, *, with_optimizer: bool = True) -> LoadedC
 def save_durable(
     destination: str,
     *,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer | None,
+    model: ModelState,
+    optimizer: OptimizerStateSource | None,
     meta: CheckpointMeta,
 ) -> Path | None:
     """Write a checkpoint straight to a local ``destination``, durably and atomically.
@@ -326,6 +336,20 @@ def save_durable(
     returns None and writes nothing (use :func:`save_checkpoint` to a temporary folder, then
     :func:`publish`).
     """
+    staged = stage_durable(destination, model=model, optimizer=optimizer, meta=meta)
+    return None if staged is None else commit_durable(staged, destination)
+
+
+def stage_durable(
+    destination: str,
+    *,
+    model: ModelState,
+    optimizer: OptimizerStateSource | None,
+    meta: CheckpointMeta,
+) -> Path | None:
+    """The first half of :func:`save_durable`: the checkpoint written and fsynced in a hidden
+    sibling of a local ``destination`` (a name no reader lists), not yet in place. Returns the
+    staged folder (None, writing nothing, for a remote ``destination``)."""
     if is_remote(destination):
         return None
     target = Path(destination.removeprefix("file://"))
@@ -334,9 +358,19 @@ def save_durable(
     try:
         save_checkpoint(tmp, model=model, optimizer=optimizer, meta=meta)
         _fsync_folder(tmp)
-        _swap_into_place(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return tmp
+
+
+def commit_durable(staged: Path, destination: str) -> Path:
+    """The second half of :func:`save_durable`: rename a staged folder into place (atomic)."""
+    target = Path(destination.removeprefix("file://"))
+    try:
+        _swap_into_place(staged, target)
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
         raise
     return target
 

@@ -38,6 +38,7 @@ import math
 import os
 import shutil
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -50,6 +51,7 @@ import net2net
 from growth_policy.types import GrowthOp, Observation
 from workers import _growth
 from workers._dist import module_digest
+from workers._writer import Writes, snapshot
 from workers.checkpoint import (
     CheckpointKind,
     CheckpointMeta,
@@ -57,10 +59,12 @@ from workers.checkpoint import (
     LoadedCheckpoint,
     build_optimizer,
     checkpoint_path,
+    commit_durable,
     durable_root,
     publish,
     save_durable,
     save_temporary,
+    stage_durable,
 )
 from workers.compute import (
     ComputeMeter,
@@ -116,6 +120,19 @@ class WorkerConfig(BaseModel):
     )
     checkpoint_before_growth: bool = Field(
         default=True, description="Keep generation N's last state (a durable 'close' copy)."
+    )
+    background_checkpoints: bool = Field(
+        default=True,
+        description="Write a growth's closing and opening checkpoints in a background thread "
+        "while training goes on (workers._writer); the growth, and its checkpoint to the "
+        "runtime, are reported once both are durable. False: write them in the pause.",
+    )
+    growth_val_samples: int | None = Field(
+        default=256,
+        ge=1,
+        description="Validation samples (the first of the validation set) on which the loss is "
+        "measured just before and just after a growth; None: the whole validation set, as an "
+        "observation measures it.",
     )
     optimizer_state: OptimizerState = Field(
         default="auto",
@@ -222,14 +239,31 @@ class _Growth:
     transform_s: float = 0.0
     eval_s: float = 0.0
     checkpoint_s: float = 0.0
+    # Background writes (rank 0): the closing event, and the opening checkpoint staged.
+    closing_write: Future[CheckpointEvent] | None = None
+    opening_write: Future[_Written] | None = None
+    reported: bool = False  # the opening checkpoint is durable and reported to the runtime
+    first_step_s: float | None = None
+    pause_s: float | None = None
 
     @property
     def ranks_identical(self) -> bool:
-        return len(set(self.digests)) == 1
+        return len(set(self.digests)) <= 1  # one rank: nothing to compare
 
-    def event(self, first_step_s: float | None) -> GrowthEvent:
-        """The growth event, its pause ending now."""
+    @property
+    def written(self) -> bool:
+        """Rank 0: the background writes are done (or there were none)."""
+        return all(w is None or w.done() for w in (self.closing_write, self.opening_write))
+
+    def timed(self, first_step_s: float) -> None:
+        """The grown model's first step is done: the pause ends now."""
+        self.first_step_s = first_step_s
+        self.pause_s = time.perf_counter() - self.decided
+
+    def event(self) -> GrowthEvent:
+        """The growth event; the pause ends at the first step, or now if there was none yet."""
         assert self.applied is not None
+        writes = [c.seconds for c in (self.closing, self.opening) if c is not None]
         before, after = self.val_before, self.val_after
         return GrowthEvent(
             step=self.step,
@@ -251,8 +285,11 @@ class _Growth:
             transform_s=self.transform_s,
             eval_s=self.eval_s,
             checkpoint_s=self.checkpoint_s,
-            first_step_s=first_step_s,
-            pause_s=time.perf_counter() - self.decided,
+            checkpoint_write_s=sum(writes) if self.opening_write is not None else None,
+            first_step_s=self.first_step_s,
+            pause_s=self.pause_s
+            if self.pause_s is not None
+            else time.perf_counter() - self.decided,
             closing_checkpoint=self.closing,
             opening_checkpoint=self.opening,
         )
@@ -272,6 +309,7 @@ class TrainLoop:
         self.state: LoopState = "starting"
         self.stopping = False
         self._pending: _Growth | None = None
+        self.writes = Writes()  # background checkpoint writes (rank 0)
         self._summary_cache: tuple[int, dict[str, Any] | None, Any] | None = None
         self._loss_sum = torch.zeros(())
         self._loss_count = 0
@@ -371,6 +409,7 @@ class TrainLoop:
 
     def cleanup(self) -> None:
         self._summary_cache = None
+        self.writes.close()
 
     # -- the loop ---------------------------------------------------------------------------------
 
@@ -401,7 +440,7 @@ class TrainLoop:
                     self.checkpoint("periodic")
                 if self._replan:
                     break
-        self._finish_pending_growth(first_step_s=None)
+        self._finish_pending_growth()
 
     def sync_manifest(self) -> Manifest:
         """Rank 0 reads the manifest; every rank adopts the same snapshot."""
@@ -433,10 +472,13 @@ class TrainLoop:
         p.samples_seen += samples
         self._window_samples += samples
         self._account(steps=1, samples=samples, flops=train_flops(self._params, samples))
-        if self._pending is not None:
+        pending = self._pending
+        if pending is not None and pending.pause_s is None:
             if self.group.device.type == "cuda":
                 torch.cuda.synchronize(self.group.device)
-            self._finish_pending_growth(first_step_s=time.perf_counter() - started)
+            pending.timed(time.perf_counter() - started)
+            if pending.reported:
+                self._finish_pending_growth()
 
     # -- observe and act --------------------------------------------------------------------------
 
@@ -458,6 +500,8 @@ class TrainLoop:
             decided = time.perf_counter()
             text = self._step_message(observation, directive).model_dump_json()
         message = _StepMessage.model_validate_json(self.group.broadcast_str(text))
+        if message.growth_written:
+            self._finish_pending_growth()
         if message.improved:
             self._best = _Snapshot.of(self, message.improved)
         self.act(message.directive, decided)
@@ -499,8 +543,13 @@ class TrainLoop:
                 numbers={"dataset_version": version, **self.meter.version(version).as_dict()},
                 budget=True,
             )
+        pending = self._pending
         return _StepMessage(
-            directive=directive, improved=improved, converged=converged, total_spent=total
+            directive=directive,
+            improved=improved,
+            converged=converged,
+            total_spent=total,
+            growth_written=pending is not None and not pending.reported and pending.written,
         )
 
     def observe(self) -> Observation:
@@ -576,7 +625,7 @@ class TrainLoop:
                 return "ready"
             # A growth is reported at the grown model's first step (to time the pause); idling
             # may last long, so one applied just before is reported now, ahead of the idle state.
-            self._finish_pending_growth(first_step_s=None)
+            self._finish_pending_growth()
             self._set_state(state)
             text = self._poll(state).model_dump_json() if self.group.is_main else None
             message = _IdleMessage.model_validate_json(self.group.broadcast_str(text))
@@ -610,7 +659,7 @@ class TrainLoop:
         )
 
     def stop(self, reason: str, *, budget: bool = False) -> None:
-        self._finish_pending_growth(first_step_s=None)
+        self._finish_pending_growth()
         self.checkpoint("final")
         self.stopping = True
         self._set_state("stopped", reason=reason, budget=budget)
@@ -686,7 +735,7 @@ class TrainLoop:
         first step (:meth:`_finish_pending_growth`).
         """
         assert directive.op is not None
-        self._finish_pending_growth(first_step_s=None)
+        self._finish_pending_growth()
         p = self.progress
         growth = _Growth(
             directive, directive.op, decided=decided, step=p.step, generation_before=p.generation
@@ -700,7 +749,8 @@ class TrainLoop:
         self._validate_after(growth)
         _fault_point(self.cfg.job_id, "transform")  # test-only crash points (docs/reliability.md)
         self._open_checkpoint(growth)
-        _fault_point(self.cfg.job_id, "checkpoint")
+        if growth.reported:  # written in the pause; else once the background writes are done
+            _fault_point(self.cfg.job_id, "checkpoint")
         self._pending = growth
         if not growth.ranks_identical:
             logger.error("ranks disagree after growth: %s", growth.digests)
@@ -711,22 +761,43 @@ class TrainLoop:
         return self.group.broadcast_tensor(self._example() if self.group.is_main else None)
 
     def _close_generation(self, growth: _Growth) -> None:
-        """Rank 0: generation N's last state, a durable 'close' copy (``checkpoint_before_growth``)."""
+        """Rank 0: generation N's last state, a durable 'close' copy (``checkpoint_before_growth``),
+        written in the pause or in the background. A widen or deepen leaves the old model and
+        optimizer untouched, so the background write reads them as they are; an op that changes
+        them in place gets a copy."""
         started = time.perf_counter()
         if self.cfg.checkpoint_before_growth and self.group.is_main:
-            growth.closing = self._save_durable("close")
+            if not self.cfg.background_checkpoints:
+                growth.closing = self._save_durable("close")
+            else:
+                p = self.progress
+                in_place = growth.op.op not in ("widen", "deepen")
+                weights, optimizer = snapshot(self.module, self.optimizer, copy=in_place)
+                growth.closing_write = self.writes.submit(
+                    _write_closing,
+                    checkpoint_path(self.cfg.durable_root(), p.generation, p.step),
+                    weights,
+                    optimizer,
+                    self._meta("close"),
+                )
         growth.checkpoint_s += time.perf_counter() - started
 
     def _validate_before(self, growth: _Growth) -> None:
-        """Rank 0: the validation loss before, reused from the deciding observation when that
-        measured these same weights."""
+        """Rank 0: the validation loss before: on ``growth_val_samples`` (the samples measured
+        after), else reused from the deciding observation when that measured these same
+        weights."""
         started = time.perf_counter()
         if self.group.is_main and self.reader.val_size:
             seen = self._observed_val
-            if seen is not None and seen[:2] == (growth.step, growth.generation_before):
+            limit = self.cfg.growth_val_samples
+            if (
+                limit is None
+                and seen is not None
+                and seen[:2] == (growth.step, growth.generation_before)
+            ):
                 growth.val_before = seen[2]
             else:
-                growth.val_before = self.validate()
+                growth.val_before = self.validate(limit)
         growth.eval_s += time.perf_counter() - started
 
     def _transform(self, growth: _Growth, example: torch.Tensor) -> bool:
@@ -755,7 +826,8 @@ class TrainLoop:
                 self.source.on_growth_failed(growth.op, growth.step, errors[0])
             return False
         grown = growth.applied.model.to(self.group.device).train()
-        growth.digests = self.group.gather_str(module_digest(grown))
+        if self.group.world_size > 1:  # one rank has nothing to compare with
+            growth.digests = self.group.gather_str(module_digest(grown))
         self.optimizer = growth.applied.optimizer
         if grown is not self.module:
             self._wrap(grown)
@@ -789,29 +861,83 @@ class TrainLoop:
         self._summary_cache = None
 
     def _validate_after(self, growth: _Growth) -> None:
-        """Rank 0: the validation loss of the grown model."""
+        """Rank 0: the validation loss of the grown model (on the samples measured before)."""
         started = time.perf_counter()
         if self.group.is_main and self.reader.val_size:
-            growth.val_after = self.validate()
+            growth.val_after = self.validate(self.cfg.growth_val_samples)
         growth.eval_s += time.perf_counter() - started
 
     def _open_checkpoint(self, growth: _Growth) -> None:
-        """Every rank: generation N+1's first state (durable, and reported to the runtime)."""
+        """Every rank: generation N+1's first state (durable, and reported to the runtime).
+
+        In the background (``background_checkpoints``), rank 0 snapshots the state and the writer
+        stages it; :meth:`_report_growth` puts it in place and reports it once it is whole.
+        """
         started = time.perf_counter()
-        growth.opening = self.checkpoint("growth")
+        if not self.cfg.background_checkpoints:
+            growth.opening = self.checkpoint("growth")
+            growth.reported = True
+        else:
+            self.group.sync_buffers(self.module)
+            if self.group.is_main:
+                p = self.progress
+                weights, optimizer = snapshot(self.module, self.optimizer, copy=True)
+                growth.opening_write = self.writes.submit(
+                    _write_opening,
+                    checkpoint_path(self.cfg.durable_root(), p.generation, p.step),
+                    weights,
+                    optimizer,
+                    self._meta("growth"),
+                )
+            self.progress.checkpointed = (self.progress.step, self.progress.generation)
         growth.checkpoint_s += time.perf_counter() - started
 
-    def _finish_pending_growth(self, first_step_s: float | None) -> None:
-        pending, self._pending = self._pending, None
-        if pending is None or not self.group.is_main:
+    def _finish_pending_growth(self) -> None:
+        """Every rank: the pending growth's checkpoints awaited and reported, then its event."""
+        pending = self._pending
+        if pending is None:
             return
-        self.source.on_growth(pending.event(first_step_s))
+        if not pending.reported:
+            self._report_growth(pending)
+        self._pending = None
+        if self.group.is_main:
+            self.source.on_growth(pending.event())
+
+    def _report_growth(self, growth: _Growth) -> None:
+        """Every rank: rank 0 waits for the background writes and puts the opening checkpoint in
+        place; every rank reports it to the runtime (a barrier); the source hears of both."""
+        folder: Path | None = None
+        written: _Written | None = None
+        if self.group.is_main:
+            if growth.closing_write is not None:
+                growth.closing = growth.closing_write.result()
+                self.source.on_checkpoint(growth.closing)
+            assert growth.opening_write is not None
+            written = growth.opening_write.result()
+            folder = written.commit()
+        generation = growth.generation_before + 1
+        runtime_path = self.runtime.report(
+            {"step": growth.step, "generation": generation, "kind": "growth"},
+            folder,
+            generation=generation,
+            step=growth.step,
+            background=True,
+            delete_after=written is not None and is_remote(written.path),
+        )
+        growth.reported = True
+        if written is not None:
+            growth.opening = written.event(ray_path=runtime_path)
+            self.source.on_checkpoint(growth.opening)
+        _fault_point(self.cfg.job_id, "checkpoint")
 
     # -- evaluation -------------------------------------------------------------------------------
 
-    def validate(self) -> tuple[float, float]:
-        """Rank 0: ``(loss, metric)`` on the validation set, in eval mode."""
+    def validate(self, limit: int | None = None) -> tuple[float, float]:
+        """Rank 0: ``(loss, metric)`` on the validation set (its first ``limit`` samples), in
+        eval mode."""
         features, labels = self.reader.validation()
+        if limit is not None:
+            features, labels = features[:limit], labels[:limit]
         return evaluate(
             self.module,
             features,
@@ -857,6 +983,7 @@ class TrainLoop:
         p = self.progress
         if p.checkpointed == (p.step, p.generation):
             return None
+        self._finish_pending_growth()  # a growth's own checkpoint goes first
         started = time.perf_counter()
         self.group.sync_buffers(self.module)
         durable = kind in ("growth", "final")
@@ -993,8 +1120,72 @@ class TrainLoop:
 FAULT_AFTER_TRANSFORM_ENV = "LIFELONG_FAULT_AFTER_TRANSFORM"
 
 
-def _fault_point(job_id: str, where: Literal["transform", "checkpoint"]) -> None:
-    """Test-only crashes in a growth: right after the transform, or after its checkpoint.
+@dataclass
+class _Written:
+    """Rank 0: a growth's opening checkpoint, written by the background writer."""
+
+    path: str  # its durable location
+    folder: Path  # the files: staged (local root) or a temporary copy (remote root, published)
+    staged: bool
+    meta: CheckpointMeta
+    seconds: float
+
+    def commit(self) -> Path:
+        """Put the staged folder in place (a rename); the folder to report to the runtime."""
+        if self.staged:
+            self.folder, self.staged = commit_durable(self.folder, self.path), False
+        return self.folder
+
+    def event(self, *, ray_path: str) -> CheckpointEvent:
+        m = self.meta
+        return CheckpointEvent(
+            kind="growth", step=m.step, generation=m.generation, param_count=m.param_count,
+            manifest_version=m.manifest_version, path=self.path, durable=True,
+            ray_path=ray_path, seconds=self.seconds,
+        )  # fmt: skip
+
+
+def _write_opening(
+    destination: str,
+    weights: dict[str, torch.Tensor],
+    optimizer: dict[str, Any],
+    meta: CheckpointMeta,
+) -> _Written:
+    """The writer thread: stage the opening checkpoint (a local root), or write it and publish it
+    (a remote root)."""
+    started = time.perf_counter()
+    staged = stage_durable(destination, model=weights, optimizer=optimizer, meta=meta)
+    folder = staged
+    if folder is None:
+        folder = save_temporary(model=weights, optimizer=optimizer, meta=meta)
+        publish(folder, destination, replace=True)
+    _fault_point(meta.job_id, "writing")
+    return _Written(destination, folder, staged is not None, meta, time.perf_counter() - started)
+
+
+def _write_closing(
+    destination: str,
+    weights: dict[str, torch.Tensor],
+    optimizer: dict[str, Any],
+    meta: CheckpointMeta,
+) -> CheckpointEvent:
+    """The writer thread: generation N's durable 'close' copy, in place when written."""
+    started = time.perf_counter()
+    folder = save_durable(destination, model=weights, optimizer=optimizer, meta=meta)
+    if folder is None:
+        temporary = save_temporary(model=weights, optimizer=optimizer, meta=meta)
+        publish(temporary, destination, replace=True)
+        shutil.rmtree(temporary, ignore_errors=True)
+    return CheckpointEvent(
+        kind="close", step=meta.step, generation=meta.generation, param_count=meta.param_count,
+        manifest_version=meta.manifest_version, path=destination, durable=True,
+        seconds=time.perf_counter() - started,
+    )  # fmt: skip
+
+
+def _fault_point(job_id: str, where: Literal["transform", "writing", "checkpoint"]) -> None:
+    """Test-only crashes in a growth: right after the transform, while its opening checkpoint is
+    written in the background (staged, not yet in place), or after its checkpoint.
 
     When ``$LIFELONG_FAULT_AFTER_TRANSFORM`` names a folder that holds a file named after the job,
     and the file says ``where`` (empty means ``transform``), the rank that removes the file ends
@@ -1074,6 +1265,9 @@ class _StepMessage(BaseModel):
     )
     converged: _ConvergedNote | None = None
     total_spent: str | None = None
+    growth_written: bool = Field(
+        default=False, description="A growth's background checkpoint writes are done: report it."
+    )
 
 
 class _IdleMessage(BaseModel):

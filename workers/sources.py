@@ -160,7 +160,16 @@ class GrowthEvent(BaseModel):
     rank_digests: list[str] = Field(default_factory=list)
     transform_s: float = Field(ge=0, description="net2net transform, optimizer transfer, re-wrap.")
     eval_s: float = Field(ge=0, description="Validation before and after (rank 0).")
-    checkpoint_s: float = Field(ge=0, description="Closing and opening checkpoints.")
+    checkpoint_s: float = Field(
+        ge=0,
+        description="Closing and opening checkpoints, in the pause: their snapshots when they are "
+        "written in the background (WorkerConfig.background_checkpoints), else the writes.",
+    )
+    checkpoint_write_s: float | None = Field(
+        default=None,
+        description="Background writes of the closing and opening checkpoints, while training "
+        "went on (None: written in the pause).",
+    )
     first_step_s: float | None = Field(
         default=None, description="The first training step of the grown model."
     )

@@ -7,11 +7,13 @@ The tests share the stack and the job and run in file order, each leaving the jo
    generation and architecture, and its status says so;
 2. a crash between a growth's transform and its checkpoint (a test-only fault point of
    ``workers.loop``): the job resumes before the growth, consistently, and the command says why;
-3. a crash right after the growth's checkpoint, before the supervisor heard of the growth: the
+3. a crash while the growth's opening checkpoint is written in the background, the grown model
+   already training: the same, before the growth;
+4. a crash right after the growth's checkpoint, before the supervisor heard of the growth: the
    job resumes after it, consistently;
-4. the MLflow server stopped for 60 s: training goes on, and everything is in MLflow afterwards;
-5. 8 pushers for 60 s (``bench.load``): exact sample count, error rate and latency;
-6. the API keys appear in no log, MLflow param or tag, or error answer.
+5. the MLflow server stopped for 60 s: training goes on, and everything is in MLflow afterwards;
+6. 8 pushers for 60 s (``bench.load``): exact sample count, error rate and latency;
+7. the API keys appear in no log, MLflow param or tag, or error answer.
 """
 
 from __future__ import annotations
@@ -92,9 +94,9 @@ class Faulty:
         self.log.wait(lambda e: e.type == "observation", after=mark, timeout=timeout, what=what)
 
     def deepen_into_crash(self, fault: str, after: str) -> tuple[int, Any, Any]:
-        """Arm the fault point (``fault``: 'transform' or 'checkpoint'), ask for a deepen after
-        ``after``, and wait until the loop restarted and trains again. Returns the event-log mark
-        taken before, the loop's 'starting' event and the grow command's outcome."""
+        """Arm the fault point (``fault``: 'transform', 'writing' or 'checkpoint'), ask for a
+        deepen after ``after``, and wait until the loop restarted and trains again. Returns the
+        event-log mark taken before, the loop's 'starting' event and the grow command's outcome."""
         mark = self.log.mark()
         (self.triggers / self.job_id).write_text(fault)
         command = self.admin.grow(self.job_id, "deepen", after=after)
@@ -212,10 +214,45 @@ def test_crash_between_growth_transform_and_checkpoint(faulty: Faulty) -> None:
     before = faulty.job()
     generations = faulty.admin.generations(faulty.job_id).generations
     records = faulty.admin.architecture(faulty.job_id)["records"]
-    mark, start, outcome = faulty.deepen_into_crash("transform", after="act1")
+    crash = faulty.deepen_into_crash("transform", after="act1")
+    _assert_resumed_before_the_growth(faulty, before, generations, records, crash=crash)
+
+    # The same request again goes through: consistently after the growth.
+    again = faulty.admin.grow(faulty.job_id, "deepen", after="act1")
+    done = faulty.admin.wait_command(faulty.job_id, again.id, timeout=120)
+    assert done.status == "done", done
+    assert done.result is not None
+    assert done.result["generation"] == before.generation + 1
+    assert faulty.job().generation == before.generation + 1
+    wait_until(
+        lambda: len(faulty.admin.architecture(faulty.job_id)["records"]) == len(records) + 1,
+        timeout=60,
+        what="the grown generation's checkpoint to serve its architecture",
+    )
+
+
+def test_crash_while_the_growth_checkpoint_is_written_in_the_background(faulty: Faulty) -> None:
+    """The grown model trains while its opening checkpoint is written; the workers die before it
+    is whole: nothing of the growth was announced, so the job resumes before it."""
+    before = faulty.job()
+    generations = faulty.admin.generations(faulty.job_id).generations
+    records = faulty.admin.architecture(faulty.job_id)["records"]
+    crash = faulty.deepen_into_crash("writing", after="act1")
+    _assert_resumed_before_the_growth(faulty, before, generations, records, crash=crash)
+
+
+def _assert_resumed_before_the_growth(
+    faulty: Faulty,
+    before: Any,
+    generations: Any,
+    records: Any,
+    *,
+    crash: tuple[int, Any, Any],
+) -> None:
+    """Consistently before the growth: the checkpoint, the job, the architecture, the generation
+    records and every observation since say generation G and its parameters, nowhere G + 1."""
+    mark, start, outcome = crash
     resumed = start.data["resumed_from"]
-    # Consistently before the growth: the checkpoint, the job, the architecture, the generation
-    # records and every observation since say generation G and its parameters, nowhere G + 1.
     assert (resumed["generation"], resumed["param_count"]) == (
         before.generation,
         before.param_count,
@@ -246,19 +283,6 @@ def test_crash_between_growth_transform_and_checkpoint(faulty: Faulty) -> None:
         f"{resumed['step']} (generation {before.generation})"
     )
     assert any(s["status"] == "pending" and s["reason"] == expected for s in statuses), statuses
-
-    # The same request again goes through: consistently after the growth.
-    again = faulty.admin.grow(faulty.job_id, "deepen", after="act1")
-    done = faulty.admin.wait_command(faulty.job_id, again.id, timeout=120)
-    assert done.status == "done", done
-    assert done.result is not None
-    assert done.result["generation"] == before.generation + 1
-    assert faulty.job().generation == before.generation + 1
-    wait_until(
-        lambda: len(faulty.admin.architecture(faulty.job_id)["records"]) == len(records) + 1,
-        timeout=60,
-        what="the grown generation's checkpoint to serve its architecture",
-    )
 
 
 def test_crash_right_after_the_growth_checkpoint(faulty: Faulty) -> None:
