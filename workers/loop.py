@@ -74,6 +74,17 @@ from workers.compute import (
     spent,
     train_flops,
 )
+from workers.device import (
+    HostToDevice,
+    autocast,
+    autocast_dtype,
+    available_memory,
+    estimate_params_after,
+    growth_memory_need,
+    memory_refusal,
+    move_optimizer_state,
+    state_values_per_param,
+)
 from workers.models import build_model, count_parameters
 from workers.reader import DataReader
 from workers.runtime import RayRuntime, Resumed, Runtime
@@ -348,6 +359,8 @@ class TrainLoop:
         )
         self.loss = loss_fn(self.cfg.task)
         self._loss_sum = torch.zeros((), device=self.group.device)
+        self._amp = autocast_dtype(self.cfg.compute.precision, self.group.device)
+        self._to_device = HostToDevice(self.group.device)
 
     def restore(self) -> None:
         """Resume from the runtime's newest checkpoint, or build the base model from the spec."""
@@ -457,10 +470,10 @@ class TrainLoop:
 
     def train_step(self, features: torch.Tensor, labels: torch.Tensor) -> None:
         started = time.perf_counter()
-        x = features.to(self.group.device, non_blocking=True)
-        y = targets(labels, self.cfg.task).to(self.group.device, non_blocking=True)
+        x, y = self._to_device(features, targets(labels, self.cfg.task))
         self.optimizer.zero_grad(set_to_none=True)
-        loss = self.loss(self.model(x), y)
+        with autocast(self.group.device, self._amp):
+            loss = self.loss(self.model(x), y)
         torch.autograd.backward(loss)
         self.optimizer.step()
         self._loss_sum += loss.detach()
@@ -808,17 +821,18 @@ class TrainLoop:
         """
         started = time.perf_counter()
         growth.params_before = count_parameters(self.module)
-        error = ""
-        try:
-            growth.applied = _growth.apply_op(
-                self.module,
-                self.optimizer,
-                example,
-                growth.op,
-                optimizer_state=self.cfg.optimizer_state,
-            )
-        except Exception as exc:  # same model, example and seed: every rank fails alike
-            error = f"{type(exc).__name__}: {exc}"
+        error = self._memory_refusal(growth.op)  # each rank its own device
+        if not error:
+            try:
+                growth.applied = _growth.apply_op(
+                    self.module,
+                    self.optimizer,
+                    example,
+                    growth.op,
+                    optimizer_state=self.cfg.optimizer_state,
+                )
+            except Exception as exc:  # same model, example and seed: every rank fails alike
+                error = f"{type(exc).__name__}: {exc}"
         errors = [e for e in self.group.gather_str(error) if e]
         if errors or growth.applied is None:
             logger.warning("growth %s failed: %s", growth.op.model_dump_json(), errors[0])
@@ -826,6 +840,7 @@ class TrainLoop:
                 self.source.on_growth_failed(growth.op, growth.step, errors[0])
             return False
         grown = growth.applied.model.to(self.group.device).train()
+        move_optimizer_state(growth.applied.optimizer, self.group.device)  # a no-op when there
         if self.group.world_size > 1:  # one rank has nothing to compare with
             growth.digests = self.group.gather_str(module_digest(grown))
         self.optimizer = growth.applied.optimizer
@@ -833,6 +848,21 @@ class TrainLoop:
             self._wrap(grown)
         growth.transform_s = time.perf_counter() - started
         return True
+
+    def _memory_refusal(self, op: GrowthOp) -> str:
+        """Why this rank's device cannot hold the grown model ('' if it can, or not a GPU)."""
+        available = available_memory(self.group.device)
+        if available is None:
+            return ""
+        groups = (self._summary()[1] or []) if op.op == "widen" and op.widths else []
+        after = estimate_params_after(self.module, op, {g.name: g.width for g in groups})
+        need = growth_memory_need(
+            after,
+            state_per_param=state_values_per_param(self.optimizer, count_parameters(self.module)),
+            snapshot=self.cfg.background_checkpoints,
+        )
+        refusal = memory_refusal(need, available, device=self.group.device, params_after=after)
+        return refusal or ""
 
     def _open_generation(self, growth: _Growth) -> None:
         """Every rank: generation N+1 begins, with the growth record and its lineage entry."""
@@ -938,14 +968,15 @@ class TrainLoop:
         features, labels = self.reader.validation()
         if limit is not None:
             features, labels = features[:limit], labels[:limit]
-        return evaluate(
-            self.module,
-            features,
-            labels,
-            self.cfg.task,
-            batch_size=self.cfg.eval_batch_size,
-            device=self.group.device,
-        )
+        with autocast(self.group.device, self._amp):  # the model as it trains
+            return evaluate(
+                self.module,
+                features,
+                labels,
+                self.cfg.task,
+                batch_size=self.cfg.eval_batch_size,
+                device=self.group.device,
+            )
 
     def _example(self) -> torch.Tensor:
         """Rank 0: real inputs to trace, grow and summarise with (random ones without data)."""

@@ -177,3 +177,9 @@ class ComputeSpec(BaseModel):
         default_factory=BudgetSpec,
         description="Limits over the job's life: when spent, the job stops.",
     )
+    precision: Literal["auto", "bf16", "fp32"] = Field(
+        default="auto",
+        description="The forward pass's precision (workers.device): 'auto' is bf16 autocast on a "
+        "GPU and fp32 elsewhere; 'bf16' and 'fp32' force it. Weights, gradients and optimizer "
+        "state stay fp32.",
+    )
