@@ -226,13 +226,25 @@ class PredictRequest(_Public):
         examples=[[[0.0, 0.5, 1.0, 0.25]]],
     )
     generation: int | None = Field(
-        default=None, ge=0, description="A given generation; default the newest."
+        default=None,
+        ge=0,
+        description="A given generation (its 'generation-N' release: its final one once it "
+        "closed); default the 'champion'. Before any release, the newest checkpoint serves.",
     )
 
 
 class PredictResult(_Public):
     generation: int
     step: int = Field(description="The training step of the checkpoint that answered.")
+    release: int | None = Field(
+        default=None, description="The release that answered (None: the newest checkpoint)."
+    )
+    version: str | None = Field(
+        default=None, description="Its registered model version, once MLflow has it."
+    )
+    alias: str | None = Field(
+        default=None, description="The alias it answered as: 'champion' or 'generation-N'."
+    )
     kind: str = Field(examples=["classification"])
     predictions: list[Any] = Field(
         description="Class indices (classification) or output vectors (regression)."

@@ -394,6 +394,27 @@ def push(
     )
 
 
+@app.command(name="export")
+def export_model(
+    job_id: str,
+    output: Annotated[Path, typer.Argument(help="The file to write.")],
+    fmt: Annotated[
+        str, typer.Option("--format", help="safetensors (weights), onnx, or pt2 (torch.export).")
+    ] = "onnx",
+    generation: Annotated[
+        int | None, typer.Option(help="A generation number; default the newest.")
+    ] = None,
+) -> None:
+    """Export a generation's model to a file: ONNX, a torch.export program, or safetensors."""
+    with _client() as client:
+        try:
+            payload = client.export_model(job_id, fmt, generation)
+        except Exception as exc:
+            raise _fail(exc) from None
+    output.write_bytes(payload)
+    console.print(f"wrote {output} ({len(payload):,} bytes, {fmt})")
+
+
 @app.command()
 def events(
     job_id: str,

@@ -343,6 +343,15 @@ class LifelongClient:
         params = {} if generation is None else {"generation": generation}
         return self._request("GET", f"/v1/jobs/{job_id}/model", retry=True, params=params).content
 
+    def export_model(
+        self, job_id: str, fmt: str = "safetensors", generation: int | None = None
+    ) -> bytes:
+        """A generation's model as safetensors (weights), onnx or pt2 (a torch.export program)."""
+        params: dict[str, Any] = {"format": fmt}
+        if generation is not None:
+            params["generation"] = generation
+        return self._request("GET", f"/v1/jobs/{job_id}/model", retry=True, params=params).content
+
     def predict(
         self, job_id: str, features: np.ndarray, *, generation: int | None = None
     ) -> PredictResult:

@@ -47,6 +47,34 @@ class ScalingSpec(BaseModel):
         return self
 
 
+class ReleaseSpec(BaseModel):
+    """When trained weights become a registered model version, and when one becomes the champion.
+
+    A release is made at every generation's close (and the job's final checkpoint), and from a
+    periodic checkpoint when its validation metric beats the generation's best release so far, at
+    most every ``every`` steps and ``every_s`` seconds. ``champion`` moves to a release only when
+    its validation metric beats the champion's by more than ``margin``.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    every: int = Field(
+        default=500, ge=0, description="Steps between periodic releases at least (0: no bound)."
+    )
+    every_s: float = Field(
+        default=60.0, ge=0.0, description="Seconds between periodic releases at least."
+    )
+    margin: float = Field(
+        default=0.005,
+        ge=0.0,
+        description="How much better (accuracy higher, mse lower) a release's validation metric "
+        "must be than the champion's for 'champion' to move to it.",
+    )
+    periodic: bool = Field(
+        default=True, description="Release improving periodic checkpoints, not only closes."
+    )
+
+
 class JobSpec(BaseModel):
     """Everything a job needs to start; stored with the job and never changed afterwards."""
 
@@ -77,6 +105,10 @@ class JobSpec(BaseModel):
         description="When the job stops spending compute: it waits for new data once converged "
         "on the data it has (idle_when_converged, patience, min_improvement, wake_from), and "
         "its budgets per data version and in total.",
+    )
+    release: ReleaseSpec = Field(
+        default_factory=ReleaseSpec,
+        description="Registered model versions of the trained weights and the 'champion' alias.",
     )
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
 

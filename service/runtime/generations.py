@@ -8,9 +8,11 @@ the one owner of:
   ``Keys.generations`` hash: what ``GET /v1/jobs/{id}/generations``, ``/model`` and ``/predict``
   read;
 * each generation's MLflow run: its tags and params when it opens, its metrics, its close;
-* the checkpoints handed to MLflow: a generation's first checkpoint is its registered model
-  version, its closing and final ones are logged beside it as ``checkpoint-final``, each from a
-  copy that outlives Ray Train's clean-up of its own checkpoints.
+* the checkpoints handed to MLflow: a generation's first checkpoint and its closing and final
+  ones are logged as artifacts (``checkpoint``, ``checkpoint-final``), each from a copy that
+  outlives Ray Train's clean-up of its own checkpoints;
+* the releases (``service.runtime.releases``): trained checkpoints that become registered model
+  versions, with the validation metric measured on those very weights, and the ``champion``.
 
 The supervisor writes through a ledger that has a tracker; serving and the API read through one
 that has none. Nothing else reads or writes those keys.
@@ -27,9 +29,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from service.runtime.releases import CHAMPION, Candidate, Release, better, choose
 from service.runtime.tracking import TrackedIds, read_tracked_ids
-from workers.checkpoint import GenerationInfo, durable_root, newest_durable, tracked_copy_path
+from workers.checkpoint import (
+    GenerationInfo,
+    durable_root,
+    newest_durable,
+    read_meta,
+    tracked_copy_path,
+)
 from workers.shards import is_remote
+
+# Observations whose validation metric is kept for the checkpoints that follow them: a checkpoint
+# is written at an observation's step (periodic ones every few observations), so the newest few
+# suffice, whatever order the events of a growth arrive in.
+VALIDATED_KEPT = 64
 
 if TYPE_CHECKING:
     from growth_policy import Observation
@@ -92,6 +106,7 @@ class GenerationLedger:
         self.spec = spec
         self.data_root = data_root
         self._key = store.keys.generations(job_id)
+        self._validated_key = f"{store.keys.releases(job_id)}:validated"
         # A growth's opening checkpoint reaches the ledger before the growth event that opens
         # its generation: kept here until then.
         self._early: dict[int, list[CheckpointEvent]] = {}
@@ -105,6 +120,24 @@ class GenerationLedger:
     def get(self, generation: int) -> GenerationRecord | None:
         raw = self.store.client.hget(self._key, str(generation))
         return None if raw is None else GenerationRecord.from_json(str(raw))
+
+    def releases(self) -> list[Release]:
+        """The job's releases, oldest first."""
+        raw = self.store.client.hgetall(self.store.keys.releases(self.job_id))
+        found = [Release.from_json(str(v)) for k, v in raw.items() if str(k).isdigit()]
+        return sorted(found, key=lambda r: r.number)
+
+    def release(self, alias: str) -> Release | None:
+        """The release an alias names now: ``champion`` or ``generation-N``; None when none."""
+        if alias == CHAMPION:
+            number = self.store.client.hget(self.store.keys.releases(self.job_id), CHAMPION)
+            return None if number is None else self._release(int(str(number)))
+        named = [r for r in self.releases() if alias in r.aliases]
+        return named[-1] if named else None
+
+    def _release(self, number: int) -> Release | None:
+        raw = self.store.client.hget(self.store.keys.releases(self.job_id), str(number))
+        return None if raw is None else Release.from_json(str(raw))
 
     def tracked_ids(self) -> TrackedIds:
         return read_tracked_ids(self.store.client, self.store.keys, self.job_id)
@@ -170,6 +203,8 @@ class GenerationLedger:
         record.closed_at = time.time()
         record.closed_step = step
         self._save(record)
+        if self.spec is not None:  # the story so far, drawn once the metrics before it are in
+            tracker.story(generation, self.spec.task.metric_name)
         tracker.close_generation(generation)
 
     def catch_up(
@@ -220,10 +255,22 @@ class GenerationLedger:
         clean = {k: v for k, v in values.items() if v is not None}
         tracker = self._writer()
         tracker.log_metrics(obs.generation, obs.step, clean, int(obs.wall_time * 1000))
+        if obs.val_metric is not None:  # what a release of these weights is measured by
+            seen = json.dumps([obs.generation, obs.step, obs.val_metric, obs.samples_seen])
+            self.store.client.lpush(self._validated_key, seen)
+            self.store.client.ltrim(self._validated_key, 0, VALIDATED_KEPT - 1)
         record = self.get(obs.generation)
         if record is not None:
             record.metrics = {"step": obs.step, **clean}
             self._save(record)
+
+    def _validated(self, generation: int, step: int) -> tuple[float, int] | None:
+        """The validation metric and samples seen observed at ``step`` of ``generation``."""
+        for raw in self.store.client.lrange(self._validated_key, 0, -1):
+            gen, at, metric, samples = json.loads(raw)
+            if (gen, at) == (generation, step):
+                return float(metric), int(samples)
+        return None
 
     def converged(self, generation: int, step: int, reason: str, detail: dict[str, Any]) -> None:
         """The loop converged (or spent a per-version budget): its numbers as MLflow metrics, and
@@ -258,34 +305,85 @@ class GenerationLedger:
         self.store.client.hset(self._key, str(record.generation), record.to_json())
 
     def _checkpointed(self, record: GenerationRecord, event: CheckpointEvent) -> None:
-        """Keep the generation's newest checkpoint; send its first and its last to MLflow.
-
-        A generation's first checkpoint (for generation N > 0, the one that opened it: exactly the
-        previous generation's function) is its registered model version; its closing and final
-        checkpoints are logged beside it as ``checkpoint-final``.
-        """
+        """Keep the generation's newest checkpoint; send its first and its last to MLflow as
+        artifacts; release it when it is trained weights worth a model version."""
         if record.checkpoint_step is None or event.step >= record.checkpoint_step:
             record.checkpoint = event.path
             record.checkpoint_step = event.step
             self._save(record)
         if self._first_time(record.generation, "first"):
-            self._track_checkpoint(event, "checkpoint", register=True)
+            self._track_checkpoint(event, "checkpoint")
         if event.kind in ("close", "final"):
-            self._track_checkpoint(event, "checkpoint-final", register=False)
+            self._track_checkpoint(event, "checkpoint-final")
+        self._maybe_release(record, event)
 
     def _first_time(self, generation: int, what: str) -> bool:
         return bool(
             self.store.client.sadd(self.store.keys.tracked(self.job_id), f"{generation}:{what}")
         )
 
-    def _track_checkpoint(self, event: CheckpointEvent, dest: str, *, register: bool) -> None:
+    def _track_checkpoint(self, event: CheckpointEvent, dest: str) -> None:
         path = self._stable_copy(event, dest)
         if path is None:
             return
-        tracker = self._writer()
-        tracker.log_artifacts(event.generation, path, dest)
-        if register:
-            tracker.register(event.generation, dest)
+        self._writer().log_artifacts(event.generation, path, dest)
+
+    # --- releases ------------------------------------------------------------------------------
+    def _candidate(self, record: GenerationRecord, event: CheckpointEvent) -> Candidate | None:
+        """The checkpoint as a release candidate: trained weights whose validation metric was
+        measured on those very weights (the observation of the same step, or the converged
+        loop's held weights), else None. An opening ('growth'/'start') copy never is one."""
+        if event.kind not in ("periodic", "close", "final") or self.spec is None:
+            return None
+        seen = self._validated(record.generation, event.step)
+        held = _held(event.path)
+        if seen is None:
+            return None
+        value = seen[0] if held is None else held
+        return Candidate(record.generation, event.step, event.kind, value, event.wall_time, seen[1])
+
+    def _maybe_release(self, record: GenerationRecord, event: CheckpointEvent) -> None:
+        candidate = self._candidate(record, event)
+        if candidate is None or not self._first_time(record.generation, f"release@{event.step}"):
+            return
+        assert self.spec is not None
+        key, client = self.store.keys.releases(self.job_id), self.store.client
+        state = {str(k): str(v) for k, v in client.hgetall(key).items() if not str(k).isdigit()}
+        champion = self._release(int(state[CHAMPION])) if CHAMPION in state else None
+        best = state.get(f"best:{record.generation}")
+        last = state.get("last")
+        higher = self.spec.task.metric_name == "accuracy"
+        release, crowned = choose(
+            candidate, spec=self.spec.release, higher=higher,
+            generation_best=float(best) if best is not None else None,
+            last=_pair(last) if last else None,
+            champion=champion.val_metric if champion else None,
+        )  # fmt: skip
+        if not release:
+            return
+        number = int(client.hincrby(key, "count", 1))
+        path = self._stable_copy(event, f"release-{number}")
+        if path is None:
+            return
+        made = Release(
+            number=number, generation=record.generation, step=event.step,
+            samples_seen=candidate.samples_seen, kind=event.kind,
+            metric_name=self.spec.task.metric_name, val_metric=candidate.val_metric, path=path,
+            dest=f"release-{number}",
+            aliases=[f"generation-{record.generation}", *([CHAMPION] if crowned else [])],
+            parent_version=number - 1 if number > 1 else None,
+            growth_op=record.op["op"] if record.op else "base", made_at=time.time(),
+        )  # fmt: skip
+        updates: dict[Any, Any] = {
+            str(number): made.to_json(),
+            "last": f"{event.step},{candidate.wall_time}",
+        }
+        if best is None or better(candidate.val_metric, float(best), higher=higher):
+            updates[f"best:{record.generation}"] = repr(candidate.val_metric)
+        if crowned:
+            updates[CHAMPION] = str(number)
+        client.hset(key, mapping=updates)
+        self._writer().release(record.generation, made.to_json())
 
     def _stable_copy(self, event: CheckpointEvent, dest: str) -> str | None:
         """A copy of the checkpoint that lives until MLflow has it (Ray may delete its own)."""
@@ -324,6 +422,24 @@ class GenerationLedger:
             "batch_size": str(spec.batch_size),
             "num_workers": str(spec.scaling.num_workers),
         }
+
+
+def _held(path: str) -> float | None:
+    """The validation metric of the weights a converged loop holds, from a local checkpoint's
+    meta, when they are the best ones (restored: not the weights of the step's observation)."""
+    if not path or is_remote(path):
+        return None
+    try:
+        note = read_meta(path).loop_state.get("converged") or {}
+    except (OSError, ValueError):
+        return None
+    value = note.get("held_val_metric")
+    return float(value) if note.get("held") == "best" and isinstance(value, int | float) else None
+
+
+def _pair(text: str) -> tuple[int, float]:
+    step, wall = text.split(",", 1)
+    return int(step), float(wall)
 
 
 def _number(value: Any) -> float | None:

@@ -1,13 +1,14 @@
 """Serving a job's generations: their records, their weights, and predictions from them.
 
 The generations and the checkpoint that serves each come from the job's generation ledger
-(``service.runtime.generations``). Loaded models are cached by checkpoint path (checkpoints are
+(``service.runtime.generations``). Predictions come from a release (``service.runtime.releases``):
+the ``champion`` by default, ``generation-N`` when a generation is named; before a job has any
+release, from the newest checkpoint of the newest (or the named) generation. Loaded models are cached by checkpoint path (checkpoints are
 immutable), a few at a time.
 """
 
 from __future__ import annotations
 
-import json
 import threading
 from collections import OrderedDict
 from typing import Any
@@ -16,7 +17,10 @@ import numpy as np
 import torch
 
 from service.jobs.errors import ConflictError, InvalidError, NotFoundError, TooLargeError
+from service.runtime.batching import MicroBatcher
+from service.runtime.exports import ExportFormat, export
 from service.runtime.generations import GenerationLedger, GenerationRecord
+from service.runtime.releases import CHAMPION, Release
 from service.state.store import RedisStore
 from workers.checkpoint import LoadedCheckpoint, load_checkpoint
 
@@ -26,11 +30,22 @@ MAX_PREDICT_SAMPLES = 10_000
 class ModelServer:
     """Generation records, weights and predictions for the jobs of one deployment."""
 
-    def __init__(self, store: RedisStore, data_root: str, *, cache_size: int = 4) -> None:
+    def __init__(
+        self,
+        store: RedisStore,
+        data_root: str,
+        *,
+        cache_size: int = 4,
+        batch_window_s: float = 0.002,
+    ) -> None:
         self.store = store
         self.data_root = data_root
         self.cache_size = cache_size
+        self.batch_window_s = batch_window_s
+        self.loads = 0  # checkpoints read from storage (each model once while it is cached)
         self._cache: OrderedDict[str, LoadedCheckpoint] = OrderedDict()
+        self._batchers: dict[int, MicroBatcher] = {}  # by id() of a cached LoadedCheckpoint
+        self._loading: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
 
     def ledger(self, job_id: str) -> GenerationLedger:
@@ -64,22 +79,43 @@ class ModelServer:
         return record, path
 
     def load(self, path: str) -> LoadedCheckpoint:
+        """The checkpoint's model, read once while it stays among the ``cache_size`` newest used:
+        concurrent first calls wait for one read."""
         with self._lock:
             if path in self._cache:
                 self._cache.move_to_end(path)
                 return self._cache[path]
-        loaded = load_checkpoint(path, with_optimizer=False)
-        with self._lock:
-            self._cache[path] = loaded
-            while len(self._cache) > self.cache_size:
-                self._cache.popitem(last=False)
+            loading = self._loading.setdefault(path, threading.Lock())
+        with loading:
+            with self._lock:
+                if path in self._cache:
+                    return self._cache[path]
+            loaded = load_checkpoint(path, with_optimizer=False)
+            with self._lock:
+                self.loads += 1
+                self._cache[path] = loaded
+                self._batchers[id(loaded)] = MicroBatcher(
+                    loaded.model, window_s=self.batch_window_s
+                )
+                self._loading.pop(path, None)
+                while len(self._cache) > self.cache_size:
+                    _, evicted = self._cache.popitem(last=False)
+                    self._batchers.pop(id(evicted), None)
         return loaded
+
+    def batcher(self, loaded: LoadedCheckpoint) -> MicroBatcher:
+        """The micro-batcher of a loaded model (a fresh one if it was evicted meanwhile)."""
+        with self._lock:
+            found = self._batchers.get(id(loaded))
+            if found is not None and found.forward is loaded.model:
+                return found
+        return MicroBatcher(loaded.model, window_s=0.0)
 
     def forget(self, job_id: str) -> None:
         """Drop the job's cached models (it was deleted)."""
         with self._lock:  # under <data_root>/<id>/ or <ray_storage>/lifelong-<id>/
             for path in [p for p in self._cache if job_id in p]:
-                del self._cache[path]
+                self._batchers.pop(id(self._cache.pop(path)), None)
 
     def load_generation(
         self, job_id: str, generation: int | None
@@ -113,16 +149,40 @@ class ModelServer:
 
     def weights(self, job_id: str, generation: int | None) -> tuple[bytes, dict[str, Any]]:
         """The generation's weights as safetensors, the architecture in its metadata."""
-        from safetensors.torch import save
+        return self.export(job_id, generation, "safetensors")
 
+    def export(
+        self, job_id: str, generation: int | None, fmt: ExportFormat
+    ) -> tuple[bytes, dict[str, Any]]:
+        """The generation's model in ``fmt`` (``service.runtime.exports``), and its architecture."""
         record, loaded = self.load_generation(job_id, generation)
         architecture = self.architecture(job_id, record.generation)
-        state = {k: v.detach().contiguous() for k, v in loaded.model.state_dict().items()}
-        payload = save(state, metadata={"lifelong.architecture": json.dumps(architecture)})
+        try:
+            payload = export(loaded.model, fmt, list(loaded.meta.task.input_shape), architecture)
+        except Exception as exc:  # an exporter's limit on this architecture, said plainly
+            raise ConflictError(
+                f"generation {record.generation} of job '{job_id}' cannot be exported as {fmt}: "
+                f"{type(exc).__name__}: {str(exc)[:300]}"
+            ) from exc
         return payload, architecture
 
-    def predict(self, job_id: str, features: np.ndarray, generation: int | None) -> dict[str, Any]:
+    def released(
+        self, job_id: str, generation: int | None
+    ) -> tuple[Release | None, int, LoadedCheckpoint]:
+        """The release that serves: the champion, or the named generation's newest release;
+        without one, the newest checkpoint of the newest (or named) generation."""
+        ledger = self.ledger(job_id)
+        release = ledger.release(CHAMPION if generation is None else f"generation-{generation}")
+        if release is not None:
+            try:
+                return release, release.generation, self.load(release.path)
+            except (OSError, ValueError):
+                pass  # its copy is gone: the newest checkpoint serves
         record, loaded = self.load_generation(job_id, generation)
+        return None, record.generation, loaded
+
+    def predict(self, job_id: str, features: np.ndarray, generation: int | None) -> dict[str, Any]:
+        release, served, loaded = self.released(job_id, generation)
         task = loaded.meta.task
         expected = tuple(task.input_shape)
         if features.ndim != len(expected) + 1 or tuple(features.shape[1:]) != expected:
@@ -131,13 +191,16 @@ class ModelServer:
             raise TooLargeError(
                 f"{features.shape[0]} samples to predict; at most {MAX_PREDICT_SAMPLES} per call"
             )
-        with torch.no_grad():
-            out = loaded.model(torch.from_numpy(np.ascontiguousarray(features, np.float32)))
+        out = self.batcher(loaded)(torch.from_numpy(np.ascontiguousarray(features, np.float32)))
         answer: dict[str, Any] = {
-            "generation": record.generation,
+            "generation": served,
             "step": loaded.meta.step,
             "kind": task.kind,
-        }
+            "release": release.number if release else None,
+            "version": release.version if release else None,
+            "alias": None if release is None else CHAMPION if generation is None else
+            f"generation-{generation}",
+        }  # fmt: skip
         if task.kind == "classification":
             probs = torch.softmax(out, dim=-1)
             answer["predictions"] = out.argmax(dim=-1).tolist()

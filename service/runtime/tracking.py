@@ -29,6 +29,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +42,11 @@ logger = logging.getLogger(__name__)
 
 GENERATION_TAG = "lifelong.generation"
 JOB_TAG = "lifelong.job_id"
+JOB_RUN_TAG = "lifelong.job_run"  # the job's parent run, above generation 0
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's own lineage tag: the UI nests runs by it
 ALIAS = "latest"  # resolved by MLflow to the newest version
+# MLflow 3's UI opens an experiment without this tag as a GenAI overview of traces.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 # MLflow error codes that no retry will fix: drop the operation and count it.
 PERMANENT_ERRORS = frozenset(
     {"INVALID_PARAMETER_VALUE", "BAD_REQUEST", "INVALID_STATE", "PERMISSION_DENIED"}
@@ -212,6 +216,16 @@ class MlflowTracker:
         """One registered model version per generation; ``latest`` follows the newest."""
         self._put({"kind": "register", "gen": generation, "dest": artifact_path})
 
+    def story(self, generation: int, metric_name: str) -> None:
+        """Draw the job's story so far (``service.runtime.story``) into generation
+        ``generation``'s run and the job's run, as ``plots/story.png``."""
+        self._put({"kind": "story", "gen": generation, "metric": metric_name})
+
+    def release(self, generation: int, release: str) -> None:
+        """A release (``service.runtime.releases.Release`` JSON): its pyfunc model logged in the
+        generation's run, a registered model version with its tags, and its aliases."""
+        self._put({"kind": "release", "gen": generation, "release": json.loads(release)})
+
     def close_generation(
         self, generation: int, status: str = "FINISHED", time_ms: int | None = None
     ) -> None:
@@ -347,12 +361,14 @@ class MlflowTracker:
                 exp = mlflow.get_experiment_by_name(self.experiment_name)
                 if exp is not None:
                     self._experiment_id = str(exp.experiment_id)
+                    for key, value in EXPERIMENT_KIND.items():
+                        mlflow.set_experiment_tag(self._experiment_id, key, value)
                 else:
                     self._experiment_id = str(
                         mlflow.create_experiment(
                             self.experiment_name,
                             artifact_location=self.artifact_location,
-                            tags={JOB_TAG: self.job_id},
+                            tags={JOB_TAG: self.job_id, **EXPERIMENT_KIND},
                         )
                     )
                 self.client.hset(self.info_key, mapping={"experiment_id": self._experiment_id,
@@ -377,6 +393,10 @@ class MlflowTracker:
                 self._guard(lambda: mlflow.log_artifact(run_id, str(path), op["dest"]), op)
         elif kind == "register":
             self._register(op, run_id)
+        elif kind == "release":
+            self._release(op, run_id)
+        elif kind == "story":
+            self._story(op, run_id)
         elif kind == "tags":
             from mlflow.entities import RunTag
 
@@ -395,7 +415,9 @@ class MlflowTracker:
         generation = int(op["gen"])
         run_id = self._find_or_create_run(generation, op.get("time"))
         tags = {GENERATION_TAG: str(generation), JOB_TAG: self.job_id, **op["tags"]}
-        if op["parent"] is not None:
+        if op["parent"] is None:  # the first generation hangs under the job's run
+            tags[PARENT_TAG] = self._job_run(op.get("time"))
+        else:
             parent_run = self.client.hget(self.runs_key, str(op["parent"]))
             if parent_run is not None:
                 tags[PARENT_TAG] = text(parent_run)
@@ -403,6 +425,53 @@ class MlflowTracker:
         params = [Param(k, str(v)[:6000]) for k, v in op["params"].items()]
         run_tags = [RunTag(k, str(v)) for k, v in tags.items()]
         self._guard(lambda: self._client().log_batch(run_id, params=params, tags=run_tags), op)
+
+    def _job_run(self, start_ms: int | None) -> str:
+        """The job's parent run (found by its tag, or created): the root of the lineage tree,
+        where the newest story plot is."""
+        cached = self.client.hget(self.info_key, "job_run_id")
+        if cached is not None:
+            return text(cached)
+        mlflow = self._client()
+        experiment_id = self._experiment()
+        existing = mlflow.search_runs(
+            [experiment_id], filter_string=f"tags.`{JOB_RUN_TAG}` = 'true'", max_results=1
+        )
+        if existing:
+            run_id = str(existing[0].info.run_id)
+        else:
+            run = mlflow.create_run(
+                experiment_id, start_time=start_ms or _now_ms(), run_name="job",
+                tags={JOB_RUN_TAG: "true", JOB_TAG: self.job_id},
+            )  # fmt: skip
+            run_id = str(run.info.run_id)
+        self.client.hset(self.info_key, "job_run_id", run_id)
+        return run_id
+
+    def _story(self, op: dict[str, Any], run_id: str) -> None:
+        """Draw the story from the generation runs' metric histories and log it."""
+        import tempfile
+
+        from service.runtime.story import GenerationSeries, draw_story, join_on_step
+
+        mlflow = self._client()
+        series = []
+        for generation, gen_run in sorted(self.run_ids().items()):
+
+            def history(key: str, run: str = gen_run) -> dict[int, float]:
+                return {int(m.step): float(m.value) for m in mlflow.get_metric_history(run, key)}
+
+            samples = history("samples_seen")
+            op_tag = mlflow.get_run(gen_run).data.tags.get("lifelong.op", "")
+            series.append(GenerationSeries(
+                generation, op_tag, join_on_step(samples, history(f"val_{op['metric']}")),
+                join_on_step(samples, history("param_count")),
+            ))  # fmt: skip
+        with tempfile.TemporaryDirectory(prefix="lifelong-story-") as folder:
+            path = draw_story(series, op["metric"], Path(folder) / "story.png")
+            job_run = self._job_run(None)
+            for target in (run_id, job_run):
+                self._guard(partial(mlflow.log_artifact, target, str(path), "plots"), op)
 
     def _find_or_create_run(self, generation: int, start_ms: int | None) -> str:
         cached = self.client.hget(self.runs_key, str(generation))
@@ -475,6 +544,58 @@ class MlflowTracker:
         # always the newest generation. Each version also gets its generation as an alias.
         mlflow.set_registered_model_alias(self.model_name, f"generation-{generation}", version)
         self.client.hset(self.info_key, "latest_generation", str(generation))
+
+    def _release(self, op: dict[str, Any], run_id: str) -> None:
+        """Build the release's pyfunc model (once), log it, register it, point its aliases."""
+        from mlflow.exceptions import MlflowException
+
+        from service.runtime.releases import Release, build_pyfunc
+
+        release = Release(**op["release"])
+        mlflow = self._client()
+        source = Path(release.path)
+        model_dir = source.with_name(f"{source.name}-pyfunc")
+        if not (model_dir / "MLmodel").exists():
+            if not source.exists():
+                logger.error("release %s of job %s is gone; not registered", release.number,
+                             self.job_id)  # fmt: skip
+                self.client.hincrby(self.info_key, "dropped", 1)
+                return
+            build_pyfunc(str(source), model_dir)
+        self._guard(lambda: mlflow.log_artifacts(run_id, str(model_dir), release.dest), op)
+        try:
+            mlflow.create_registered_model(self.model_name, tags={JOB_TAG: self.job_id})
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        found = [
+            v for v in mlflow.search_model_versions(
+                f"name = '{self.model_name}' and run_id = '{run_id}'")
+            if str(v.source).rstrip("/").endswith(f"/{release.dest}")
+        ]  # fmt: skip
+        key = self.keys.releases(self.job_id)
+        parent = self.client.hget(key, str(release.number - 1))
+        if parent is not None:  # the parent's actual version (numbers match in a fresh registry)
+            release.parent_version = _int_or_none(json.loads(text(parent)).get("version"))
+        if found:
+            version = str(found[0].version)
+        else:
+            version = str(
+                mlflow.create_model_version(
+                    self.model_name, source=f"runs:/{run_id}/{release.dest}", run_id=run_id,
+                    tags=release.tags(),
+                ).version
+            )  # fmt: skip
+        for alias in release.aliases:
+            mlflow.set_registered_model_alias(self.model_name, alias, version)
+        release.version = version
+        self.client.hset(key, str(release.number), release.to_json())
+        self.client.hset(self.versions_key, str(release.generation), version)
+        self.client.hset(self.info_key, "latest_generation", str(release.generation))
+
+
+def _int_or_none(value: Any) -> int | None:
+    return int(value) if isinstance(value, int | str) and str(value).isdigit() else None
 
 
 def _now_ms() -> int:

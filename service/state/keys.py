@@ -20,9 +20,13 @@ touches one slot::
     <p>job:{<id>}:generations        HASH   generation -> GenerationRecord JSON
                                             (``service.runtime.generations``)
     <p>job:{<id>}:tracked            SET    '<generation>:<what>': checkpoints sent to MLflow
+    <p>job:{<id>}:releases           HASH   release number -> Release JSON; 'count', 'champion',
+                                            'last', 'best:<generation>' (``runtime.releases``)
+    <p>job:{<id>}:releases:validated LIST   the newest observations' [generation, step, metric,
+                                            samples seen], for the checkpoints at their steps
     <p>job:{<id>}:mlflow             HASH   experiment id, model name, counters, last error
     <p>job:{<id>}:mlflow:runs        HASH   generation -> MLflow run id
-    <p>job:{<id>}:mlflow:versions    HASH   generation -> registered model version
+    <p>job:{<id>}:mlflow:versions    HASH   generation -> its newest registered model version
     <p>job:{<id>}:mlflow:outbox      LIST   MLflow operations not yet sent
                                             (``service.runtime.tracking``)
     <p>deleting                      SET    ids of deleted jobs whose keys and files are being
@@ -93,6 +97,9 @@ class Keys:
 
     def tracked(self, job_id: str) -> str:
         return f"{self.job(job_id)}:tracked"
+
+    def releases(self, job_id: str) -> str:
+        return f"{self.job(job_id)}:releases"
 
     def mlflow(self, job_id: str) -> str:
         return f"{self.job(job_id)}:mlflow"

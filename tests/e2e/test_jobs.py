@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 import pytest
+import torch
 
 from service.client import LifelongClient, LifelongError
 from service.local.stack import Stack
 from tests.e2e.conftest import digits_job, wait_until
+from tests.service.test_releases import predict_in_clean_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -16,7 +22,9 @@ def test_stages_policy_and_manual_growth_tracked_in_mlflow(
     stack: Stack, client: LifelongClient, digits: tuple[np.ndarray, np.ndarray]
 ) -> None:
     x, y = digits
-    job = client.create_job(digits_job("e2e-digits", workers=2))
+    # Samples from 1500 on are never pushed: predictions are scored on them.
+    spec = {**digits_job("e2e-digits", workers=2), "release": {"margin": 0.0, "every_s": 5}}
+    job = client.create_job(spec)
     assert job.status == "pending"
 
     # Stage 1, then wait until it trains on it.
@@ -24,8 +32,8 @@ def test_stages_policy_and_manual_growth_tracked_in_mlflow(
     wait_until(lambda: client.get_job(job.id).status == "training", timeout=120,
                what="the job to train")  # fmt: skip
     # Stages 2 and 3: the data outgrows the base model and the default policy grows it.
-    client.push(job.id, x[600:1200], y[600:1200])
-    client.push(job.id, x[1200:], y[1200:])
+    client.push(job.id, x[600:1100], y[600:1100])
+    client.push(job.id, x[1100:1500], y[1100:1500])
     grown = wait_until(
         lambda: [g for g in client.generations(job.id).generations
                  if g.op and g.op["op"] in ("widen", "deepen")],
@@ -46,6 +54,15 @@ def test_stages_policy_and_manual_growth_tracked_in_mlflow(
     assert done.result["generation"] > before.generation
     assert done.result["params_after"] > done.result["params_before"]
     manual = done.result["generation"]
+    # And a shrink-and-perturb, whose dip must never become the champion.
+    command = client.grow(job.id, "shrink_perturb", shrink=0.3, perturb=0.05)
+    done = client.wait_command(job.id, command.id, timeout=120)
+    assert done.status == "done", done.detail
+    assert done.result is not None
+    perturbed = done.result["generation"]
+    at = client.get_job(job.id).metrics["step"]
+    wait_until(lambda: client.get_job(job.id).metrics["step"] > at + 400, timeout=120,
+               what="training after the shrink-and-perturb")  # fmt: skip
 
     # Pause: no step and no growth until resumed, so the generations hold still for the checks.
     pause = client.pause(job.id)
@@ -63,8 +80,10 @@ def test_stages_policy_and_manual_growth_tracked_in_mlflow(
     def tracked() -> object:
         listed = client.generations(job.id)
         seen[:] = [(g.generation, g.mlflow_run_id, g.model_version) for g in listed.generations]
+        # Every generation has its run; every closed one its final release, registered.
         ok = len(listed.generations) == newest + 1 and all(
-            g.mlflow_run_id and g.model_version for g in listed.generations
+            g.mlflow_run_id and (g.model_version or g.generation == newest)
+            for g in listed.generations
         )
         return listed if ok else None
 
@@ -100,20 +119,35 @@ def test_stages_policy_and_manual_growth_tracked_in_mlflow(
         assert all(m.step >= g.started_step for m in history)
         artifacts = {a.path for a in mlflow.list_artifacts(g.mlflow_run_id)}
         assert "checkpoint" in artifacts
-        version = mlflow.get_model_version(listed.model_name, g.model_version)
-        assert version.run_id == g.mlflow_run_id
-    latest = mlflow.get_model_version_by_alias(listed.model_name, "latest")
-    assert latest.version == gens[-1].model_version
+        if g.generation < newest:
+            version = mlflow.get_model_version(listed.model_name, g.model_version)
+            assert version.run_id == g.mlflow_run_id
+            assert version.tags["lifelong.checkpoint_kind"] == "close"
+            named = mlflow.get_model_version_by_alias(
+                listed.model_name, f"generation-{g.generation}"
+            )
+            assert named.version == g.model_version
+    assert gens[perturbed].op is not None and gens[perturbed].op["op"] == "shrink_perturb"
+    champion = check_releases(stack, mlflow, listed.model_name, job.id, gens)
 
-    # Predictions come from the newest generation and are good on data it has seen.
+    # Predictions come from the champion and are good on samples the job never trained on.
     def predicted() -> object:
-        answer = client.predict(job.id, x[:200])
-        return answer if answer.generation == newest else None
+        answer = client.predict(job.id, x[1500:1700])
+        return answer if answer.version == champion.version else None
 
-    answer = wait_until(predicted, timeout=60, what="predictions from the newest generation")
-    accuracy = float(np.mean(np.asarray(answer.predictions) == y[:200]))
-    assert accuracy > 0.7  # digits seen in training, right after growth or shrink-and-perturb
+    answer = wait_until(predicted, timeout=60, what="predictions from the champion")
+    assert answer.alias == "champion"
+    accuracy = float(np.mean(np.asarray(answer.predictions) == y[1500:1700]))
+    assert accuracy > 0.8, accuracy  # unseen digits
     assert len(answer.probabilities or []) == 200
+    # A user with only mlflow and torch loads the champion and gets the same numbers.
+    loaded = predict_in_clean_env(stack.mlflow.url, f"models:/{listed.model_name}@champion",
+                                  x[1500:1600], stack.workdir / "clean-env")  # fmt: skip
+    difference = float(np.abs(loaded - np.asarray(answer.probabilities[:100])).max())
+    assert difference <= 1e-6, difference
+    print(
+        f"champion v{champion.version}: unseen accuracy {accuracy:.3f}, clean env {difference:.1e}"
+    )
 
     # The weights and architecture of a generation rebuild the same model.
     from safetensors.torch import load as load_safetensors
@@ -161,7 +195,47 @@ def test_stages_policy_and_manual_growth_tracked_in_mlflow(
     assert not (stack.data_root / "_ray" / f"lifelong-{job.id}").exists()
     assert job.id not in [j.id for j in client.list_jobs().jobs]
     assert mlflow.get_run(gens[-1].mlflow_run_id).info.run_id == gens[-1].mlflow_run_id
-    assert mlflow.get_model_version_by_alias(listed.model_name, "latest").version == latest.version
+    assert mlflow.get_model_version(listed.model_name, champion.version).run_id == champion.run_id
+    assert mlflow.get_model_version_by_alias(listed.model_name, "champion").version
+
+
+def check_releases(stack: Stack, mlflow: Any, model_name: str, job_id: str, gens: list[Any]) -> Any:
+    """Every registered version is a trained checkpoint (its weights equal it, it is no
+    generation's opening copy) and the champion has the best validation metric."""
+    from safetensors.torch import load_file
+
+    from service.runtime.releases import Release
+    from service.state.store import RedisStore
+
+    versions = mlflow.search_model_versions(f"name = '{model_name}'")
+    assert versions
+    assert stack.redis is not None
+    store = RedisStore(stack.redis.url, stack.api_env["LIFELONG_KEY_PREFIX"])
+    try:
+        raw = store.client.hgetall(store.keys.releases(job_id))
+    finally:
+        store.close()
+    releases = {r.version: r for r in (Release.from_json(v) for k, v in raw.items()
+                                       if str(k).isdigit())}  # fmt: skip
+    openings = {(g.generation, g.started_step) for g in gens if g.generation}
+    for version in versions:
+        release = releases[version.version]
+        checkpoint = Path(release.path)
+        meta = json.loads((checkpoint / "meta.json").read_text())
+        assert meta["kind"] in ("periodic", "close", "final"), meta["kind"]
+        key = (meta["generation"], meta["step"])
+        assert str(key[1]) == version.tags["lifelong.step"]
+        assert key not in openings or meta["kind"] == "close", (version.version, key)
+        local = mlflow.download_artifacts(version.run_id, release.dest, str(stack.workdir / "dl"))
+        registered = load_file(Path(local) / "artifacts" / "model.safetensors")
+        trained = load_file(checkpoint / "model.safetensors")
+        assert registered.keys() == trained.keys()
+        for name, tensor in trained.items():
+            assert torch.equal(registered[name], tensor), (version.version, name)
+    champion = mlflow.get_model_version_by_alias(model_name, "champion")
+    best = max(float(v.tags["lifelong.val_accuracy"]) for v in versions)
+    assert float(champion.tags["lifelong.val_accuracy"]) == best
+    return champion
 
 
 def test_api_restart_during_training(

@@ -263,6 +263,8 @@ def run_cases(http: httpx.Client, stop: Callable[[str], None]) -> tuple[list[Row
     c.send("job spec", "a job past LIFELONG_MAX_JOBS (4)", "POST", "/v1/jobs", json={**SPEC, "name": "one-too-many"})  # fmt: skip
     c.send("predict", "predict before any checkpoint", "POST", f"/v1/jobs/{job}/predict", json={"features": x.tolist()})  # fmt: skip
     c.send("predict", "predict with one sample that is not a list of samples", "POST", f"/v1/jobs/{job}/predict", json={"features": [1.0] * 8})  # fmt: skip
+    c.send("export", "a model format that does not exist", "GET", f"/v1/jobs/{job}/model", params={"format": "h5"})  # fmt: skip
+    c.send("export", "ONNX before any checkpoint", "GET", f"/v1/jobs/{job}/model", params={"format": "onnx"})  # fmt: skip
 
     # --- keys ----------------------------------------------------------------------------------
     def auth(case: str, key: str | None, method: str, path: str, **kw: Any) -> None:

@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 
-from growth_policy import GrowthOp
+from growth_policy import GrowthOp, Observation
 from service.jobs.spec import validate_job_spec
 from service.runtime.generations import GenerationLedger, GenerationRecord
+from service.runtime.releases import CHAMPION
 from service.runtime.tracking import MlflowTracker
 from service.state.store import RedisStore
 from tests.service.conftest import JOB_SPEC
@@ -87,11 +88,13 @@ def test_a_growth_closes_one_generation_and_opens_the_next(
     assert second.max_abs_error == 2e-7 and second.val_loss_after == 0.5
     assert (second.checkpoint, second.checkpoint_step) == (opening.path, 50)
     kinds = [(o["kind"], o["gen"]) for o in _ops(ledger)]
-    assert kinds == [("open", 0), ("close", 0), ("open", 1), ("artifacts", 1), ("register", 1)]
+    # The opening checkpoint is logged, never released: it is the untrained grown model.
+    assert kinds == [("open", 0), ("story", 0), ("close", 0), ("open", 1), ("artifacts", 1)]
+    assert ledger.releases() == []
     copy = Path(tracked_copy_path(ledger.data_root or "", ledger.job_id, 1, "checkpoint"))
     assert (copy / "meta.json").exists()
-    assert _ops(ledger)[3]["path"] == str(copy)
-    # Only the generation's first checkpoint is registered; a newer one is only recorded.
+    assert _ops(ledger)[4]["path"] == str(copy)
+    # A newer checkpoint without a validation measured at its step is only recorded.
     ledger.checkpointed(_checkpoint(tmp_path / "ray" / "b", 1, 100))
     assert len(_ops(ledger)) == 5
     assert ledger.get(1) == GenerationRecord(**{**second.__dict__, "checkpoint":
@@ -133,3 +136,85 @@ def test_an_older_record_reads_and_the_durable_copy_serves(
     assert reader.checkpoint_of(record) == checkpoint_path(root, 0, 40)
     with pytest.raises(RuntimeError, match="reads only"):
         reader.close(0, step=50)
+
+
+def _observe(ledger: GenerationLedger, generation: int, step: int, accuracy: float) -> None:
+    ledger.observed(
+        Observation(step=step, generation=generation, generation_step=step, samples_seen=step * 64,
+                    passes=1.0, dataset_size=1000, train_loss=0.5, val_loss=1.0 - accuracy,
+                    val_metric=accuracy, param_count=212, wall_time=float(step))
+    )  # fmt: skip
+
+
+def _open(ledger: GenerationLedger, generation: int, op: str | None, step: int) -> None:
+    if generation:
+        ledger.close(generation - 1, step=step)
+    ledger.open(generation, parent=generation - 1 if generation else None,
+                op={"op": op} if op else None, reason="test", policy="manual", step=step,
+                param_count=212)  # fmt: skip
+
+
+def _trained(ledger: GenerationLedger, where: Path, gen: int, step: int, kind: str = "periodic",
+             *, accuracy: float | None = None) -> None:  # fmt: skip
+    if accuracy is not None:
+        _observe(ledger, gen, step, accuracy)
+    event = _checkpoint(where / f"g{gen}s{step}", gen, step, kind)
+    ledger.checkpointed(event.model_copy(update={"wall_time": float(step)}))
+
+
+def test_releases_are_trained_checkpoints_and_the_champion_moves_on_a_margin(
+    store: RedisStore, tmp_path: Path
+) -> None:
+    spec = validate_job_spec(
+        {**JOB_SPEC, "release": {"every": 100, "every_s": 0, "margin": 0.01}}, max_workers=4
+    )
+    job = store.create_job(spec, max_jobs=100, param_count=212)
+    tracker = MlflowTracker.for_job(store.client, store.keys, job_id=job.id, job_name=job.name,
+                                    tracking_uri="unused")  # fmt: skip
+    ledger = GenerationLedger(store, job.id, tracker=tracker, spec=spec,
+                              data_root=str(tmp_path / "data"))  # fmt: skip
+    _open(ledger, 0, None, 0)
+    _trained(ledger, tmp_path, 0, 0, "start")  # the untrained base model: never a release
+    _trained(ledger, tmp_path, 0, 100, accuracy=0.50)  # release 1, champion
+    _trained(ledger, tmp_path, 0, 150, accuracy=0.70)  # better, but within `every` steps
+    _trained(ledger, tmp_path, 0, 200, accuracy=0.45)  # worse than the generation's best
+    _trained(ledger, tmp_path, 0, 300, accuracy=0.80)  # release 2, champion
+    _trained(ledger, tmp_path, 0, 350, "close", accuracy=0.805)  # close: release 3, within margin
+    _open(ledger, 1, "widen", 350)
+    _trained(ledger, tmp_path, 1, 350, "growth")  # the opening copy: never a release
+    _trained(ledger, tmp_path, 1, 500, accuracy=0.90)  # release 4, champion
+    _trained(ledger, tmp_path, 1, 600, "close", accuracy=0.93)  # release 5 (close), champion
+    _open(ledger, 2, "shrink_perturb", 600)
+    _trained(ledger, tmp_path, 2, 700, accuracy=0.40)  # the dip: released, never champion
+    _trained(ledger, tmp_path, 2, 800, accuracy=0.60)  # release 7, better in its generation
+    _trained(ledger, tmp_path, 2, 900, "final", accuracy=0.85)  # release 8 (final)
+    releases = ledger.releases()
+    assert [(r.number, r.generation, r.step, r.kind) for r in releases] == [
+        (1, 0, 100, "periodic"), (2, 0, 300, "periodic"), (3, 0, 350, "close"),
+        (4, 1, 500, "periodic"), (5, 1, 600, "close"), (6, 2, 700, "periodic"),
+        (7, 2, 800, "periodic"), (8, 2, 900, "final"),
+    ]  # fmt: skip
+    assert [CHAMPION in r.aliases for r in releases] == [
+        True, True, False, True, True, False, False, False,
+    ]  # fmt: skip
+    champion = ledger.release(CHAMPION)
+    assert champion is not None and (champion.number, champion.val_metric) == (5, 0.93)
+    assert [(ledger.release(f"generation-{g}") or releases[0]).number for g in range(3)] == [
+        3,
+        5,
+        8,
+    ]
+    fifth = releases[4]
+    assert fifth.tags() == {
+        "lifelong.generation": "1", "lifelong.step": "600", "lifelong.samples_seen": "38400",
+        "lifelong.val_accuracy": "0.93", "lifelong.val_metric": "0.93",
+        "lifelong.parent_version": "4", "lifelong.growth_op": "widen",
+        "lifelong.checkpoint_kind": "close", "lifelong.release": "5",
+    }  # fmt: skip
+    # Each release is a copy of its checkpoint, queued to MLflow in order.
+    assert (Path(fifth.path) / "meta.json").exists()
+    queued = [o["release"]["number"] for o in _ops(ledger) if o["kind"] == "release"]
+    assert queued == list(range(1, 9))
+    # A restarted supervisor that hears the same checkpoint again releases nothing twice.
+    _trained(ledger, tmp_path, 2, 900, "final", accuracy=0.85)
+    assert len(ledger.releases()) == 8

@@ -18,6 +18,7 @@ from service.api.models import (
 )
 from service.jobs.errors import InvalidError
 from service.jobs.ingest import SAFETENSORS, check_features
+from service.runtime.exports import MEDIA_TYPES, SUFFIXES, ExportFormat
 
 router = APIRouter(prefix="/v1/jobs/{job_id}", tags=["generations"])
 
@@ -27,6 +28,9 @@ _NOT_READY: dict[int | str, dict[str, Any]] = {
 }
 Generation = Annotated[
     int | None, Query(ge=0, description="A generation number; default the newest.")
+]
+Format = Annotated[
+    ExportFormat, Query(description="safetensors (weights), onnx, or pt2 (torch.export).")
 ]
 
 
@@ -70,27 +74,34 @@ def list_generations(job: ExistingJob, plane: Plane) -> GenerationList:
     responses={
         **_NOT_READY,
         200: {
-            "content": {SAFETENSORS: {}},
-            "description": "The weights as safetensors; the architecture (base spec and growth "
-            "records) is in the file's metadata under 'lifelong.architecture' and in the "
-            "'Lifelong-Generation' header.",
+            "content": {SAFETENSORS: {}, MEDIA_TYPES["onnx"]: {}, MEDIA_TYPES["pt2"]: {}},
+            "description": "The model in the format asked for. safetensors: the weights, the "
+            "architecture (base spec and growth records) in the file's metadata under "
+            "'lifelong.architecture'; onnx: torch's ONNX exporter, input 'features' with a "
+            "dynamic batch, output 'outputs'; pt2: a torch.export program (torch.export.load). "
+            "The generation is in the 'Lifelong-Generation' header.",
         },
     },
     response_class=Response,
 )
-async def model_weights(job_id: JobId, plane: Plane, generation: Generation = None) -> Response:
-    """A generation's weights (safetensors) with its architecture. Rebuild it with
-    ``workers.checkpoint.rebuild_model(task, model, records)`` and ``load_state_dict``."""
+async def model_weights(
+    job_id: JobId, plane: Plane, generation: Generation = None, format: Format = "safetensors"
+) -> Response:
+    """A generation's model: its weights (safetensors, rebuilt with
+    ``workers.checkpoint.rebuild_model(task, model, records)`` and ``load_state_dict``), or the
+    whole model as ONNX or a ``torch.export`` program."""
     plane.require_job(job_id)
-    payload, architecture = await run_in_threadpool(plane.serving.weights, job_id, generation)
+    payload, architecture = await run_in_threadpool(
+        plane.serving.export, job_id, generation, format
+    )
+    media = SAFETENSORS if format == "safetensors" else MEDIA_TYPES[format]
+    filename = f"{job_id}-gen{architecture['generation']}.{SUFFIXES[format]}"
     return Response(
         payload,
-        media_type=SAFETENSORS,
+        media_type=media,
         headers={
             "Lifelong-Generation": str(architecture["generation"]),
-            "Content-Disposition": (
-                f'attachment; filename="{job_id}-gen{architecture["generation"]}.safetensors"'
-            ),
+            "Content-Disposition": f'attachment; filename="{filename}"',
         },
     )
 
