@@ -42,5 +42,13 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m bench
 
+# The GPU check (bench/gpu.py; tests/gpu, then its table in docs/benchmarks.md), on a machine with
+# an NVIDIA GPU. GPU_PYTHON is the Python to run it with: this venv where there is one, else
+# python3; it installs a CUDA build of torch and what else it lacks into it first.
+GPU_PYTHON ?= $(if $(wildcard $(PY)),$(PY),python3)
+.PHONY: bench-gpu
+bench-gpu:
+	PYTHONPATH=$(CURDIR) $(GPU_PYTHON) -m bench.gpu $(BENCH_GPU_ARGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -256,6 +256,8 @@ class _Growth:
     reported: bool = False  # the opening checkpoint is durable and reported to the runtime
     first_step_s: float | None = None
     pause_s: float | None = None
+    memory_before: int | None = None  # CUDA: bytes allocated at the decision
+    memory_peak: int | None = None  # CUDA: the most allocated from the decision to the first step
 
     @property
     def ranks_identical(self) -> bool:
@@ -266,10 +268,12 @@ class _Growth:
         """Rank 0: the background writes are done (or there were none)."""
         return all(w is None or w.done() for w in (self.closing_write, self.opening_write))
 
-    def timed(self, first_step_s: float) -> None:
+    def timed(self, first_step_s: float, device: torch.device) -> None:
         """The grown model's first step is done: the pause ends now."""
         self.first_step_s = first_step_s
         self.pause_s = time.perf_counter() - self.decided
+        if device.type == "cuda":
+            self.memory_peak = torch.cuda.max_memory_allocated(device)
 
     def event(self) -> GrowthEvent:
         """The growth event; the pause ends at the first step, or now if there was none yet."""
@@ -301,6 +305,8 @@ class _Growth:
             pause_s=self.pause_s
             if self.pause_s is not None
             else time.perf_counter() - self.decided,
+            memory_before_bytes=self.memory_before,
+            memory_peak_bytes=self.memory_peak,
             closing_checkpoint=self.closing,
             opening_checkpoint=self.opening,
         )
@@ -489,7 +495,7 @@ class TrainLoop:
         if pending is not None and pending.pause_s is None:
             if self.group.device.type == "cuda":
                 torch.cuda.synchronize(self.group.device)
-            pending.timed(time.perf_counter() - started)
+            pending.timed(time.perf_counter() - started, self.group.device)
             if pending.reported:
                 self._finish_pending_growth()
 
@@ -753,6 +759,9 @@ class TrainLoop:
         growth = _Growth(
             directive, directive.op, decided=decided, step=p.step, generation_before=p.generation
         )
+        if self.group.device.type == "cuda":  # the growth's peak memory (GrowthEvent)
+            growth.memory_before = torch.cuda.memory_allocated(self.group.device)
+            torch.cuda.reset_peak_memory_stats(self.group.device)
         example = self._shared_example()
         self._close_generation(growth)
         self._validate_before(growth)

@@ -173,6 +173,14 @@ class GrowthEvent(BaseModel):
     first_step_s: float | None = Field(
         default=None, description="The first training step of the grown model."
     )
+    memory_before_bytes: int | None = Field(
+        default=None, description="CUDA: device memory allocated at the decision."
+    )
+    memory_peak_bytes: int | None = Field(
+        default=None,
+        description="CUDA: the most device memory allocated from the decision to the end of the "
+        "grown model's first step.",
+    )
     pause_s: float = Field(
         ge=0, description="From the decision to the end of the first step of the grown model."
     )

@@ -97,6 +97,8 @@ def test_widen_and_deepen_on_the_gpu_preserve_the_loss(
         assert abs(g.val_loss_after - g.val_loss_before) <= tolerance, g
         assert g.params_after > g.params_before
         assert g.opening_checkpoint is not None and g.opening_checkpoint.durable
+        assert g.memory_before_bytes is not None and g.memory_peak_bytes is not None
+        assert g.memory_peak_bytes > g.memory_before_bytes
 
 
 @pytest.mark.parametrize(
