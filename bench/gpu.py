@@ -58,26 +58,35 @@ FULL = Sizes((4096, 4096, 4096), (7168, 7168, 7168), 2048, 200_000, 1500, 600, 5
 QUICK = Sizes((32, 32), (64, 64), 64, 4_000, 60, 40, 10)
 
 
+NEEDS = {"pydantic": "pydantic", "safetensors": "safetensors", "pyarrow": "pyarrow",
+         "sklearn": "scikit-learn", "numpy": "numpy"}  # fmt: skip
+
+
 def ensure_dependencies() -> None:
-    """Install what this check needs into the running Python, then carry on (or re-run)."""
+    """Install what this check needs into the running Python: a CUDA build of the pinned torch
+    where torch is a CPU build (then run again), the packages the workers import, and Ray (the
+    loop runs on ``LocalRuntime`` where Ray cannot be installed). Wheels in ``.whl/`` are used
+    where there are any (a machine without a registry); else the registry, with the lock file."""
     wheels = ROOT / ".whl"
     local = ["--no-index", "--find-links", str(wheels)] if any(wheels.glob("*.whl")) else []
-    pip = [sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check", *local]
+    lock = ROOT / "requirements" / "lock.txt"
+    constraint = ["-c", str(lock)] if lock.exists() and not local else []
+    pip = [sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check",
+           "--retries", "1", "--timeout", "10", *local]  # fmt: skip
     import torch
 
-    if not torch.cuda.is_available() and torch.version.cuda is None and not local:
+    if torch.version.cuda is None and not local:
         subprocess.run(
             [*pip, f"torch=={TORCH_VERSION}", "--index-url", TORCH_CUDA_INDEX], check=True
         )
         os.execv(sys.executable, [sys.executable, "-m", "bench.gpu", *sys.argv[1:]])
-    missing = [m for m in ("pydantic", "safetensors", "pyarrow", "sklearn") if not _has(m)]
-    if missing or not _has("ray"):
-        lock = ROOT / "requirements" / "lock.txt"
-        constraint = ["-c", str(lock)] if lock.exists() and not local else []
-        needs = ["pydantic", "safetensors", "pyarrow", "scikit-learn", "ray[default,train]"]
-        done = subprocess.run([*pip, *constraint, *needs], check=False)
+    missing = [package for module, package in NEEDS.items() if not _has(module)]
+    if missing:
+        subprocess.run([*pip, *constraint, *missing], check=True)
+    if not _has("ray"):
+        done = subprocess.run([*pip, *constraint, "ray[default,train]"], check=False)
         if done.returncode != 0:
-            print("could not install everything: Ray missing means the loop runs on LocalRuntime")
+            print("Ray could not be installed: the loop runs on LocalRuntime(device='cuda')")
 
 
 def run_gpu_tests() -> str:
