@@ -10,7 +10,7 @@ export RAY_USAGE_STATS_ENABLED := 0
 export MLFLOW_DISABLE_TELEMETRY := true
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install test test-fast lint format demo bench clean
+.PHONY: install test test-fast check-ui lint format demo bench clean
 
 install: $(STAMP)
 
@@ -26,6 +26,12 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(PY) deploy/with_redis.py -- $(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# The MLflow UI in headless Chromium (Debian's chromium package; root installs it, not this file).
+check-ui: $(STAMP)
+	@command -v chromium >/dev/null || { echo "check-ui needs Chromium: sudo apt-get install chromium"; exit 1; }
+	LIFELONG_REQUIRE_BROWSER=1 LIFELONG_UI_SCREENSHOTS=docs/img $(PY) deploy/with_redis.py -- \
+		$(PY) -m pytest tests/service/test_mlflow_ui.py $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -316,6 +316,8 @@ class GenerationLedger:
         if event.kind in ("close", "final"):
             self._track_checkpoint(event, "checkpoint-final")
         self._maybe_release(record, event)
+        if event.kind == "final" and self.spec is not None:  # the job stops: its whole story
+            self._writer().story(record.generation, self.spec.task.metric_name)
 
     def _first_time(self, generation: int, what: str) -> bool:
         return bool(

@@ -36,6 +36,7 @@ def draw_story(series: list[GenerationSeries], metric_name: str, path: str | Pat
 
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 6.5), sharex=True,
                                       gridspec_kw={"height_ratios": [3, 2]})  # fmt: skip
+    previous_end: float | None = None
     for gen in series:
         if gen.metric:
             xs, ys = zip(*gen.metric, strict=True)
@@ -44,13 +45,16 @@ def draw_story(series: list[GenerationSeries], metric_name: str, path: str | Pat
             xs, ys = zip(*gen.params, strict=True)
             bottom.step(xs, ys, where="post", linewidth=1.5)
         points = gen.metric or gen.params
-        start = points[0] if points else None
-        if gen.generation and start is not None:
+        # A growth happens where the generation before it ended (its last observation).
+        at = previous_end if previous_end is not None else points[0][0] if points else None
+        if gen.generation and at is not None:
             for axis in (top, bottom):
-                axis.axvline(start[0], color="grey", linestyle="--", linewidth=0.8)
-            top.annotate(f"{gen.op} → gen {gen.generation}", (start[0], 1.0),
+                axis.axvline(at, color="grey", linestyle="--", linewidth=0.8)
+            top.annotate(f"{gen.op} → gen {gen.generation}", (at, 1.0),
                          xycoords=("data", "axes fraction"), rotation=90, va="top",
                          ha="right", fontsize=8, color="dimgrey")  # fmt: skip
+        if points:
+            previous_end = points[-1][0]
     top.set_ylabel(f"validation {metric_name}")
     top.set_title("Validation and model size against samples seen (dashed: growths)")
     top.grid(alpha=0.3)
