@@ -546,23 +546,24 @@ class MlflowTracker:
         self.client.hset(self.info_key, "latest_generation", str(generation))
 
     def _release(self, op: dict[str, Any], run_id: str) -> None:
-        """Build the release's pyfunc model (once), log it, register it, point its aliases."""
+        """Build the release's pyfunc model, log it, register it, point its aliases."""
+        import tempfile
+
         from mlflow.exceptions import MlflowException
 
         from service.runtime.releases import Release, build_pyfunc
+        from workers.shards import is_remote
 
         release = Release(**op["release"])
         mlflow = self._client()
-        source = Path(release.path)
-        model_dir = source.with_name(f"{source.name}-pyfunc")
-        if not (model_dir / "MLmodel").exists():
-            if not source.exists():
-                logger.error("release %s of job %s is gone; not registered", release.number,
-                             self.job_id)  # fmt: skip
-                self.client.hincrby(self.info_key, "dropped", 1)
-                return
-            build_pyfunc(str(source), model_dir)
-        self._guard(lambda: mlflow.log_artifacts(run_id, str(model_dir), release.dest), op)
+        if not is_remote(release.path) and not Path(release.path).exists():
+            logger.error("release %s of job %s is gone; not registered", release.number,
+                         self.job_id)  # fmt: skip
+            self.client.hincrby(self.info_key, "dropped", 1)
+            return
+        with tempfile.TemporaryDirectory(prefix="lifelong-release-") as folder:
+            model_dir = build_pyfunc(release.path, Path(folder) / "model")
+            self._guard(lambda: mlflow.log_artifacts(run_id, str(model_dir), release.dest), op)
         try:
             mlflow.create_registered_model(self.model_name, tags={JOB_TAG: self.job_id})
         except MlflowException as exc:
