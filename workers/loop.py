@@ -766,6 +766,8 @@ class TrainLoop:
         self._close_generation(growth)
         self._validate_before(growth)
         if not self._transform(growth, example):
+            if growth.closing_write is not None:  # generation N's copy stands: announce it
+                self.source.on_checkpoint(growth.closing_write.result())
             return
         self._open_generation(growth)
         self._validate_after(growth)

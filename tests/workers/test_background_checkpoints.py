@@ -198,3 +198,15 @@ def test_a_crash_while_the_opening_checkpoint_is_written_resumes_before_the_grow
     assert (growth.step, growth.generation_before, growth.generation_after) == (30, 0, 1)
     final = [v for k, v in source.events if k == "checkpoint" and v.kind == "final"][-1]
     assert (final.generation, len(read_meta(final.path).records)) == (1, 1)
+
+
+def test_a_failed_growth_still_announces_its_closing_copy(data_root: Path, tmp_path: Path) -> None:
+    bad = GrowthOp(op="deepen", after="nope", seed=3)
+    failures: list[str] = []
+    source = Log({10: Directive(op=bad), 20: Directive(stop=True)})
+    source.on_growth_failed = lambda op, step, error: failures.append(error)  # type: ignore[method-assign]
+    run_loop(_config(data_root, tmp_path, source), LocalRuntime(tmp_path / "run"))
+    assert len(failures) == 1 and "nope" in failures[0]
+    kinds = [(v.kind, v.step, v.generation) for k, v in source.events if k == "checkpoint"]
+    assert kinds == [("close", 10, 0), ("final", 20, 0)]
+    assert read_meta(tmp_path / "durable" / "gen-0000-step-000000010").step == 10
