@@ -15,6 +15,8 @@ from service.runtime.exports import export
 from workers.models import build_model
 from workers.spec import ModelSpec, TaskSpec
 
+pytestmark = pytest.mark.slow  # torch's ONNX exporter takes a second or two per model
+
 ZOO = {
     "mlp": ({"kind": "classification", "input_shape": [64], "num_classes": 10},
             {"family": "mlp", "hidden": [32, 16]}),
