@@ -318,6 +318,7 @@ class GenerationLedger:
         self._maybe_release(record, event)
         if event.kind == "final" and self.spec is not None:  # the job stops: its whole story
             self._writer().story(record.generation, self.spec.task.metric_name)
+            self._writer().finish_job(record.generation)
 
     def _first_time(self, generation: int, what: str) -> bool:
         return bool(

@@ -221,6 +221,10 @@ class MlflowTracker:
         ``generation``'s run and the job's run, as ``plots/story.png``."""
         self._put({"kind": "story", "gen": generation, "metric": metric_name})
 
+    def finish_job(self, generation: int) -> None:
+        """The job stopped: its parent run ends (FINISHED)."""
+        self._put({"kind": "finish_job", "gen": generation, "time": _now_ms()})
+
     def release(self, generation: int, release: str) -> None:
         """A release (``service.runtime.releases.Release`` JSON): its pyfunc model logged in the
         generation's run, a registered model version with its tags, and its aliases."""
@@ -397,6 +401,9 @@ class MlflowTracker:
             self._release(op, run_id)
         elif kind == "story":
             self._story(op, run_id)
+        elif kind == "finish_job":
+            job_run = self._job_run(None)
+            self._guard(lambda: mlflow.set_terminated(job_run, "FINISHED", end_time=op["time"]), op)
         elif kind == "tags":
             from mlflow.entities import RunTag
 

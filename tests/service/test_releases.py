@@ -117,6 +117,7 @@ def test_trained_versions_registered_served_and_loaded_without_lifelong(
     assert len(job_run) == 1
     parents = [mlflow.get_run(runs[g]).data.tags["mlflow.parentRunId"] for g in range(3)]
     assert parents == [job_run[0].info.run_id, runs[0], runs[1]]
+    assert job_run[0].info.status == "FINISHED"  # the job's final checkpoint ended it
     for run_id in (runs[0], runs[1], job_run[0].info.run_id):
         assert [a.path for a in mlflow.list_artifacts(run_id, "plots")] == ["plots/story.png"]
     # Each version's weights are its checkpoint's.
