@@ -309,7 +309,7 @@ def report(runs: dict[str, list[dict[str, Any]]], bare: float, args: argparse.Na
     from bench._report import table
 
     loop = loop_rate(runs["bf16"])
-    where = ("Ray Train, one worker with `use_gpu=True`" if args.runtime == "ray"
+    where = (f"Ray Train, one worker with `use_gpu={args.device == 'cuda'}`" if args.runtime == "ray"
              else f"`LocalRuntime(device='{args.device}')` in this process ({args.why_local})")  # fmt: skip
     s = args.sizes
     return (
