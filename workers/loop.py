@@ -38,6 +38,7 @@ import math
 import os
 import shutil
 import time
+from concurrent import futures
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,6 +106,10 @@ from workers.tasks import evaluate, loss_fn, targets
 logger = logging.getLogger(__name__)
 
 OptimizerState = Literal["auto", "carry", "reset"]
+# At an observation step, how long rank 0 waits for a growth's background checkpoint writes
+# before it skips the observation instead (a small model's are done by then; a large model
+# trains on rather than stall).
+WRITE_WAIT_S = 1.0
 
 
 class WorkerConfig(BaseModel):
@@ -263,10 +268,12 @@ class _Growth:
     def ranks_identical(self) -> bool:
         return len(set(self.digests)) <= 1  # one rank: nothing to compare
 
-    @property
-    def written(self) -> bool:
-        """Rank 0: the background writes are done (or there were none)."""
-        return all(w is None or w.done() for w in (self.closing_write, self.opening_write))
+    def written(self, timeout: float) -> bool:
+        """Rank 0: the background writes are done (or there were none), waiting up to
+        ``timeout`` seconds for them."""
+        writes: list[Future[Any]] = [self.closing_write] if self.closing_write else []
+        writes += [self.opening_write] if self.opening_write else []
+        return not futures.wait(writes, timeout=timeout).not_done
 
     def timed(self, first_step_s: float, device: torch.device) -> None:
         """The grown model's first step is done: the pause ends now."""
@@ -503,6 +510,8 @@ class TrainLoop:
 
     def observe_and_act(self) -> None:
         """Every rank: the smoothed loss; rank 0: observe and decide; every rank: act."""
+        if not self._growth_announced():
+            return
         window_mean = self.group.mean([self._loss_sum.item() / max(1, self._loss_count)])[0]
         self._loss_sum.zero_()
         self._loss_count = 0
@@ -519,8 +528,6 @@ class TrainLoop:
             decided = time.perf_counter()
             text = self._step_message(observation, directive).model_dump_json()
         message = _StepMessage.model_validate_json(self.group.broadcast_str(text))
-        if message.growth_written:
-            self._finish_pending_growth()
         if message.improved:
             self._best = _Snapshot.of(self, message.improved)
         self.act(message.directive, decided)
@@ -532,6 +539,21 @@ class TrainLoop:
             self.stop(message.total_spent, budget=True)
         elif message.converged is not None and message.directive.op is None:
             self.converge(message.converged)
+
+    def _growth_announced(self) -> bool:
+        """Every rank, at an observation step: once a growth's background writes are done (rank 0
+        waits up to ``WRITE_WAIT_S`` for them), the growth is reported first; while they are not,
+        this observation is skipped and training goes on. So the source never observes generation
+        N+1 before it hears of the growth (the controller and the supervisor count on that), and
+        a crash before then resumes from before the growth with nothing of it announced."""
+        pending = self._pending
+        if pending is None or pending.reported:
+            return True
+        done = pending.written(WRITE_WAIT_S) if self.group.is_main else False
+        if not self.group.broadcast_str(("1" if done else "") if self.group.is_main else None):
+            return False
+        self._finish_pending_growth()
+        return True
 
     def _step_message(self, observation: Observation, directive: Directive) -> _StepMessage:
         """Rank 0: the directive, with what convergence and the budgets say of this step."""
@@ -562,13 +584,8 @@ class TrainLoop:
                 numbers={"dataset_version": version, **self.meter.version(version).as_dict()},
                 budget=True,
             )
-        pending = self._pending
         return _StepMessage(
-            directive=directive,
-            improved=improved,
-            converged=converged,
-            total_spent=total,
-            growth_written=pending is not None and not pending.reported and pending.written,
+            directive=directive, improved=improved, converged=converged, total_spent=total
         )
 
     def observe(self) -> Observation:
@@ -1307,9 +1324,6 @@ class _StepMessage(BaseModel):
     )
     converged: _ConvergedNote | None = None
     total_spent: str | None = None
-    growth_written: bool = Field(
-        default=False, description="A growth's background checkpoint writes are done: report it."
-    )
 
 
 class _IdleMessage(BaseModel):
