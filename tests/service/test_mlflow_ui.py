@@ -45,12 +45,16 @@ EXPAND = """(() => {
 PLOT = "Math.max(0, ...Array.from(document.images).map(i => i.naturalWidth))"
 
 
-def _expand_nested_runs(page: Browser) -> None:
-    """Open every collapsed parent row of the runs table (the lineage is a tree)."""
-    for _ in range(10):
-        if not page.evaluate(EXPAND):
-            return
+def _expand_nested_runs(page: Browser, innermost: str, timeout: float = 120.0) -> str:
+    """Open the collapsed parent rows of the runs table (the lineage is a tree) until the
+    innermost run shows; the page's text then."""
+    deadline = time.monotonic() + timeout
+    while innermost not in (text := page.text()).split():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{innermost} is not on the page; it shows: {text[:2000]}")
+        page.evaluate(EXPAND)  # the rows render a moment after the table: try again
         time.sleep(1.0)
+    return text
 
 
 def test_the_generations_and_the_story_plot_are_on_the_mlflow_ui(
@@ -84,18 +88,17 @@ def test_the_generations_and_the_story_plot_are_on_the_mlflow_ui(
     with Browser(CHROMIUM, tmp_path / "chromium") as page:
         # The experiment, in MLflow 3's model-training view: its runs, the lineage expanded.
         url = f"{mlflow_server.url}/#/experiments/{experiment}?workflowType=machine_learning"
-        text = page.open(url, until="matching runs")
+        text = page.open(url, until="matching runs", timeout=120)
         assert "Model registry" in text, "the experiment did not open in the model-training view"
-        _expand_nested_runs(page)
-        text = page.wait_for("generation-2")
+        text = _expand_nested_runs(page, "generation-2")
         for name in ("job", "generation-0", "generation-1", "generation-2"):
             assert name in text.split(), f"run {name} is not on the experiment's page"
         page.screenshot(shots / "mlflow-ui-runs.png")
         # The job's run shows the story plot among its artifacts.
         run_page = f"{mlflow_server.url}/#/experiments/{experiment}/runs/{job_run}"
         url = f"{run_page}/artifacts/plots/story.png?workflowType=machine_learning"
-        page.open(url, until="plots/story.png")
-        deadline = time.monotonic() + 30
+        page.open(url, until="plots/story.png", timeout=120)
+        deadline = time.monotonic() + 60
         while page.evaluate(PLOT) < 500 and time.monotonic() < deadline:  # the plot is 990 px
             time.sleep(0.5)
         assert page.evaluate(PLOT) >= 500, "the story plot is not shown"
