@@ -32,6 +32,8 @@ from typing import TYPE_CHECKING, Any
 from service.runtime.releases import CHAMPION, Candidate, Release, better, choose
 from service.runtime.tracking import TrackedIds, read_tracked_ids
 from workers.checkpoint import (
+    OPTIMIZER_JSON_FILE,
+    OPTIMIZER_TENSORS_FILE,
     GenerationInfo,
     durable_root,
     newest_durable,
@@ -365,7 +367,7 @@ class GenerationLedger:
         if not release:
             return
         number = int(client.hincrby(key, "count", 1))
-        path = self._stable_copy(event, f"release-{number}")
+        path = self._stable_copy(event, f"release-{number}", weights_only=True)
         if path is None:
             return
         made = Release(
@@ -388,8 +390,13 @@ class GenerationLedger:
         client.hset(key, mapping=updates)
         self._writer().release(record.generation, made.to_json())
 
-    def _stable_copy(self, event: CheckpointEvent, dest: str) -> str | None:
-        """A copy of the checkpoint that lives until MLflow has it (Ray may delete its own)."""
+    def _stable_copy(
+        self, event: CheckpointEvent, dest: str, *, weights_only: bool = False
+    ) -> str | None:
+        """A copy of the checkpoint that lives until MLflow has it (Ray may delete its own).
+
+        A release serves and exports its weights only, so its copy (``weights_only``) leaves out
+        the optimizer state, which is twice the weights' size under Adam."""
         if event.durable or not event.path:
             return event.path or None
         source = Path(event.path)
@@ -397,7 +404,8 @@ class GenerationLedger:
             return None
         target = Path(tracked_copy_path(self.data_root, self.job_id, event.generation, dest))
         if not target.exists():
-            shutil.copytree(source, target)
+            skip = (OPTIMIZER_TENSORS_FILE, OPTIMIZER_JSON_FILE) if weights_only else ()
+            shutil.copytree(source, target, ignore=shutil.ignore_patterns(*skip))
         return str(target)
 
     def _tags(self, record: GenerationRecord) -> dict[str, str]:

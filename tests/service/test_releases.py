@@ -19,6 +19,7 @@ from service.client import LifelongClient
 from service.jobs.spec import validate_job_spec
 from service.local.processes import MlflowServer
 from service.runtime.generations import GenerationLedger
+from service.runtime.releases import Release
 from service.runtime.tracking import MlflowTracker
 from service.state.store import RedisStore
 from tests.clean_env import clean_python
@@ -45,8 +46,11 @@ def _trained(folder: Path, job_id: str, generation: int, step: int) -> Path:
                           optimizer=OptimizerSpec(), step=step, generation=generation,
                           generation_step=step, samples_seen=step * 32, passes=1,
                           manifest_version=1, dataset_size=100, param_count=0, world_size=1)  # fmt: skip
+    optimizer = torch.optim.AdamW(model.parameters())
+    model(torch.zeros(2, 8)).sum().backward()
+    optimizer.step()  # the checkpoint holds optimizer state, as a training loop's does
     return save_checkpoint(
-        folder / f"g{generation}-s{step}", model=model, optimizer=None, meta=meta
+        folder / f"g{generation}-s{step}", model=model, optimizer=optimizer, meta=meta
     )
 
 
@@ -67,7 +71,8 @@ def run_history(ledger: GenerationLedger, folder: Path) -> dict[int, Path]:
         made[step] = path
         ledger.checkpointed(CheckpointEvent(
             kind=kind, step=step, generation=generation, param_count=100,  # type: ignore[arg-type]
-            manifest_version=1, path=str(path), durable=True, seconds=0.1, wall_time=float(step),
+            manifest_version=1, path=str(path), durable=kind != "periodic", seconds=0.1,
+            wall_time=float(step),
         ))  # fmt: skip
     return made
 
@@ -120,6 +125,13 @@ def test_trained_versions_registered_served_and_loaded_without_lifelong(
     assert job_run[0].info.status == "FINISHED"  # the job's final checkpoint ended it
     for run_id in (runs[0], runs[1], job_run[0].info.run_id):
         assert [a.path for a in mlflow.list_artifacts(run_id, "plots")] == ["plots/story.png"]
+    # A periodic checkpoint (Ray's, not durable) is copied for its release without the optimizer.
+    releases = [Release.from_json(v) for k, v in
+                store.client.hgetall(store.keys.releases(job.id)).items() if str(k).isdigit()]  # fmt: skip
+    copies = [Path(r.path) for r in releases if r.kind == "periodic"]
+    assert len(copies) == 3 and all("/tracked/" in str(c) for c in copies)
+    for copy in copies:
+        assert sorted(f.name for f in copy.iterdir()) == ["meta.json", "model.safetensors"]
     # Each version's weights are its checkpoint's.
     import mlflow as mlflow_module
 
