@@ -17,10 +17,10 @@ def test_waiting_when_converged_spends_less_on_a_tiny_stream(tmp_path: Path) -> 
 
     data = stream.Stream(tmp_path, stages=(300, 600))
     registry = idle.variants()
-    # A short patience, so that it converges within the interval even on a loaded machine.
+    # A short patience and 6 s stages, so that it converges within a stage even on a loaded machine.
     quick = idle.Variant("idle-quick", "waits when converged", {"patience": 3})
-    waits = idle.run_one(data, quick, seed=0, interval=4.0)
-    trains = idle.run_one(data, registry["always"], seed=0, interval=4.0)
+    waits = idle.run_one(data, quick, seed=0, interval=6.0)
+    trains = idle.run_one(data, registry["always"], seed=0, interval=6.0)
     for r in (waits, trains):
         assert len(r.stage_acc) == 2 and all(0.0 < a <= 1.0 for a in r.stage_acc)
         assert r.steps > 0 and r.flops > 0 and 0 < r.busy_s <= r.elapsed_s + 1e-6
