@@ -9,13 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
-from sklearn.datasets import load_digits
 
 import net2net
 from growth_policy.types import GrowthOp
+from tests.workers.digits import write_digits_job
 from workers.checkpoint import build_optimizer
 from workers.device import (
     HostToDevice,
@@ -27,7 +26,7 @@ from workers.device import (
 from workers.loop import WorkerConfig, run_loop
 from workers.models import build_model, count_parameters
 from workers.runtime import LocalRuntime
-from workers.shards import FileManifest, ShardStore
+from workers.shards import FileManifest
 from workers.sources import BaseSource, Directive, GrowthEvent, Observation
 from workers.spec import ComputeSpec, ModelSpec, OptimizerSpec, TaskSpec
 
@@ -55,17 +54,7 @@ class _Log(BaseSource):
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    x, y = load_digits(return_X_y=True)
-    x, y = (x / 16.0).astype(np.float32), y.astype(np.int64)
-    root = tmp_path_factory.mktemp("data")
-    store = ShardStore(str(root / "data"))
-    FileManifest(root / "manifest", "job").append(
-        [
-            store.write("job", x[:1200], y[:1200], "train"),
-            store.write("job", x[1500:], y[1500:], "val"),
-        ]
-    )
-    return root
+    return write_digits_job(tmp_path_factory.mktemp("data"), train=1200)
 
 
 def _run(root: Path, tmp_path: Path, precision: Any) -> _Log:

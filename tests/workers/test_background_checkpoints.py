@@ -21,10 +21,11 @@ from sklearn.datasets import load_digits
 
 import workers.loop
 from growth_policy.types import GrowthOp, Observation
+from tests.workers.digits import write_digits_job
 from workers.checkpoint import load_checkpoint, read_meta, stored_checkpoints
 from workers.loop import FAULT_AFTER_TRANSFORM_ENV, TrainLoop, WorkerConfig, run_loop
 from workers.runtime import LocalRuntime
-from workers.shards import FileManifest, ShardStore
+from workers.shards import FileManifest
 from workers.sources import BaseSource, CheckpointEvent, Directive, GrowthEvent
 from workers.spec import ModelSpec, TaskSpec
 from workers.tasks import evaluate
@@ -60,16 +61,7 @@ def _digits() -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    x, y = _digits()
-    root = tmp_path_factory.mktemp("data")
-    store = ShardStore(str(root / "data"))
-    FileManifest(root / "manifest", "job").append(
-        [
-            store.write("job", x[:600], y[:600], "train"),
-            store.write("job", x[1500:], y[1500:], "val"),
-        ]
-    )
-    return root
+    return write_digits_job(tmp_path_factory.mktemp("data"))
 
 
 def _config(root: Path, tmp_path: Path, source: BaseSource, **kwargs: Any) -> WorkerConfig:

@@ -6,15 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
-from sklearn.datasets import load_digits
 
 from growth_policy.types import GrowthOp, Observation
+from tests.workers.digits import write_digits_job
 from workers.checkpoint import read_meta, stored_checkpoints
 from workers.loop import WorkerConfig, run_loop
 from workers.runtime import LocalRuntime
-from workers.shards import FileManifest, ShardStore
+from workers.shards import FileManifest
 from workers.sources import (
     BaseSource,
     CheckpointEvent,
@@ -64,17 +63,7 @@ class Recorder(BaseSource):
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    x, y = load_digits(return_X_y=True)
-    x, y = (x / 16.0).astype(np.float32), y.astype(np.int64)
-    root = tmp_path_factory.mktemp("data")
-    store = ShardStore(str(root / "data"))
-    FileManifest(root / "manifest", "job").append(
-        [
-            store.write("job", x[:600], y[:600], "train"),
-            store.write("job", x[1500:], y[1500:], "val"),
-        ]
-    )
-    return root
+    return write_digits_job(tmp_path_factory.mktemp("data"))
 
 
 def _config(root: Path, tmp_path: Path, source: Recorder, **kwargs: Any) -> WorkerConfig:
