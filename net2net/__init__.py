@@ -6,6 +6,7 @@ from ._handlers import Handler, Opaque, ParamAxes, register_handler
 from ._modes import init_modes
 from ._modules import Residual
 from ._optim import transfer_optimizer
+from ._outputs import add_classes
 from ._replay import replay
 from ._summary import count_params, predict_param_count, summarize
 from ._trace import TraceContext
@@ -21,6 +22,7 @@ __all__ = [
     "Residual",
     "TraceContext",
     "WidthGroup",
+    "add_classes",
     "count_params",
     "deepen",
     "init_modes",

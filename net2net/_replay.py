@@ -10,6 +10,7 @@ from torch import nn
 
 from ._deepen import deepen_impl
 from ._errors import GrowthError
+from ._outputs import add_classes_impl
 from ._widen import RECORD_FORMAT, widen_head_size_impl, widen_impl
 
 
@@ -70,6 +71,17 @@ def replay(model: nn.Module, records: Sequence[Mapping[str, Any]]) -> nn.Module:
                     seed=int(rec["seed"]),
                     check=False,
                     expect_width=int(rec["width"]),
+                )
+            elif op == "add_classes":
+                grown = add_classes_impl(
+                    current,
+                    inputs,
+                    classes=int(rec["classes"][1]),
+                    head=str(rec["head"]),
+                    init=str(rec["init"]),
+                    prior=float(rec["prior"]),
+                    seed=int(rec["seed"]),
+                    check=False,
                 )
             else:
                 raise GrowthError(f"unknown op {op!r}")
