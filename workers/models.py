@@ -3,7 +3,7 @@
 A *family* is a pydantic options model (unknown keys refused) plus a builder
 ``(options, task) -> nn.Module`` and a cross-check ``(options, task) -> list[str]`` that says what is
 wrong with options that are valid on their own but do not fit the task (a CNN on a flat vector). The
-built-in families are ``mlp``, ``cnn`` and ``resnet``; operators add their own through the Python entry
+built-in families are ``mlp``, ``cnn``, ``resnet`` and ``gpt`` (a language model, ``workers.gpt``); operators add their own through the Python entry
 point group ``lifelong.models`` (each entry point names a :class:`Family`), never through code in a
 request.
 
@@ -32,6 +32,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
+from workers import gpt as _gpt
 from workers.spec import ModelSpec, TaskSpec
 
 logger = logging.getLogger(__name__)
@@ -589,5 +590,16 @@ register_family(
         _check_resnet,
         "Small residual net with BatchNorm and projection shortcuts, 1-D or 2-D.",
         _resnet_accepts,
+    )
+)
+register_family(
+    Family(
+        "gpt",
+        _gpt.GPTOptions,
+        _gpt.build,
+        _gpt.check,
+        "Decoder-only pre-norm transformer for language_modeling: n_layer, n_head, d_model, "
+        "ffn_multiple, norm (layer/rms), positions (learned/rope), tied embeddings, dropout, bias.",
+        _gpt.accepts,
     )
 )

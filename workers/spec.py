@@ -13,19 +13,73 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 MAX_INPUT_ELEMENTS = 1 << 20
 
 
+Tokenizer = Literal["bytes", "ids"]
+BYTES_VOCAB = 256
+MAX_VOCAB = 1_000_000
+MAX_CONTEXT = 8192
+
+
 class TaskSpec(BaseModel):
-    """What is learned: the per-sample input shape and the target."""
+    """What is learned: the per-sample input shape and the target.
+
+    ``language_modeling`` learns the next token of a token stream: its samples are windows of
+    ``context_length`` token ids (``input_shape`` is ``(context_length,)`` implicitly), its output
+    is a distribution over the vocabulary (256 UTF-8 byte values for the ``bytes`` tokenizer,
+    ``vocab_size`` ids for ``ids``), and its metric is the perplexity (lower is better).
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    kind: Literal["classification", "regression"] = "classification"
+    kind: Literal["classification", "regression", "language_modeling"] = "classification"
     input_shape: tuple[int, ...] = Field(
         min_length=1,
         max_length=4,
-        description="Per-sample shape: (features,), (C, L) or (C, H, W).",
+        description="Per-sample shape: (features,), (C, L) or (C, H, W). Not given for "
+        "language_modeling: it is (context_length,).",
     )
     num_classes: int | None = Field(default=None, ge=2, le=1_000_000)
     num_outputs: int | None = Field(default=None, ge=1, le=1_000_000)
+    max_classes: int | None = Field(
+        default=None,
+        ge=2,
+        le=1_000_000,
+        description="classification: the classes are open up to this many; the head starts at "
+        "num_classes and grows (growth op 'add_classes') when a label at or beyond it arrives.",
+    )
+    class_names: tuple[str, ...] | None = Field(
+        default=None,
+        max_length=1_000_000,
+        description="classification: the name of class i at position i (at most max_classes, "
+        "or num_classes); predict returns them.",
+    )
+    tokenizer: Tokenizer = Field(
+        default="bytes",
+        description="language_modeling: 'bytes' (UTF-8 bytes, 256 ids) or 'ids' (the user's own "
+        "token ids, below vocab_size).",
+    )
+    vocab_size: int | None = Field(
+        default=None,
+        ge=2,
+        le=MAX_VOCAB,
+        description="language_modeling: required for tokenizer 'ids'; 256 or absent for 'bytes'.",
+    )
+    context_length: int = Field(
+        default=256, ge=2, le=MAX_CONTEXT, description="language_modeling: tokens per window."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _implicit_input_shape(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("kind") == "language_modeling":
+            context = data.get("context_length", 256)
+            if "input_shape" not in data or data["input_shape"] is None:
+                data = {**data, "input_shape": (context,) if isinstance(context, int) else (1,)}
+            elif isinstance(context, int) and list(data["input_shape"]) != [context]:
+                raise ValueError(
+                    f"language_modeling takes no input_shape (it is [context_length] = "
+                    f"[{context}]); got {list(data['input_shape'])}"
+                )
+        return data
 
     @model_validator(mode="after")
     def _target_fits_kind(self) -> Self:
@@ -44,17 +98,90 @@ class TaskSpec(BaseModel):
                 errors.append("classification needs 'num_classes' (at least 2)")
             if self.num_outputs is not None:
                 errors.append("'num_outputs' is for regression; classification uses 'num_classes'")
-        else:
+        elif self.kind == "regression":
             if self.num_outputs is None:
                 errors.append("regression needs 'num_outputs' (at least 1)")
             if self.num_classes is not None:
                 errors.append("'num_classes' is for classification; regression uses 'num_outputs'")
+        errors += self._language_modeling_errors()
+        errors += self._open_class_errors()
         if errors:
             raise ValueError("; ".join(errors))
         return self
 
+    def _open_class_errors(self) -> list[str]:
+        if self.kind != "classification":
+            return [
+                f"'{name}' is for classification, not {self.kind}"
+                for name in ("max_classes", "class_names")
+                if getattr(self, name) is not None
+            ]
+        errors = []
+        if self.num_classes and self.max_classes and self.max_classes < self.num_classes:
+            errors.append(
+                f"max_classes ({self.max_classes}) must be at least num_classes "
+                f"({self.num_classes}), the head's starting size"
+            )
+        names = self.class_names
+        if names is not None:
+            if len(names) > self.class_capacity:
+                errors.append(
+                    f"class_names has {len(names)} names, more than the "
+                    f"{self.class_capacity} classes (max_classes, else num_classes)"
+                )
+            if any(not n or len(n) > 200 for n in names):
+                errors.append("class_names must each be 1 to 200 characters")
+            if len(set(names)) != len(names):
+                errors.append("class_names must be distinct")
+        return errors
+
+    @property
+    def class_capacity(self) -> int:
+        """Classification: how many classes the job may ever have (max_classes, else
+        num_classes)."""
+        return self.max_classes or self.num_classes or 0
+
+    def class_name(self, index: int) -> str | None:
+        """The name of class ``index`` where ``class_names`` gives one."""
+        names = self.class_names or ()
+        return names[index] if 0 <= index < len(names) else None
+
+    def _language_modeling_errors(self) -> list[str]:
+        if self.kind != "language_modeling":
+            # compared with the defaults, not the fields set, so that a dump validates again
+            return [
+                f"'{name}' is for language_modeling, not {self.kind}"
+                for name in ("tokenizer", "vocab_size", "context_length")
+                if getattr(self, name) != type(self).model_fields[name].default
+            ]
+        errors = []
+        for name in ("num_classes", "num_outputs"):
+            if getattr(self, name) is not None:
+                errors.append(
+                    f"'{name}' is not used by language_modeling: the outputs are the vocabulary "
+                    f"(tokenizer 'bytes': 256 ids; 'ids': vocab_size)"
+                )
+        if self.tokenizer == "ids" and self.vocab_size is None:
+            errors.append("tokenizer 'ids' needs 'vocab_size' (2 to 1,000,000)")
+        if self.tokenizer == "bytes" and self.vocab_size not in (None, BYTES_VOCAB):
+            errors.append(
+                f"tokenizer 'bytes' has {BYTES_VOCAB} ids, so vocab_size must be absent or "
+                f"{BYTES_VOCAB}, not {self.vocab_size}; use tokenizer 'ids' for another vocabulary"
+            )
+        return errors
+
+    @property
+    def vocab(self) -> int:
+        """The vocabulary size of a language-modelling task (256 for the ``bytes`` tokenizer)."""
+        if self.tokenizer == "bytes":
+            return BYTES_VOCAB
+        assert self.vocab_size is not None
+        return self.vocab_size
+
     @property
     def output_dim(self) -> int:
+        if self.kind == "language_modeling":
+            return self.vocab
         out = self.num_classes if self.kind == "classification" else self.num_outputs
         assert out is not None
         return out
@@ -68,7 +195,12 @@ class TaskSpec(BaseModel):
 
     @property
     def metric_name(self) -> str:
-        return "accuracy" if self.kind == "classification" else "mse"
+        return {"classification": "accuracy", "regression": "mse"}.get(self.kind, "perplexity")
+
+    @property
+    def higher_is_better(self) -> bool:
+        """Whether a larger metric is better: True for accuracy only (mse and perplexity fall)."""
+        return self.kind == "classification"
 
 
 class ModelSpec(BaseModel):
@@ -183,3 +315,126 @@ class ComputeSpec(BaseModel):
         "GPU and fp32 elsewhere; 'bf16' and 'fp32' force it. Weights, gradients and optimizer "
         "state stay fp32.",
     )
+
+
+ReplayHistory = Literal["uniform", "recency", "class_balanced"]
+
+
+class ReplaySpec(BaseModel):
+    """What each training batch holds: a share of the newest data, and replay of the history.
+
+    Every batch of ``batch_size`` samples (per rank) holds ``round(newest_share × batch_size)``
+    samples of the **newest** data and the rest drawn from the **history** (every training sample
+    pushed so far, the newest included), as ``history`` says:
+
+    * ``uniform``: every sample equally likely (a shuffled order, all of it before any repeats);
+    * ``recency``: a sample's weight halves for every ``half_life`` training samples that arrived
+      after it;
+    * ``class_balanced`` (classification): a reservoir of ``reservoir_size`` samples per rank that
+      keeps the classes as balanced as the data allows (class-balanced reservoir sampling: a sample
+      of a class among the largest in the reservoir replaces one of its own class with the
+      probability reservoir count / seen count; any other replaces one of a largest class).
+
+    The **newest** data of a rank are the last ``newest_window`` training samples to arrive at it;
+    those not yet trained on are taken first (in the order they arrived), the rest of the share is
+    drawn uniformly from the window. So a pushed sample is in a batch at the first step of the
+    first pass after its push is in the manifest, if the push holds fewer samples than the share
+    per batch, and within ``ceil(push / share)`` steps otherwise.
+
+    A pass lasts at most ``max_steps_per_pass`` steps; the loop reads the manifest between passes,
+    so a push waits at most one pass, whatever the history's size.
+
+    The default (``uniform``, ``newest_share`` 0.5, ``max_steps_per_pass`` 100) was measured on
+    the freshness benchmark (``bench/freshness.py``, ``docs/benchmarks.md``): with no newest share
+    a pushed sample waits for uniform replay to draw it, which grows with the history (beyond
+    minutes at 10 million samples); with the share it is trained on at the next pass, and 100
+    steps per pass keep that wait under a second for the benchmark's model on this machine. Half
+    of every batch still replays the history, experience replay's usual 50/50.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    history: ReplayHistory = Field(
+        default="uniform", description="'uniform', 'recency' (half_life) or 'class_balanced'."
+    )
+    half_life: float | None = Field(
+        default=None,
+        gt=0,
+        description="recency: training samples (arrived after a sample) that halve its weight.",
+    )
+    newest_share: float = Field(
+        default=0.5,
+        ge=0.0,
+        le=1.0,
+        description="Share of every batch drawn from the newest data (0: replay only; 1: the "
+        "newest data only, fine-tuning).",
+    )
+    newest_window: int = Field(
+        default=1024,
+        ge=1,
+        le=1_000_000,
+        description="Per rank: how many of the last training samples to arrive are the newest.",
+    )
+    reservoir_size: int = Field(
+        default=4096,
+        ge=2,
+        le=10_000_000,
+        description="class_balanced: samples per rank in the class-balanced reservoir.",
+    )
+    max_steps_per_pass: int = Field(
+        default=100,
+        ge=1,
+        le=1_000_000,
+        description="Steps per pass at most; the manifest is read between passes.",
+    )
+
+    @model_validator(mode="after")
+    def _options_fit_history(self) -> Self:
+        if self.history == "recency" and self.half_life is None:
+            raise ValueError("replay 'recency' needs 'half_life' (training samples, above 0)")
+        if self.history != "recency" and self.half_life is not None:
+            raise ValueError(f"'half_life' is for replay 'recency', not '{self.history}'")
+        return self
+
+
+DEFAULT_RESIDENT_BYTES = 1 << 30
+
+
+class DataSpec(BaseModel):
+    """How much of a job's data a rank keeps in memory.
+
+    ``resident_bytes`` bounds, per rank, the decoded training samples held in memory (features and
+    labels, as float32 and int64 or float32 tensors): the history while it fits, the newest
+    window, the class-balanced reservoir, and the streamed windows once it does not. Beyond it the
+    rank streams its share of the shards from the storage root in a shuffled order, two windows at
+    a time (one trained on, one read ahead). The validation set (rank 0) is bounded apart, by
+    ``val_max_samples``.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    resident_bytes: int = Field(
+        default=DEFAULT_RESIDENT_BYTES,
+        ge=1 << 16,
+        le=1 << 40,
+        description="Per rank, bytes of decoded training samples held in memory (1 GiB).",
+    )
+
+
+def replay_problems(task: TaskSpec, replay: ReplaySpec, data: DataSpec) -> list[str]:
+    """What in ``replay`` and ``data`` does not fit ``task`` (empty when they fit)."""
+    problems = []
+    if replay.history == "class_balanced" and task.kind != "classification":
+        problems.append(f"replay 'class_balanced' is for classification, not {task.kind}")
+    label_bytes = 8 if task.kind != "regression" else 4 * (task.num_outputs or 1)
+    sample = 4 * task.sample_elements + label_bytes
+    reserved = replay.newest_window * sample if replay.newest_share > 0 else 0
+    if replay.history == "class_balanced":
+        reserved += replay.reservoir_size * sample
+    if data.resident_bytes - reserved < 2 * sample:
+        problems.append(
+            f"data.resident_bytes ({data.resident_bytes:,}) leaves no room to stream after the "
+            f"newest window and the reservoir ({reserved:,} bytes at {sample:,} bytes a sample); "
+            "raise data.resident_bytes or lower replay.newest_window or replay.reservoir_size"
+        )
+    return problems
