@@ -91,6 +91,7 @@ from workers.reader import DataReader
 from workers.runtime import RayRuntime, Resumed, Runtime
 from workers.shards import Manifest, ManifestSource, ShardStore, is_remote
 from workers.signals import group_signals
+from workers.slices import SliceReport, SliceTracker, per_sample, slice_starts
 from workers.sources import (
     BaseSource,
     CheckpointEvent,
@@ -100,7 +101,14 @@ from workers.sources import (
     LoopState,
     LoopStatus,
 )
-from workers.spec import ComputeSpec, ModelSpec, OptimizerSpec, TaskSpec
+from workers.spec import (
+    ComputeSpec,
+    DataSpec,
+    ModelSpec,
+    OptimizerSpec,
+    ReplaySpec,
+    TaskSpec,
+)
 from workers.tasks import evaluate, loss_fn, targets
 
 logger = logging.getLogger(__name__)
@@ -164,8 +172,16 @@ class WorkerConfig(BaseModel):
     example_batch_size: int = Field(
         default=256, ge=1, description="Samples used to trace, grow and summarise."
     )
-    recency_half_life: float | None = Field(default=None, gt=0)
-    max_steps_per_pass: int | None = Field(default=None, ge=1)
+    replay: ReplaySpec = Field(
+        default_factory=ReplaySpec,
+        description="What each batch holds: the newest share, the history's replay, the pass "
+        "length (workers.spec.ReplaySpec).",
+    )
+    data: DataSpec = Field(
+        default_factory=DataSpec,
+        description="Per rank, the bytes of decoded training samples held in memory; beyond "
+        "them the history is streamed (workers.spec.DataSpec).",
+    )
     poll_interval: float = Field(default=1.0, gt=0, description="Seconds, while idle.")
     seed: int = 0
     signals: bool = Field(default=True, description="Compute per-group saturation signals.")
@@ -352,6 +368,8 @@ class TrainLoop:
         self._busy_mark: float | None = None  # perf_counter() since which time counts as busy
         self._params = 0
         self._converged: _ConvergedNote | None = None
+        # Rank 0: per-slice validation, forgetting and drift (workers.slices).
+        self.slices = SliceTracker(higher_is_better=config.task.kind == "classification")
 
     # -- setup ------------------------------------------------------------------------------------
 
@@ -364,11 +382,11 @@ class TrainLoop:
             world_size=self.group.world_size,
             batch_size=self.cfg.batch_size,
             seed=self.cfg.seed,
-            recency_half_life=self.cfg.recency_half_life,
             load_val=self.group.is_main,
             val_max_samples=self.cfg.val_max_samples,
-            max_steps_per_pass=self.cfg.max_steps_per_pass,
             verify=self.cfg.verify_shards,
+            replay=self.cfg.replay,
+            resident_bytes=self.cfg.data.resident_bytes,
         )
         self.loss = loss_fn(self.cfg.task)
         self._loss_sum = torch.zeros((), device=self.group.device)
@@ -424,6 +442,7 @@ class TrainLoop:
         if self.group.is_main:
             self.source.load_state_dict(meta.source_state)
         self.meter.load_state_dict(meta.loop_state.get("compute") or {})
+        self.slices.load_state_dict(meta.loop_state.get("slices") or {})
         note = meta.loop_state.get("converged")
         self._converged = _ConvergedNote.model_validate(note) if note else None
         return loaded.model
@@ -436,6 +455,9 @@ class TrainLoop:
     def cleanup(self) -> None:
         self._summary_cache = None
         self.writes.close()
+        reader = getattr(self, "reader", None)
+        if reader is not None and hasattr(reader, "close"):
+            reader.close()
 
     # -- the loop ---------------------------------------------------------------------------------
 
@@ -479,7 +501,37 @@ class TrainLoop:
         manifest = Manifest.model_validate_json(text)
         if manifest.version != self.reader.manifest.version or not self.reader.manifest.job_id:
             self.reader.update(manifest)
+            self._fit_head()
         return manifest
+
+    def head_size(self) -> int:
+        """Classification: the head's outputs now (num_classes, then each add_classes)."""
+        size = self.cfg.task.num_classes or 0
+        for rec in self.progress.records:
+            if rec.get("op") == "add_classes":
+                size = max(size, int(rec["classes"][1]))
+        return size
+
+    def _fit_head(self) -> None:
+        """Every rank, on the same manifest: open classes (``task.max_classes``) grow the head
+        to the largest label listed (op ``add_classes``, a generation of its own) before anything
+        trains or validates on it. Ingest refuses labels at or beyond ``max_classes``."""
+        task = self.cfg.task
+        top = self.reader.manifest.max_label
+        if task.kind != "classification" or not task.max_classes or top is None:
+            return
+        head, wanted = self.head_size(), min(top + 1, task.max_classes)
+        if wanted <= head:
+            return
+        op = GrowthOp(op="add_classes", classes=wanted, seed=self.cfg.seed + self.progress.step)
+        reason = (
+            f"class {top} arrived in data version {self.reader.manifest.version}, beyond the "
+            f"head's {head} classes: the head grows to {wanted} outputs (task.max_classes = "
+            f"{task.max_classes})"
+        )
+        numbers: dict[str, float | int | str] = {"classes_before": head, "classes_after": wanted}
+        directive = Directive(op=op, reason=reason, policy="open_classes", numbers=numbers)
+        self.grow(directive, time.perf_counter())
 
     def train_step(self, features: torch.Tensor, labels: torch.Tensor) -> None:
         started = time.perf_counter()
@@ -593,8 +645,9 @@ class TrainLoop:
         p = self.progress
         elapsed = time.perf_counter() - self._window_start
         val_loss = val_metric = None
+        report = SliceReport()
         if self.reader.val_size:
-            val_loss, val_metric = self.validate()
+            val_loss, val_metric, report = self.validate_slices()
             self._observed_val = (p.step, p.generation, (val_loss, val_metric))
             val_n = min(self.reader.val_size, self.cfg.val_max_samples or self.reader.val_size)
             self.meter.add(p.generation, self.reader.manifest.version,
@@ -625,6 +678,7 @@ class TrainLoop:
             summary=summary,
             group_signals=signals,
             compute=self.meter.snapshot(),
+            **report.fields(),
         )
 
     def act(self, directive: Directive, decided: float) -> None:
@@ -667,6 +721,7 @@ class TrainLoop:
             message = _IdleMessage.model_validate_json(self.group.broadcast_str(text))
             if message.manifest is not None:
                 self.reader.update(message.manifest)
+                self._fit_head()
                 self._replan = True
             directive = message.directive
             self.apply(directive, time.perf_counter())
@@ -812,7 +867,7 @@ class TrainLoop:
                 growth.closing = self._save_durable("close")
             else:
                 p = self.progress
-                in_place = growth.op.op not in ("widen", "deepen")
+                in_place = growth.op.op not in ("widen", "deepen", "add_classes")
                 weights, optimizer = snapshot(self.module, self.optimizer, copy=in_place)
                 growth.closing_write = self.writes.submit(
                     _write_closing,
@@ -1006,6 +1061,28 @@ class TrainLoop:
                 device=self.group.device,
             )
 
+    def validate_slices(self) -> tuple[float, float, SliceReport]:
+        """Rank 0: :meth:`validate` on the whole set, measured per sample once and grouped by
+        data version into slices (``workers.slices``): forgetting, backward transfer, drift."""
+        if self.cfg.task.kind not in ("classification", "regression"):
+            return (*self.validate(), SliceReport())
+        features, labels = self.reader.validation()
+        with autocast(self.group.device, self._amp):  # the model as it trains
+            losses, metrics = per_sample(
+                self.module,
+                features,
+                labels,
+                self.cfg.task,
+                batch_size=self.cfg.eval_batch_size,
+                device=self.group.device,
+            )
+        counts: dict[int, int] = {}
+        for info in self.reader.manifest.val_shards:
+            counts[info.version] = counts.get(info.version, 0) + info.num_samples
+        starts = slice_starts(sorted(counts.items()))
+        report = self.slices.update(starts, self.reader.validation_versions(), losses, metrics)
+        return float(losses.mean()), float(metrics.mean()), report
+
     def _example(self) -> torch.Tensor:
         """Rank 0: real inputs to trace, grow and summarise with (random ones without data)."""
         if self.reader.val_size or self.reader.local_size:
@@ -1148,6 +1225,7 @@ class TrainLoop:
                 "train_loss_ema": p.train_loss_ema,
                 "compute": self.meter.state_dict(),
                 "converged": self._converged.model_dump() if self._converged else None,
+                "slices": self.slices.state_dict(),
             },
         )
 

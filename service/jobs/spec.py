@@ -18,7 +18,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pydantic_core import ErrorDetails
 
 from growth_policy import GrowthPolicyConfig
-from workers.spec import ComputeSpec, ModelSpec, OptimizerSpec, TaskSpec
+from workers.spec import (
+    ComputeSpec,
+    DataSpec,
+    ModelSpec,
+    OptimizerSpec,
+    ReplaySpec,
+    TaskSpec,
+    replay_problems,
+)
 
 
 class ScalingSpec(BaseModel):
@@ -110,7 +118,24 @@ class JobSpec(BaseModel):
         default_factory=ReleaseSpec,
         description="Registered model versions of the trained weights and the 'champion' alias.",
     )
+    replay: ReplaySpec = Field(
+        default_factory=ReplaySpec,
+        description="What each batch holds: a share of the newest samples and replay of the "
+        "history (uniform, recency or class_balanced), and the pass length.",
+    )
+    data: DataSpec = Field(
+        default_factory=DataSpec,
+        description="Per worker, the bytes of decoded training samples held in memory; beyond "
+        "them the history is streamed from the storage root.",
+    )
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
+
+    @model_validator(mode="after")
+    def _replay_fits(self) -> Self:
+        problems = replay_problems(self.task, self.replay, self.data)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
 
 class SpecProblem(BaseModel):

@@ -148,6 +148,8 @@ class JobSupervisor:
             checkpoint_every=self.cfg.checkpoint_every,
             seed=spec.seed,
             compute=spec.compute,
+            replay=spec.replay,
+            data=spec.data,
         )
         settings = TrainerSettings(
             worker=worker,
