@@ -129,6 +129,16 @@ class Settings(BaseSettings):
     max_samples_per_push: int = Field(
         default=65_536, ge=1, description="Most samples in one push (413 above)."
     )
+    max_documents_per_push: int = Field(
+        default=10_000,
+        ge=1,
+        description="Most documents (texts) in one push to a language-modelling job (413 above).",
+    )
+    max_document_tokens: int = Field(
+        default=4 * MiB,
+        ge=1,
+        description="Most tokens in one document of a language-modelling job (413 above).",
+    )
     max_jobs: int = Field(
         default=1000, ge=1, description="Most jobs this deployment holds (409 when full)."
     )

@@ -13,6 +13,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ import redis
 from starlette.concurrency import run_in_threadpool
 
 from growth_policy import GrowthOp
-from service.jobs import ingest
+from service.jobs import ingest, text_ingest
 from service.jobs.errors import (
     BadRequestError,
     ConflictError,
@@ -233,14 +234,18 @@ class ControlPlane:
         if job.status.terminal:
             raise ConflictError(f"job '{job_id}' is {job.status}; it accepts no more data")
 
-        limit = self.settings.max_samples_per_push
-        batch = ingest.decode(
-            body, fmt, max_samples=limit, max_decoded_bytes=4 * self.settings.max_push_bytes
-        )
-        checked = ingest.check(batch, job.spec.task, max_samples=limit)
-        val = ingest.validation_mask(checked.features, job.spec.val_fraction)
-
-        written = self._write_shards(job_id, checked, val)
+        if text_ingest.is_language_modeling(job.spec.task):
+            written = self._write_documents(job, body, fmt, content_type)
+        elif fmt == "text":
+            raise text_ingest.refuse_text(job.spec.task)
+        else:
+            limit = self.settings.max_samples_per_push
+            batch = ingest.decode(
+                body, fmt, max_samples=limit, max_decoded_bytes=4 * self.settings.max_push_bytes
+            )
+            checked = ingest.check(batch, job.spec.task, max_samples=limit)
+            val = ingest.validation_mask(checked.features, job.spec.val_fraction)
+            written = self._write_shards(job_id, checked, val)
         outcome = self._append(job_id, written, idempotency_key, fingerprint)
         if outcome.replayed:
             # A concurrent retry with the same key won the race: its answer stands, ours goes.
@@ -261,16 +266,34 @@ class ControlPlane:
         self, job_id: str, checked: ingest.CheckedBatch, val: np.ndarray
     ) -> list[ShardInfo]:
         """One shard per split that has samples, written durably; none left behind on failure."""
+        splits: tuple[tuple[Split, np.ndarray], ...] = (("train", ~val), ("val", val))
+        return self._durably(job_id, [
+            partial(self.shards.write, job_id, checked.features[mask], checked.labels[mask], split)
+            for split, mask in splits if mask.any()
+        ])  # fmt: skip
+
+    def _write_documents(
+        self, job: JobRecord, body: bytes, fmt: str, content_type: str | None
+    ) -> list[ShardInfo]:
+        """A language-modelling push: its documents checked, then one token shard per split
+        that has documents (each document whole in the split its hash chooses)."""
+        limits = text_ingest.DocumentLimits(
+            self.settings.max_documents_per_push, self.settings.max_document_tokens
+        )
+        documents = text_ingest.read_documents(body, fmt, content_type, job.spec.task, limits)
+        val = text_ingest.validation_split(documents, job.spec.val_fraction)
+        splits: tuple[tuple[Split, np.ndarray], ...] = (("train", ~val), ("val", val))
+        return self._durably(job.id, [
+            partial(self.shards.write_tokens, job.id, *documents.select(mask), split)
+            for split, mask in splits if mask.any()
+        ])  # fmt: skip
+
+    def _durably(self, job_id: str, writes: list[Callable[[], ShardInfo]]) -> list[ShardInfo]:
+        """Run the shard writes in order; on any failure, delete what was written."""
         written: list[ShardInfo] = []
         try:
-            splits: tuple[tuple[Split, np.ndarray], ...] = (("train", ~val), ("val", val))
-            for split, mask in splits:
-                if mask.any():
-                    written.append(
-                        self.shards.write(
-                            job_id, checked.features[mask], checked.labels[mask], split
-                        )
-                    )
+            for write in writes:
+                written.append(write())
         except OSError as exc:  # the shard store (disk full, permissions, object store down)
             self._discard(written)
             log.error("writing a shard of job %s failed: %s", job_id, exc)

@@ -33,6 +33,7 @@ SAFETENSORS = "application/x-safetensors"
 NPZ = "application/x-npz"
 PARQUET = "application/vnd.apache.parquet"
 JSON = "application/json"
+TEXT = "text/plain"
 
 # Canonical type first; the aliases are accepted too.
 CONTENT_TYPES: dict[str, str] = {
@@ -42,8 +43,9 @@ CONTENT_TYPES: dict[str, str] = {
     PARQUET: "parquet",
     "application/x-parquet": "parquet",
     JSON: "json",
+    TEXT: "text",  # language-modelling jobs only (service.jobs.text_ingest)
 }
-SUPPORTED = (SAFETENSORS, NPZ, PARQUET, JSON)
+SUPPORTED = (SAFETENSORS, NPZ, PARQUET, JSON, TEXT)
 
 
 @dataclass(frozen=True)
@@ -309,12 +311,12 @@ def _check_labels(labels: np.ndarray, task: TaskSpec) -> np.ndarray:
             raise InvalidError(
                 f"classification labels must be integers (class indices); got dtype {labels.dtype}"
             )
-        classes = task.num_classes
-        assert classes is not None
+        classes = task.class_capacity  # max_classes for open classes, else num_classes
+        field = "max_classes" if task.max_classes else "num_classes"
         bad = (labels < 0) | (labels >= classes)
         if bad.any():
             raise InvalidError(
-                f"labels must be class indices in [0, {classes}) (task.num_classes={classes}); "
+                f"labels must be class indices in [0, {classes}) (task.{field}={classes}); "
                 f"{int(bad.sum())} are outside, the first at sample {int(np.argmax(bad))} "
                 f"(value {labels[int(np.argmax(bad))]})"
             )

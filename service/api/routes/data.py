@@ -10,7 +10,7 @@ from starlette.concurrency import run_in_threadpool
 from service.api.deps import MAX_OFFSET, JobId, Plane, Reader, Writer
 from service.api.idempotency import IDEMPOTENCY_KEY_SCHEMA
 from service.api.models import DatasetDetail, DatasetPublic, ErrorBody, PushResult
-from service.jobs.ingest import JSON, NPZ, PARQUET, SAFETENSORS
+from service.jobs.ingest import JSON, NPZ, PARQUET, SAFETENSORS, TEXT
 
 router = APIRouter(prefix="/v1/jobs/{job_id}/data", tags=["data"])
 
@@ -21,27 +21,44 @@ _PUSH_BODY: dict[str, Any] = {
         "description": "A batch of samples. Binary formats hold two arrays, 'features' "
         "(N, *input_shape) or (N, prod(input_shape)), any real dtype (float32 is stored), and "
         "'labels': (N,) integer class indices for classification, (N, outputs) or (N,) numbers "
-        "for regression. safetensors is the fastest to read (see docs/api.md).",
+        "for regression. safetensors is the fastest to read (see docs/api.md). A "
+        "language-modelling job takes text instead: text/plain (UTF-8, one document), JSON "
+        "{\"texts\": [...]} (one document each), or safetensors 'tokens' (T,) int32/int64 ids "
+        "with 'doc_offsets' (D+1,) (0, end of document 1, ..., T) or without (one document).",
         "content": {
             SAFETENSORS: {"schema": _BINARY},
             NPZ: {"schema": _BINARY},
             PARQUET: {"schema": _BINARY},
             JSON: {
                 "schema": {
-                    "type": "object",
-                    "required": ["features", "labels"],
-                    "additionalProperties": False,
-                    "properties": {
-                        "features": {"type": "array", "items": {}},
-                        "labels": {"type": "array", "items": {}},
-                    },
+                    "anyOf": [
+                        {
+                            "type": "object",
+                            "required": ["features", "labels"],
+                            "additionalProperties": False,
+                            "properties": {
+                                "features": {"type": "array", "items": {}},
+                                "labels": {"type": "array", "items": {}},
+                            },
+                        },
+                        {
+                            "type": "object",
+                            "required": ["texts"],
+                            "additionalProperties": False,
+                            "properties": {"texts": {"type": "array", "items": {"type": "string"}}},
+                        },
+                    ]
                 },
                 "examples": {
                     "two samples": {
                         "value": {"features": [[0.1, 0.2, 0.3], [0.4, 0.5, 0.6]], "labels": [0, 2]}
-                    }
+                    },
+                    "two documents (language modelling)": {
+                        "value": {"texts": ["To be, or not to be", "that is the question"]}
+                    },
                 },
             },
+            TEXT: {"schema": {"type": "string"}, "example": "First Citizen: Before we proceed"},
         },
     }
 }
@@ -60,9 +77,19 @@ _PUSH_BODY: dict[str, Any] = {
             "description": "The job is stopped or failed, or the Idempotency-Key was used for "
             "another body.",
         },
-        413: {"model": ErrorBody, "description": "Too many bytes or samples."},
-        415: {"model": ErrorBody, "description": "Unsupported Content-Type."},
-        422: {"model": ErrorBody, "description": "Shape, dtype, values or labels do not fit."},
+        413: {
+            "model": ErrorBody,
+            "description": "Too many bytes, samples, documents, or tokens in a document.",
+        },
+        415: {
+            "model": ErrorBody,
+            "description": "Unsupported Content-Type, or one this job's task does not take.",
+        },
+        422: {
+            "model": ErrorBody,
+            "description": "Shape, dtype, values or labels do not fit; an empty document, a "
+            "token id outside the vocabulary.",
+        },
     },
 )
 async def push_data(
@@ -83,7 +110,9 @@ async def push_data(
 ) -> PushResult:
     """Validate a batch against the job's schema, write it as durable shards (fsynced), then
     append them to the manifest; only then answer. A share of the samples (the job's
-    val_fraction), chosen by a hash of each sample, goes to validation."""
+    val_fraction), chosen by a hash of each sample, goes to validation. For a
+    language-modelling job the samples are tokens, and each document goes whole to the split
+    that a hash of its bytes chooses."""
     body = await request.body()
     outcome = await run_in_threadpool(
         plane.push, job_id, body, request.headers.get("content-type"), idempotency_key
