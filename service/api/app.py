@@ -33,7 +33,7 @@ from service.api.deps import no_unknown_query
 from service.api.limits import BodyLimitMiddleware
 from service.api.metrics import Metrics, MetricsMiddleware, _routes
 from service.api.models import ErrorBody, JobCreate
-from service.api.routes import commands, data, events, generations, health, jobs, keys
+from service.api.routes import commands, data, events, generate, generations, health, jobs, keys
 from service.jobs.access import Access
 from service.jobs.control import ControlPlane, translate
 from service.jobs.errors import ServiceError
@@ -108,7 +108,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.metrics = metrics
-    routers = (jobs, data, commands, events, generations, keys, health)
+    routers = (jobs, data, commands, events, generations, generate, keys, health)
     for router in (module.router for module in routers):
         app.include_router(router)
     _install_error_handlers(app)

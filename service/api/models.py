@@ -13,6 +13,8 @@ from service.state.records import CommandRecord, DatasetSummary, EventRecord, Jo
 from service.state.states import CommandKind, CommandStatus, EventType, JobStatus
 from workers.shards import ShardInfo
 
+MAX_NEW_TOKENS = 1024  # tokens one generate request may ask for
+MAX_SCORED_TEXTS = 64  # texts one predict request may score
 JOB_EXAMPLE: dict[str, Any] = {
     "name": "digits",
     "task": {"kind": "classification", "input_shape": [64], "num_classes": 10},
@@ -220,10 +222,27 @@ class GenerationList(_Public):
 
 
 class PredictRequest(_Public):
-    features: list[Any] = Field(
+    """Predictions for a batch of samples; for a language-modelling job, the scores of texts
+    (``texts``, or ``ids`` for tokenizer 'ids'): one of the three."""
+
+    features: list[Any] | None = Field(
+        default=None,
         min_length=1,
         description="A batch of samples, each in the job's input shape (or flattened).",
         examples=[[[0.0, 0.5, 1.0, 0.25]]],
+    )
+    texts: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_SCORED_TEXTS,
+        description="Language modelling: texts to score (loss and perplexity of each).",
+        examples=[["To be, or not to be"]],
+    )
+    ids: list[list[int]] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_SCORED_TEXTS,
+        description="Language modelling: token id sequences to score (tokenizer 'ids').",
     )
     generation: int | None = Field(
         default=None,
@@ -247,11 +266,85 @@ class PredictResult(_Public):
     )
     kind: str = Field(examples=["classification"])
     predictions: list[Any] = Field(
-        description="Class indices (classification) or output vectors (regression)."
+        description="Class indices (classification), output vectors (regression), or for "
+        "language modelling one score per text: {tokens, loss (mean nats per predicted token), "
+        "perplexity}."
     )
     probabilities: list[list[float]] | None = Field(
         default=None, description="Classification: softmax probabilities per class."
     )
+    class_names: list[str | None] | None = Field(
+        default=None,
+        description="Classification with task.class_names: the name of each predicted class "
+        "(None for a class without a name).",
+    )
+
+
+class GenerateRequest(_Public):
+    """POST /v1/jobs/{id}/generate: text from a language-modelling job's model."""
+
+    prompt: str | None = Field(
+        default=None,
+        description="The text to continue (tokenizer 'bytes'); or give 'prompt_ids'.",
+        examples=["ROMEO:"],
+    )
+    prompt_ids: list[int] | None = Field(
+        default=None, description="The token ids to continue, instead of 'prompt'."
+    )
+    max_new_tokens: int = Field(
+        default=100, ge=1, le=MAX_NEW_TOKENS, description="How many tokens to generate."
+    )
+    temperature: float = Field(
+        default=1.0,
+        ge=0.0,
+        le=100.0,
+        description="Softmax temperature; 0 takes the most likely token each time (greedy).",
+    )
+    top_k: int | None = Field(
+        default=None, ge=1, description="Sample among the k most likely tokens only."
+    )
+    seed: int | None = Field(
+        default=None,
+        ge=0,
+        le=2**63 - 1,
+        description="Makes the sampling repeatable: the same seed, prompt and model give the "
+        "same tokens.",
+    )
+    generation: int | None = Field(
+        default=None,
+        ge=0,
+        description="A given generation (its 'generation-N' release); default the 'champion', "
+        "as for predict. Before any release, the newest checkpoint serves.",
+    )
+    stream: bool = Field(
+        default=False,
+        description="Answer as Server-Sent Events, one per token (as 'Accept: "
+        "text/event-stream' does).",
+    )
+
+
+class GeneratedToken(_Public):
+    """One event of a streamed generation (event type 'token')."""
+
+    index: int = Field(description="0 for the first new token.")
+    id: int = Field(description="The token id.")
+    text: str = Field(
+        description="The text this token completes: for tokenizer 'bytes' the characters "
+        "finished by this byte (empty inside a multi-byte character)."
+    )
+
+
+class GenerateResult(_Public):
+    """The generation's answer (JSON), and the data of a stream's final event ('done')."""
+
+    generation: int
+    step: int = Field(description="The training step of the checkpoint that answered.")
+    release: int | None = Field(default=None, description="The release that answered.")
+    version: str | None = Field(default=None, description="Its registered model version.")
+    alias: str | None = Field(default=None, description="'champion' or 'generation-N'.")
+    prompt_tokens: int = Field(description="Tokens in the prompt.")
+    ids: list[int] = Field(description="The new token ids.")
+    text: str = Field(description="The new tokens as text (without the prompt).")
 
 
 class KeyCreate(_Public):

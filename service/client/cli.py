@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import platform
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -14,6 +15,7 @@ from rich.table import Table
 from service import __version__
 
 if TYPE_CHECKING:
+    from service.api.models import GenerateResult
     from service.client import LifelongClient
 
 app = typer.Typer(
@@ -361,6 +363,7 @@ _SUFFIX_TYPES = {
     ".npz": "application/x-npz",
     ".parquet": "application/vnd.apache.parquet",
     ".json": "application/json",
+    ".txt": "text/plain; charset=utf-8",  # one document, for a language-modelling job
 }
 
 
@@ -371,7 +374,8 @@ def push(
         Path,
         typer.Argument(
             help="Samples as .safetensors, .npz, .parquet or .json holding 'features' and "
-            "'labels'.",
+            "'labels'; for a language-modelling job, text (.txt: one document; .json: "
+            '{"texts": [...]}) or .safetensors token ids.',
             exists=True,
         ),
     ],
@@ -392,6 +396,56 @@ def push(
         f"accepted {result.accepted:,} samples ({result.accepted_val:,} to validation); dataset "
         f"version {result.version}: {result.train_samples:,} train, {result.val_samples:,} val"
     )
+
+
+@app.command()
+def generate(
+    job_id: str,
+    prompt: Annotated[str, typer.Argument(help="The text to continue.")],
+    *,
+    max_new_tokens: Annotated[int, typer.Option(help="How many tokens to generate.")] = 200,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature; 0 is greedy.")] = 0.8,
+    top_k: Annotated[
+        int | None, typer.Option(help="Sample among the k most likely tokens only.")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Makes the sampling repeatable.")] = None,
+    generation: Annotated[
+        int | None, typer.Option(help="A generation number; default the one predict serves.")
+    ] = None,
+    stream: Annotated[bool, typer.Option(help="Print each token as it comes.")] = False,
+) -> None:
+    """Continue PROMPT with a language-modelling job's model; prints the prompt and its
+    continuation."""
+    options = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_k": top_k,
+               "seed": seed, "generation": generation}  # fmt: skip
+    with _client() as client:
+        try:
+            if stream:
+                result = _stream_tokens(client, job_id, prompt, options)
+            else:
+                result = client.generate(job_id, prompt, **options)
+                console.print(prompt + result.text, markup=False, highlight=False)
+        except Exception as exc:
+            raise _fail(exc) from None
+    console.print(
+        f"[dim]generation {result.generation}, step {result.step:,}: {len(result.ids)} new "
+        f"tokens after {result.prompt_tokens} of prompt[/dim]"
+    )
+
+
+def _stream_tokens(
+    client: LifelongClient, job_id: str, prompt: str, options: Mapping[str, object]
+) -> GenerateResult:
+    from service.api.models import GenerateResult
+
+    console.print(prompt, end="", markup=False, highlight=False)
+    for item in client.generate_stream(job_id, prompt, **options):
+        if isinstance(item, GenerateResult):
+            console.print()
+            return item
+        console.print(item.text, end="", markup=False, highlight=False)
+        console.file.flush()
+    raise RuntimeError("the stream ended without its final event")
 
 
 @app.command(name="export")

@@ -17,7 +17,7 @@ import io
 import json
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Literal, Self, TypeVar
 
@@ -31,6 +31,8 @@ from service.api.models import (
     CommandPublic,
     DatasetDetail,
     EventPublic,
+    GeneratedToken,
+    GenerateResult,
     GenerationList,
     Health,
     JobDeleted,
@@ -44,7 +46,7 @@ from service.api.models import (
     PushResult,
     Readiness,
 )
-from service.jobs.ingest import JSON, NPZ, PARQUET, SAFETENSORS
+from service.jobs.ingest import JSON, NPZ, PARQUET, SAFETENSORS, TEXT
 
 Format = Literal["safetensors", "npz", "parquet", "json"]
 CONTENT_TYPE: dict[str, str] = {
@@ -359,6 +361,87 @@ class LifelongClient:
         response = self._request("POST", f"/v1/jobs/{job_id}/predict", json=body)
         return PredictResult.model_validate_json(response.content)
 
+    # --- language models ----------------------------------------------------------------------
+
+    def push_text(
+        self, job_id: str, text: str | Sequence[str], *, idempotency_key: str | None = None
+    ) -> PushResult:
+        """Push text to a language-modelling job: one document (``str``, sent as text/plain) or
+        several (a list, sent as JSON ``{"texts": [...]}``). Counts in the answer are tokens."""
+        if isinstance(text, str):
+            body, content_type = text.encode("utf-8"), f"{TEXT}; charset=utf-8"
+        else:
+            body, content_type = json.dumps({"texts": list(text)}).encode(), JSON
+        return self.push_bytes(job_id, body, content_type, idempotency_key=idempotency_key)
+
+    def push_tokens(
+        self,
+        job_id: str,
+        tokens: np.ndarray,
+        doc_offsets: np.ndarray | None = None,
+        *,
+        idempotency_key: str | None = None,
+    ) -> PushResult:
+        """Push token ids (int32 or int64, end to end) to a language-modelling job; document d
+        is ``tokens[doc_offsets[d]:doc_offsets[d + 1]]`` (without offsets, one document)."""
+        from safetensors.numpy import save
+
+        arrays = {"tokens": np.ascontiguousarray(tokens)}
+        if doc_offsets is not None:
+            arrays["doc_offsets"] = np.ascontiguousarray(doc_offsets, dtype=np.int64)
+        return self.push_bytes(job_id, save(arrays), SAFETENSORS, idempotency_key=idempotency_key)
+
+    def generate(self, job_id: str, prompt: str | Sequence[int], **options: Any) -> GenerateResult:
+        """Continue ``prompt`` (text, or token ids) with the job's model. ``options``:
+        ``max_new_tokens``, ``temperature``, ``top_k``, ``seed``, ``generation``."""
+        body = _generate_body(prompt, options, stream=False)
+        response = self._request("POST", f"/v1/jobs/{job_id}/generate", json=body)
+        return GenerateResult.model_validate_json(response.content)
+
+    def generate_stream(
+        self, job_id: str, prompt: str | Sequence[int], **options: Any
+    ) -> Iterator[GeneratedToken | GenerateResult]:
+        """As :meth:`generate`, token by token: a :class:`GeneratedToken` as each one comes,
+        then the whole :class:`GenerateResult`. A failure mid-way raises :class:`LifelongError`
+        (status 500) with the server's words."""
+        body = _generate_body(prompt, options, stream=True)
+        with self._http.stream(
+            "POST",
+            f"/v1/jobs/{job_id}/generate",
+            json=body,
+            headers={"Accept": "text/event-stream"},
+        ) as response:
+            if response.status_code >= 400:
+                response.read()
+                _raise_for(response)
+            for event, data in sse_frames(response.iter_lines()):
+                if event == "token":
+                    yield GeneratedToken.model_validate_json(data)
+                elif event == "done":
+                    yield GenerateResult.model_validate_json(data)
+                    return
+                elif event == "error":
+                    raise LifelongError(500, str(json.loads(data).get("detail", data)))
+
+    def score(
+        self,
+        job_id: str,
+        texts: Sequence[str] | None = None,
+        *,
+        ids: Sequence[Sequence[int]] | None = None,
+        generation: int | None = None,
+    ) -> PredictResult:
+        """The loss (nats per predicted token) and perplexity of each text (or id sequence)
+        under a language-modelling job's model: ``predictions[i]`` is ``{tokens, loss,
+        perplexity}``."""
+        body: dict[str, Any] = {"generation": generation}
+        if texts is not None:
+            body["texts"] = list(texts)
+        if ids is not None:
+            body["ids"] = [list(map(int, s)) for s in ids]
+        response = self._request("POST", f"/v1/jobs/{job_id}/predict", json=body)
+        return PredictResult.model_validate_json(response.content)
+
     # --- events -----------------------------------------------------------------------------
 
     def events(
@@ -406,20 +489,42 @@ class LifelongClient:
 
 def parse_sse(lines: Iterator[str]) -> Iterator[EventPublic]:
     """Events from text/event-stream lines (comments, i.e. keep-alives, are skipped)."""
+    for _, data in sse_frames(lines):
+        yield EventPublic.model_validate_json(data)
+
+
+def sse_frames(lines: Iterator[str]) -> Iterator[tuple[str, str]]:
+    """``(event type, data)`` of each event in text/event-stream lines (type ``message`` when
+    the event names none; comments, i.e. keep-alives, are skipped)."""
     data: list[str] = []
+    event = "message"
     for line in lines:
         if not line:
             if data:
-                yield EventPublic.model_validate_json("\n".join(data))
-            data = []
+                yield event, "\n".join(data)
+            data, event = [], "message"
             continue
         if line.startswith(":"):
             continue
         field, _, value = line.partition(":")
         if field == "data":
             data.append(value.removeprefix(" "))
+        elif field == "event":
+            event = value.removeprefix(" ")
     if data:
-        yield EventPublic.model_validate_json("\n".join(data))
+        yield event, "\n".join(data)
+
+
+def _generate_body(
+    prompt: str | Sequence[int], options: dict[str, Any], *, stream: bool
+) -> dict[str, Any]:
+    known = {"max_new_tokens", "temperature", "top_k", "seed", "generation"}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise TypeError(f"unknown generate options {unknown}; use {sorted(known)}")
+    key = "prompt" if isinstance(prompt, str) else "prompt_ids"
+    value = prompt if isinstance(prompt, str) else [int(i) for i in prompt]
+    return {key: value, **options, "stream": stream}
 
 
 def _retry_after(response: httpx.Response) -> float:

@@ -9,8 +9,11 @@ immutable), a few at a time.
 
 from __future__ import annotations
 
+import codecs
 import threading
 from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -23,6 +26,7 @@ from service.runtime.generations import GenerationLedger, GenerationRecord
 from service.runtime.releases import CHAMPION, Release
 from service.state.store import RedisStore
 from workers.checkpoint import LoadedCheckpoint, load_checkpoint
+from workers.spec import TaskSpec
 
 MAX_PREDICT_SAMPLES = 10_000
 
@@ -192,22 +196,105 @@ class ModelServer:
                 f"{features.shape[0]} samples to predict; at most {MAX_PREDICT_SAMPLES} per call"
             )
         out = self.batcher(loaded)(torch.from_numpy(np.ascontiguousarray(features, np.float32)))
-        answer: dict[str, Any] = {
-            "generation": served,
-            "step": loaded.meta.step,
-            "kind": task.kind,
-            "release": release.number if release else None,
-            "version": release.version if release else None,
-            "alias": None if release is None else CHAMPION if generation is None else
-            f"generation-{generation}",
-        }  # fmt: skip
+        answer = {**_served(release, served, loaded, generation), "kind": task.kind}
         if task.kind == "classification":
             probs = torch.softmax(out, dim=-1)
             answer["predictions"] = out.argmax(dim=-1).tolist()
             answer["probabilities"] = probs.tolist()
+            if task.class_names:
+                answer["class_names"] = [task.class_name(i) for i in answer["predictions"]]
         else:
             answer["predictions"] = out.tolist()
         return answer
+
+    # --- language models -------------------------------------------------------------------
+
+    def score(
+        self, job_id: str, documents: Sequence[Sequence[int]], generation: int | None
+    ) -> dict[str, Any]:
+        """The loss (mean nats per predicted token) and perplexity of each token sequence under
+        the generation that serves (as for :meth:`predict`)."""
+        from workers.text import score
+
+        release, served, loaded = self.released(job_id, generation)
+        task = loaded.meta.task
+        scores = []
+        for ids in documents:
+            loss, perplexity = score(loaded.model, ids, context_length=task.context_length)
+            scores.append({"tokens": len(ids), "loss": loss, "perplexity": perplexity})
+        return {
+            **_served(release, served, loaded, generation),
+            "kind": task.kind,
+            "predictions": scores,
+        }
+
+    def generate(
+        self, job_id: str, prompt_ids: Sequence[int], options: Sampling, generation: int | None
+    ) -> tuple[dict[str, Any], TaskSpec, Iterator[int]]:
+        """Who answers (as for :meth:`predict`), its task, and the new token ids one at a time
+        (lazily: each ``next`` runs the model once, so a caller can stream them)."""
+        from workers.text import generate
+
+        release, served, loaded = self.released(job_id, generation)
+        task = loaded.meta.task
+        tokens = generate(
+            loaded.model,
+            prompt_ids,
+            max_new_tokens=options.max_new_tokens,
+            temperature=options.temperature,
+            top_k=options.top_k,
+            seed=options.seed,
+            context_length=task.context_length,
+        )
+        return _served(release, served, loaded, generation), task, tokens
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How a generation samples its tokens (``workers.text.generate``)."""
+
+    max_new_tokens: int
+    temperature: float = 1.0
+    top_k: int | None = None
+    seed: int | None = None
+
+
+class TokenText:
+    """The text of generated tokens, piece by piece: for the ``bytes`` tokenizer each piece holds
+    the characters a byte completes (a multi-byte character appears with its last byte), so the
+    pieces join to the UTF-8 decoding of all the bytes; for ``ids``, each id as text."""
+
+    def __init__(self, task: TaskSpec) -> None:
+        self.task = task
+        self._utf8 = (
+            codecs.getincrementaldecoder("utf-8")(errors="replace")
+            if task.tokenizer == "bytes"
+            else None
+        )
+
+    def piece(self, token: int) -> str:
+        if self._utf8 is None:
+            return str(token)
+        return str(self._utf8.decode(bytes([token])))
+
+    def whole(self, tokens: Sequence[int]) -> str:
+        from workers.text import decode_tokens
+
+        return decode_tokens(tokens, self.task)
+
+
+def _served(
+    release: Release | None, served: int, loaded: LoadedCheckpoint, generation: int | None
+) -> dict[str, Any]:
+    """Which weights answered: generation, step, release, version and alias."""
+    return {
+        "generation": served,
+        "step": loaded.meta.step,
+        "release": release.number if release else None,
+        "version": release.version if release else None,
+        "alias": None if release is None else CHAMPION if generation is None else
+        f"generation-{generation}",
+    }  # fmt: skip
 
 
 def raise_shape(got: tuple[int, ...], expected: tuple[int, ...]) -> None:

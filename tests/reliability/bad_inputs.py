@@ -38,6 +38,8 @@ LIMITS = {
     "max_push_bytes": 256 * 1024,
     "max_request_bytes": 16 * 1024,
     "max_samples_per_push": 1000,
+    "max_documents_per_push": 100,
+    "max_document_tokens": 4096,
     "max_jobs": 4,
 }
 
@@ -181,6 +183,8 @@ def run_cases(http: httpx.Client, stop: Callable[[str], None]) -> tuple[list[Row
     other, _ = encode_batch(*_batch(12))
     c.push("Idempotency-Key reused for another body", job, other, st, headers={"Idempotency-Key": "reused"})  # fmt: skip
 
+    language_models(c, http, job, stop)
+
     # --- ids and routes ----------------------------------------------------------------------
     c.send("ids", "unknown job id (well-formed)", "GET", "/v1/jobs/job_0000000000000000")
     c.send("ids", "malformed job id", "GET", "/v1/jobs/..%2F..%2Fetc")
@@ -282,6 +286,78 @@ def run_cases(http: httpx.Client, stop: Callable[[str], None]) -> tuple[list[Row
     every_route(c, http, job, limited)
     key_management(c, job)
     return c.rows, job
+
+
+LM_SPEC: dict[str, Any] = {
+    "name": "bad-text",
+    "task": {"kind": "language_modeling", "context_length": 16},
+    "model": {"family": "gpt", "n_layer": 1, "n_head": 2, "d_model": 16},
+}
+
+
+def language_models(c: Cases, http: httpx.Client, job: str, stop: Callable[[str], None]) -> None:
+    """Text pushed to a language-modelling job (and to others), generate and text scoring. The
+    two language-modelling jobs made here are deleted at the end (the deployment holds 4 jobs)."""
+    from safetensors.numpy import save
+
+    lm = http.post("/v1/jobs", json=LM_SPEC, headers=c.admin).json()["id"]
+    ids_task = {**LM_SPEC["task"], "tokenizer": "ids", "vocab_size": 100}
+    ids_job = http.post("/v1/jobs", json={**LM_SPEC, "task": ids_task}, headers=c.admin).json()["id"]  # fmt: skip
+    texts = "application/json"
+
+    def tokens(case: str, target: str, **arrays: Any) -> None:
+        c.push(case, target, save(arrays), "application/x-safetensors")
+
+    c.push("text that is not UTF-8 (byte 0xff)", lm, b"Romeo\xff", "text/plain")
+    c.push("text/plain with charset=latin-1", lm, b"Romeo", "text/plain; charset=latin-1")
+    c.push("an empty text among the texts", lm, b'{"texts": ["Romeo", ""]}', texts)
+    c.push("no text (texts [])", lm, b'{"texts": []}', texts)
+    c.push("a text that is not a string", lm, b'{"texts": ["Romeo", 3]}', texts)
+    c.push("a document above LIFELONG_MAX_DOCUMENT_TOKENS (4,097 > 4,096)", lm, b"x" * 4097, "text/plain")  # fmt: skip
+    c.push("more documents than LIFELONG_MAX_DOCUMENTS_PER_PUSH (101 > 100)", lm, json.dumps({"texts": ["a"] * 101}).encode(), texts)  # fmt: skip
+    tokens("token id = the vocabulary size (256, tokenizer 'bytes')", lm, tokens=np.array([1, 256], np.int32))  # fmt: skip
+    tokens("negative token id", lm, tokens=np.array([-1, 2], np.int64))
+    tokens("token id = vocab_size (100, tokenizer 'ids')", ids_job, tokens=np.array([100], np.int32))  # fmt: skip
+    tokens("float tokens", lm, tokens=np.array([1.0], np.float32))
+    tokens("doc_offsets that do not end at the token count", lm, tokens=np.array([1, 2, 3], np.int32), doc_offsets=np.array([0, 2]))  # fmt: skip
+    tokens("an empty document in doc_offsets", lm, tokens=np.array([1, 2, 3], np.int32), doc_offsets=np.array([0, 2, 2, 3]))  # fmt: skip
+    c.push_arrays("features and labels to a language-modelling job", lm, [[0.0] * 8], [1])
+    c.push("text to a tokenizer 'ids' job", ids_job, b"Romeo", "text/plain")
+    c.push("NPZ to a language-modelling job", lm, _npz(tokens=np.array([1, 2])), "application/x-npz")  # fmt: skip
+    c.push("Idempotency-Key reused for another text", lm, b"Romeo", "text/plain", headers={"Idempotency-Key": "text-once"})  # fmt: skip
+    c.rows.pop()  # the first use of the key is accepted; the row is its reuse
+    c.push("Idempotency-Key reused for another text", lm, b"Juliet", "text/plain", headers={"Idempotency-Key": "text-once"})  # fmt: skip
+
+    def generate(case: str, body: Any, target: str = lm) -> None:
+        c.send("generate", case, "POST", f"/v1/jobs/{target}/generate", json=body)
+
+    generate("generate from a classification job", {"prompt": "Romeo"}, job)
+    generate("no prompt", {"max_new_tokens": 5})
+    generate("an empty prompt", {"prompt": ""})
+    generate("a prompt and prompt_ids both", {"prompt": "a", "prompt_ids": [97]})
+    generate("a prompt above context_length (17 > 16 tokens)", {"prompt": "x" * 17})
+    generate("prompt_ids outside the vocabulary (256)", {"prompt_ids": [97, 256]})
+    generate("a text prompt to a tokenizer 'ids' job", {"prompt": "Romeo"}, ids_job)
+    generate("top_k above the vocabulary (300 > 256)", {"prompt": "a", "top_k": 300})
+    generate("max_new_tokens above 1,024", {"prompt": "a", "max_new_tokens": 5000})
+    generate("negative temperature", {"prompt": "a", "temperature": -1})
+    generate("generate before any checkpoint", {"prompt": "Romeo"})
+
+    def score(case: str, body: Any, target: str = lm) -> None:
+        c.send("predict", case, "POST", f"/v1/jobs/{target}/predict", json=body)
+
+    score("texts to score on a classification job", {"texts": ["Romeo"]}, job)
+    score("features to a language-modelling job", {"features": [[0.0] * 16]})
+    score("a text of one token to score", {"texts": ["R"]})
+    score("ids outside the vocabulary to score", {"ids": [[1, 300]]})
+    score("neither features, texts nor ids", {"generation": 0})
+    # Nothing refused was stored ('Romeo' alone, 5 bytes, was accepted); then the jobs go,
+    # leaving the deployment room for its 4 others.
+    for target, stored in ((lm, 5), (ids_job, 0)):
+        summary = http.get(f"/v1/jobs/{target}/data", headers=c.admin).json()
+        assert summary["train_samples"] + summary["val_samples"] == stored, summary
+        stop(target)
+        assert http.delete(f"/v1/jobs/{target}", headers=c.admin).status_code == 200
 
 
 _IDS = {"{command_id}": "cmd_0000000000000000", "{key_id}": "key_0000000000000000"}

@@ -32,7 +32,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 EXAMPLES = int(os.environ.get("LIFELONG_FUZZ_EXAMPLES", "25"))
 RANK = {"reader": 0, "writer": 1, "admin": 2}
 # Operations whose acceptance of a schema-valid request depends on what JSON Schema cannot state:
-# the job's own schema (a push's arrays, a prediction's features), the job's current model (which
+# the job's own schema (a push's arrays, a prediction's features, a generation's prompt against
+# the job's task: its kind, vocabulary and context), the job's current model (which
 # width groups and modules a growth may name) and the job spec's cross-field rules (a task's
 # shape and its model family, parameter and memory budgets). They answer 422 naming the problem;
 # every other operation must accept every schema-valid request.
@@ -41,6 +42,7 @@ STATEFUL = {
     "POST /v1/jobs/{job_id}/data",
     "POST /v1/jobs/{job_id}/grow",
     "POST /v1/jobs/{job_id}/predict",
+    "POST /v1/jobs/{job_id}/generate",
 }
 
 

@@ -52,6 +52,7 @@ def test_health_ready_and_openapi(client: LifelongClient, server: LiveServer) ->
         "application/x-npz",
         "application/vnd.apache.parquet",
         "application/json",
+        "text/plain",  # language-modelling jobs
     }
     assert paths["/v1/jobs/{job_id}/grow"]["post"]["requestBody"]["content"]["application/json"][
         "examples"

@@ -243,7 +243,7 @@ def test_415_content_type(
 ) -> None:
     body, _ = encode_batch(*batch(5))
     detail = refusal(push(http, job_id, body, content_type), 415)["detail"]
-    supported = "application/x-safetensors, application/x-npz, application/vnd.apache.parquet, application/json"
+    supported = "application/x-safetensors, application/x-npz, application/vnd.apache.parquet, application/json, text/plain"
     if content_type is None:
         assert detail == f"a Content-Type is required; send one of {supported}"
     else:

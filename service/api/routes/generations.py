@@ -16,9 +16,11 @@ from service.api.models import (
     PredictRequest,
     PredictResult,
 )
+from service.jobs import text_ingest
 from service.jobs.errors import InvalidError
 from service.jobs.ingest import SAFETENSORS, check_features
 from service.runtime.exports import MEDIA_TYPES, SUFFIXES, ExportFormat
+from service.state.records import JobRecord
 
 router = APIRouter(prefix="/v1/jobs/{job_id}", tags=["generations"])
 
@@ -122,10 +124,26 @@ async def model_architecture(
 @router.post(
     "/predict",
     dependencies=[Reader],
-    responses={**_NOT_READY, 422: {"model": ErrorBody, "description": "Features do not fit."}},
+    responses={
+        **_NOT_READY,
+        422: {
+            "model": ErrorBody,
+            "description": "Features do not fit; texts to a job that is not a language model, "
+            "or features to one; a text shorter than 2 tokens, ids outside the vocabulary.",
+        },
+    },
 )
 async def predict(job: ExistingJob, body: PredictRequest, plane: Plane) -> PredictResult:
-    """Predictions from the newest generation (or a given one) for a batch of inputs."""
+    """Predictions from the newest generation (or a given one) for a batch of inputs; for a
+    language-modelling job, the loss and perplexity of each text (``texts`` or ``ids``)."""
+    task = job.spec.task
+    if text_ingest.is_language_modeling(task) or body.features is None:
+        return await _score(job, body, plane)
+    if body.texts is not None or body.ids is not None:
+        raise InvalidError(
+            f"'texts' and 'ids' are scored by language-modelling jobs; job '{job.id}' learns "
+            f"{task.kind}: send 'features' alone"
+        )
     try:
         features = np.asarray(body.features, dtype=np.float64)
     except (ValueError, TypeError):
@@ -136,4 +154,17 @@ async def predict(job: ExistingJob, body: PredictRequest, plane: Plane) -> Predi
         raise InvalidError("'features' must hold a list of samples (at least 2 dimensions)")
     checked = check_features(features, job.spec.task)
     answer = await run_in_threadpool(plane.serving.predict, job.id, checked, body.generation)
+    return PredictResult(**answer)
+
+
+async def _score(job: JobRecord, body: PredictRequest, plane: Plane) -> PredictResult:
+    text_ingest.require_language_modeling(job.id, job.spec.task, "scoring 'texts' or 'ids'")
+    if body.features is not None:
+        raise InvalidError(
+            f"job '{job.id}' learns language: send 'texts' (or 'ids') to score, not 'features'"
+        )
+    if body.texts is None and body.ids is None:
+        raise InvalidError("send 'texts' (or 'ids' for tokenizer 'ids') to score")
+    sequences = text_ingest.scored_ids(body.texts, body.ids, job.spec.task)
+    answer = await run_in_threadpool(plane.serving.score, job.id, sequences, body.generation)
     return PredictResult(**answer)

@@ -1,0 +1,199 @@
+"""POST /generate and text scoring by /predict, against a live API (no Ray): a language-modelling job
+whose generation 0 has a checkpoint of a small GPT; the answers equal ``workers.text`` run on the
+same weights, in JSON and streamed token by token; the refusals name the problem."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import torch
+
+from service.client import LifelongClient, LifelongError
+from service.client.http import sse_frames
+from service.jobs.spec import validate_job_spec
+from service.runtime.generations import GenerationLedger
+from service.runtime.tracking import MlflowTracker
+from service.state.store import RedisStore
+from tests.service.conftest import JOB_SPEC, LiveServer
+from workers.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
+from workers.models import build_model
+from workers.sources import CheckpointEvent
+from workers.spec import OptimizerSpec
+from workers.text import decode_tokens, encode_text, generate, score
+
+pytestmark = pytest.mark.integration
+
+LM_SPEC: dict[str, Any] = {
+    "name": "writer",
+    "task": {"kind": "language_modeling", "context_length": 16},
+    "model": {"family": "gpt", "n_layer": 1, "n_head": 2, "d_model": 16},
+}
+
+
+def serve_checkpoint(store: RedisStore, server: LiveServer, job_id: str, folder: Path) -> Path:
+    """Generation 0 of the job, with one checkpoint of a GPT of random weights (seeded)."""
+    spec = validate_job_spec(LM_SPEC, max_workers=4)
+    torch.manual_seed(0)
+    model = build_model(spec.model, spec.task)
+    meta = CheckpointMeta(job_id=job_id, kind="periodic", task=spec.task, model=spec.model,
+                          optimizer=OptimizerSpec(), step=10, generation=0, generation_step=10,
+                          samples_seen=640, passes=1, manifest_version=1, dataset_size=100,
+                          param_count=0, world_size=1)  # fmt: skip
+    path = save_checkpoint(folder / "g0-s10", model=model, optimizer=None, meta=meta)
+    tracker = MlflowTracker.for_job(store.client, store.keys, job_id=job_id, job_name="writer",
+                                    tracking_uri="unused: producers never call MLflow")  # fmt: skip
+    ledger = GenerationLedger(store, job_id, tracker=tracker, spec=spec,
+                              data_root=str(server.data_root))  # fmt: skip
+    ledger.open(0, parent=None, op=None, reason="base model", policy="base", step=0,
+                param_count=100)  # fmt: skip
+    ledger.checkpointed(CheckpointEvent(kind="periodic", step=10, generation=0, param_count=100,
+                                        manifest_version=1, path=str(path), durable=True,
+                                        seconds=0.1))  # fmt: skip
+    return path
+
+
+@pytest.fixture
+def lm_job(client: LifelongClient, store: RedisStore, server: LiveServer, tmp_path: Path) -> Any:
+    job = client.create_job(LM_SPEC)
+    path = serve_checkpoint(store, server, job.id, tmp_path / "ckpt")
+    return job.id, load_checkpoint(path, with_optimizer=False)
+
+
+def test_generate_answers_what_the_model_writes(client: LifelongClient, lm_job: Any) -> None:
+    job, loaded = lm_job
+    task = loaded.meta.task
+    prompt = "ROMEO: ✓"
+    answer = client.generate(job, prompt, max_new_tokens=20, temperature=0.8, top_k=40, seed=7)
+    expected = list(generate(loaded.model, encode_text(prompt, task).tolist(), max_new_tokens=20,
+                             temperature=0.8, top_k=40, seed=7, context_length=16))  # fmt: skip
+    assert answer.ids == expected
+    assert answer.text == decode_tokens(expected, task)
+    assert answer.prompt_tokens == len(prompt.encode()) and answer.generation == 0
+    assert answer.step == 10 and answer.release is None
+    # The same seed gives the same tokens; greedy needs none; ids are a prompt too.
+    assert (
+        client.generate(job, prompt, max_new_tokens=20, temperature=0.8, top_k=40, seed=7) == answer
+    )
+    greedy = client.generate(job, list(prompt.encode()), max_new_tokens=5, temperature=0)
+    assert greedy.ids == list(generate(loaded.model, list(prompt.encode()), max_new_tokens=5,
+                                       temperature=0.0, context_length=16))  # fmt: skip
+
+
+def test_generate_streams_token_by_token(
+    client: LifelongClient, server: LiveServer, lm_job: Any
+) -> None:
+    job, _ = lm_job
+    whole = client.generate(job, "To be", max_new_tokens=12, seed=3)
+    streamed = list(client.generate_stream(job, "To be", max_new_tokens=12, seed=3))
+    *tokens, done = streamed
+    assert [t.id for t in tokens] == whole.ids and [t.index for t in tokens] == list(range(12))
+    # The pieces are the text as it completes: all of it but an unfinished last character.
+    pieces = "".join(t.text for t in tokens)
+    assert whole.text.startswith(pieces) and len(whole.text) - len(pieces) <= 1
+    assert done == whole
+    # On the wire: text/event-stream, 'token' events then one 'done'; "stream": true does the same.
+    body = {"prompt": "To be", "max_new_tokens": 3, "seed": 3, "stream": True}
+    with httpx.stream("POST", f"{server.url}/v1/jobs/{job}/generate", json=body) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        frames = list(sse_frames(response.iter_lines()))
+    assert [event for event, _ in frames] == ["token", "token", "token", "done"]
+    assert json.loads(frames[-1][1])["ids"] == whole.ids[:3]
+
+
+def test_predict_scores_texts(client: LifelongClient, lm_job: Any) -> None:
+    job, loaded = lm_job
+    texts = ["a short one", "a longer text, past the sixteen tokens of the context"]
+    answer = client.score(job, texts)
+    assert answer.kind == "language_modeling"
+    for text, got in zip(texts, answer.predictions, strict=True):
+        loss, perplexity = score(loaded.model, list(text.encode()), context_length=16)
+        assert got["tokens"] == len(text.encode())
+        torch.testing.assert_close(got["loss"], loss)
+        torch.testing.assert_close(got["perplexity"], perplexity)
+        assert 3.0 < got["loss"] < 8.0  # an untrained model over 256 bytes: about ln 256 = 5.5
+    by_ids = client.score(job, ids=[list(texts[0].encode())])
+    torch.testing.assert_close(by_ids.predictions[0]["loss"], answer.predictions[0]["loss"])
+
+
+def _refusal(call: Any) -> tuple[int, str]:
+    with pytest.raises(LifelongError) as info:
+        call()
+    return info.value.status_code, info.value.detail
+
+
+def test_generate_and_scoring_refusals(client: LifelongClient, lm_job: Any) -> None:
+    job, _ = lm_job
+    classifier = client.create_job(JOB_SPEC).id
+    bare = client.create_job({**LM_SPEC, "name": "bare"}).id
+    cases = {
+        "a classification job": (
+            lambda: client.generate(classifier, "hi"),
+            422,
+            "language-modelling",
+        ),
+        "empty prompt": (lambda: client.generate(job, ""), 422, "the prompt is empty"),
+        "prompt too long": (lambda: client.generate(job, "x" * 17), 422, "context_length of 16"),
+        "ids out of range": (lambda: client.generate(job, [3, 256]), 422, "value 256"),
+        "negative id": (lambda: client.generate(job, [-1]), 422, "[0, 256)"),
+        "top_k above the vocabulary": (
+            lambda: client.generate(job, "a", top_k=300),
+            422,
+            "top_k 300",
+        ),
+        "too many tokens": (
+            lambda: client.generate(job, "a", max_new_tokens=5000),
+            422,
+            "max_new_tokens",
+        ),
+        "no checkpoint yet": (lambda: client.generate(bare, "a"), 409, "no generation yet"),
+        "unknown generation": (
+            lambda: client.generate(job, "a", generation=5),
+            404,
+            "no generation 5",
+        ),
+        "texts to a classifier": (
+            lambda: client.score(classifier, ["a b"]),
+            422,
+            "learns classification",
+        ),
+        "a one-token text": (lambda: client.score(job, ["a"]), 422, "at least 2"),
+        "features to a language model": (
+            lambda: client.predict(job, [[1.0] * 16]),
+            422,
+            "not 'features'",
+        ),
+    }
+    for name, (call, status, words) in cases.items():
+        got, detail = _refusal(call)
+        assert (got, words in detail) == (status, True), (name, got, detail)
+    with pytest.raises(TypeError, match="unknown generate options"):
+        client.generate(job, "a", temprature=0.5)
+
+
+def test_cli_generate_and_push_text(server: LiveServer, lm_job: Any, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from service.client.cli import app
+
+    job, loaded = lm_job
+    runner = CliRunner(env={"LIFELONG_API_URL": server.url, "COLUMNS": "200"})
+    expected = list(generate(loaded.model, list(b"ROMEO:"), max_new_tokens=8, temperature=0.0,
+                             context_length=16))  # fmt: skip
+    text = decode_tokens(expected, loaded.meta.task)
+    for flags in ([], ["--stream"]):
+        args = ["generate", job, "ROMEO:", "--max-new-tokens", "8", "--temperature", "0", *flags]
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+        assert "ROMEO:" in result.output and "generation 0, step 10: 8 new tokens" in result.output
+        printable = text.replace("\ufffd", "").strip()
+        assert printable.split("\n")[0] in result.output
+    document = tmp_path / "play.txt"
+    document.write_text("First Citizen: Before we proceed any further, hear me speak.")
+    pushed = runner.invoke(app, ["push", job, str(document)])
+    assert pushed.exit_code == 0, pushed.output
+    assert f"accepted {len(document.read_bytes())} samples" in pushed.output
