@@ -43,6 +43,9 @@ from growth_policy.types import Decision, GrowthOp, GrowthRequest, Observation
 Numbers = dict[str, float | int | str]
 
 STATE_VERSION = 2  # 2: requests and the pending growth carry request ids
+# Generations that add no capacity the controller decided: shrink and perturb, and the head's
+# growth for classes that arrive (the workers apply it on their own). No cooldown, not counted.
+NOT_COUNTED = frozenset({"shrink_perturb", "add_classes"})
 _READABLE_VERSIONS = (1, 2)
 
 # Plan refusals after which the 'auto' strategy tries a deeper model instead of a wider one.
@@ -153,11 +156,11 @@ class Controller:
         """
         kind = op.op if op is not None else self._pending_kind()
         answered = self.pending_request
-        if kind != "shrink_perturb" and self._pending is not None:
+        if kind not in NOT_COUNTED and self._pending is not None:
             self._grown_size = self._pending.get("dataset_size", self._grown_size)
         self._pending = None
         self._generation = generation
-        if kind == "shrink_perturb":  # no new capacity: no cooldown, no growth counted
+        if kind in NOT_COUNTED:  # no new capacity decided here: no cooldown, no growth counted
             return answered
         self._last_growth_step = step
         self._last_kind = kind
@@ -388,7 +391,9 @@ class Controller:
         # Steps can go back when the job resumes from a checkpoint: forget what came after.
         self._history = [o for o in self._history if o.step < obs.step]
         self._history.append(
-            obs.model_copy(update={"summary": None, "group_signals": {}, "compute": {}})
+            obs.model_copy(
+                update={"summary": None, "group_signals": {}, "compute": {}, "slices": {}}
+            )
         )
         del self._history[: -self.config.history_size]
 

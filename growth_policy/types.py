@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-GrowthKind = Literal["widen", "deepen", "shrink_perturb"]
+GrowthKind = Literal["widen", "deepen", "shrink_perturb", "add_classes"]
 
 
 class Observation(BaseModel):
@@ -54,6 +54,30 @@ class Observation(BaseModel):
         "flops, busy_s, elapsed_s, duty_cycle, per_generation, per_version. Not kept in the "
         "controller's history.",
     )
+    slices: dict[str, dict[str, float]] = Field(
+        default_factory=dict,
+        description="Per slice of the validation set (the samples of one data version, merged "
+        "with the next until large enough; workers.slices): loss, metric, best metric and "
+        "samples, for at most 8 slices (the newest, the oldest, the most forgotten, others "
+        "spread evenly).",
+    )
+    slice_count: int = Field(default=0, ge=0, description="Slices in the validation set.")
+    forgetting: float | None = Field(
+        default=None, description="The largest drop of an old slice's metric since its best."
+    )
+    average_forgetting: float | None = Field(
+        default=None, description="The mean drop of the old slices' metric since their best."
+    )
+    backward_transfer: float | None = Field(
+        default=None,
+        description="Mean change of the old slices' metric since each was the newest "
+        "(Lopez-Paz and Ranzato, 2017; negative: forgetting).",
+    )
+    drift: float | None = Field(
+        default=None,
+        description="The newest slice's validation loss over the older slices' (1: as hard as "
+        "the history; above: new data the model has not learned yet).",
+    )
 
 
 class GrowthOp(BaseModel):
@@ -78,6 +102,9 @@ class GrowthOp(BaseModel):
     style: Literal["identity", "residual"] = "identity"
     shrink: float = Field(default=1.0, gt=0.0, le=1.0, description="shrink_perturb: θ ← λθ + σε.")
     perturb: float = Field(default=0.0, ge=0.0)
+    classes: int | None = Field(
+        default=None, ge=2, description="add_classes: the head's new number of outputs."
+    )
     seed: int = 0
 
     @model_validator(mode="after")
@@ -89,6 +116,8 @@ class GrowthOp(BaseModel):
             errors.append("widen 'widths' must name at least one group")
         if self.op == "deepen" and not self.after:
             errors.append("deepen needs 'after', the name of the module to insert after")
+        if (self.op == "add_classes") != (self.classes is not None):
+            errors.append("'classes' is for add_classes, and add_classes needs it")
         if self.op == "shrink_perturb" and self.shrink == 1.0 and self.perturb == 0.0:
             errors.append("shrink_perturb with shrink=1 and perturb=0 does nothing")
         if errors:

@@ -6,7 +6,7 @@ from ._handlers import Handler, Opaque, ParamAxes, register_handler
 from ._modes import init_modes
 from ._modules import Residual
 from ._optim import transfer_optimizer
-from ._outputs import add_classes
+from ._outputs import ClassHead, add_classes
 from ._replay import replay
 from ._summary import count_params, predict_param_count, summarize
 from ._trace import TraceContext
@@ -14,6 +14,7 @@ from ._types import Grown, WidthGroup
 from ._widen import widen, widen_head_size, width_groups
 
 __all__ = [
+    "ClassHead",
     "Grown",
     "GrowthError",
     "Handler",

@@ -49,6 +49,9 @@ def apply_op(
     elif op.op == "deepen":
         assert op.after is not None
         grown = net2net.deepen(module, example, after=op.after, style=op.style, seed=op.seed)
+    elif op.op == "add_classes":
+        assert op.classes is not None
+        grown = net2net.add_classes(module, example, classes=op.classes, seed=op.seed)
     else:  # pragma: no cover - GrowthOp validates op
         raise ValueError(f"unknown growth op {op.op!r}")
     new_optimizer = in_module_order(

@@ -125,6 +125,11 @@ def _check_bounds(op: GrowthOp) -> None:
     """Widths a layer may have, whatever the model: 1 to ``workers.models.MAX_WIDTH``."""
     from workers.models import MAX_WIDTH
 
+    if op.op == "add_classes":
+        raise InvalidError(
+            "the growth is refused: 'add_classes' is applied by the workers when a label beyond "
+            "the head arrives (task.max_classes); push data with the new class instead"
+        )
     if op.op != "widen":
         return
     if op.factor is not None and not op.factor <= MAX_WIDTH:

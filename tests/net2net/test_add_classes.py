@@ -42,7 +42,8 @@ def test_old_logits_are_kept_exactly(init: str) -> None:
     assert new.shape == (32, 7)
     torch.testing.assert_close(new[:, :4], old, rtol=0, atol=0)
     head = grown.model.get_submodule("head")
-    assert isinstance(head, nn.Linear) and head.out_features == 7
+    assert isinstance(head, net2net.ClassHead) and head.out_features == 7
+    assert head.sizes == [4, 3]
     assert model.get_submodule("head").weight.shape == (4, 16)  # the input is untouched
 
 
@@ -60,14 +61,29 @@ def test_low_init_starts_the_new_class_near_its_prior() -> None:
     model = _mlp()
     x = torch.randn(64, 8)
     grown = net2net.add_classes(model, x, classes=5, init="low", prior=0.02)
-    weight = grown.model.get_submodule("head").get_parameter("weight")
-    torch.testing.assert_close(weight[4], torch.zeros(16), rtol=0, atol=0)
+    weight = grown.model.get_parameter("head.weight_1")
+    torch.testing.assert_close(weight[0], torch.zeros(16), rtol=0, atol=0)
     with torch.no_grad():
         p = grown.model(x).softmax(dim=1)[:, 4]
     assert 0.005 < float(p.mean()) < 0.05
     # The old classes keep their ranking: the argmax among them is unchanged.
     with torch.no_grad():
         assert torch.equal(grown.model(x)[:, :4].argmax(1), model(x).argmax(1))
+
+
+def test_a_second_growth_and_a_widen_keep_every_old_logit_bit_for_bit() -> None:
+    model = _mlp(classes=5)
+    x = torch.randn(64, 8)
+    once = net2net.add_classes(model, x, classes=10)
+    widened = net2net.widen(once.model, x, factor=2.0, seed=3)
+    twice = net2net.add_classes(widened.model, x, classes=13, init="mean")
+    assert once.max_abs_error == 0.0 and twice.max_abs_error == 0.0
+    head = twice.model.get_submodule("head")
+    assert isinstance(head, net2net.ClassHead) and head.sizes == [5, 5, 3]
+    assert head.in_features == 32
+    with torch.no_grad():
+        torch.testing.assert_close(twice.model(x)[:, :10], widened.model(x), rtol=0, atol=0)
+    assert widened.max_abs_error < 1e-5
 
 
 def test_replay_rebuilds_the_grown_head() -> None:
@@ -88,14 +104,18 @@ def test_optimizer_state_of_old_rows_is_carried_and_new_rows_start_empty() -> No
     grown = net2net.add_classes(model, x, classes=6)
     new_opt = net2net.transfer_optimizer(opt, model, grown)
     old_w = model.get_parameter("head.weight")
-    new_w = grown.model.get_parameter("head.weight")
+    new_w = grown.model.get_parameter("head.weight_0")
     old_state, new_state = opt.state[old_w], new_opt.state[new_w]
     for key in ("exp_avg", "exp_avg_sq"):
-        torch.testing.assert_close(new_state[key][:4], old_state[key], rtol=0, atol=0)
-        torch.testing.assert_close(new_state[key][4:], torch.zeros(2, 16), rtol=0, atol=0)
+        torch.testing.assert_close(new_state[key], old_state[key], rtol=0, atol=0)
+    # The new rows: zero moments, and the old rows' step count.
+    fresh = new_opt.state[grown.model.get_parameter("head.weight_1")]
+    torch.testing.assert_close(fresh["exp_avg"], torch.zeros(2, 16), rtol=0, atol=0)
+    torch.testing.assert_close(fresh["exp_avg_sq"], torch.zeros(2, 16), rtol=0, atol=0)
+    assert float(fresh["step"]) == float(old_state["step"]) == 5.0
     fc_old, fc_new = model.get_parameter("fc.weight"), grown.model.get_parameter("fc.weight")
     torch.testing.assert_close(new_opt.state[fc_new]["exp_avg"], opt.state[fc_old]["exp_avg"])
-    assert len(new_opt.param_groups[0]["params"]) == 4
+    assert len(new_opt.param_groups[0]["params"]) == 6
     # One more step works on the grown model.
     new_opt.zero_grad()
     torch.autograd.backward(functional.cross_entropy(grown.model(x), torch.arange(32) % 6))
@@ -107,7 +127,7 @@ def test_optimizer_state_of_old_rows_is_carried_and_new_rows_start_empty() -> No
     [
         ({"classes": 4}, "has 4 outputs already"),
         ({"classes": 6, "head": "nope"}, "no module 'nope'"),
-        ({"classes": 6, "head": "act"}, "no output axis"),
+        ({"classes": 6, "head": "act"}, "is not a Linear with a bias"),
         ({"classes": 6, "init": "random"}, "init must be one of"),
         ({"classes": 6, "prior": 1.5}, "prior must be in"),
     ],
