@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from service.runtime.releases import CHAMPION, Candidate, Release, better, choose
+from service.runtime.samples import sample_path, start_sample
 from service.runtime.tracking import TrackedIds, read_tracked_ids
 from workers.checkpoint import (
     OPTIMIZER_JSON_FILE,
@@ -112,6 +114,7 @@ class GenerationLedger:
         # A growth's opening checkpoint reaches the ledger before the growth event that opens
         # its generation: kept here until then.
         self._early: dict[int, list[CheckpointEvent]] = {}
+        self.sampler: threading.Thread | None = None  # the newest text sample being written
 
     # --- reading -----------------------------------------------------------------------------
     def records(self) -> list[GenerationRecord]:
@@ -252,7 +255,10 @@ class GenerationLedger:
             "throughput": obs.throughput,
             "param_count": float(obs.param_count),
             "samples_seen": float(obs.samples_seen),
+            # a language model counts its data in tokens: the same number, by its name
+            "tokens_seen": float(obs.samples_seen) if self._is_lm else None,
             **compute_metrics(obs.compute, obs.generation, obs.dataset_version),
+            **slice_metrics(obs),
         }
         clean = {k: v for k, v in values.items() if v is not None}
         tracker = self._writer()
@@ -298,6 +304,10 @@ class GenerationLedger:
         self._writer().log_metrics(generation, step, {"converged": 0.0})
 
     # --- internals -----------------------------------------------------------------------------
+    @property
+    def _is_lm(self) -> bool:
+        return self.spec is not None and self.spec.task.kind == "language_modeling"
+
     def _writer(self) -> MlflowTracker:
         if self.tracker is None:
             raise RuntimeError("this generation ledger reads only: it was made without a tracker")
@@ -316,7 +326,8 @@ class GenerationLedger:
         if self._first_time(record.generation, "first"):
             self._track_checkpoint(event, "checkpoint")
         if event.kind in ("close", "final"):
-            self._track_checkpoint(event, "checkpoint-final")
+            final = self._track_checkpoint(event, "checkpoint-final")
+            self._maybe_sample(record.generation, final)
         self._maybe_release(record, event)
         if event.kind == "final" and self.spec is not None:  # the job stops: its whole story
             self._writer().story(record.generation, self.spec.task.metric_name)
@@ -327,11 +338,21 @@ class GenerationLedger:
             self.store.client.sadd(self.store.keys.tracked(self.job_id), f"{generation}:{what}")
         )
 
-    def _track_checkpoint(self, event: CheckpointEvent, dest: str) -> None:
+    def _track_checkpoint(self, event: CheckpointEvent, dest: str) -> str | None:
         path = self._stable_copy(event, dest)
         if path is None:
-            return
+            return None
         self._writer().log_artifacts(event.generation, path, dest)
+        return path
+
+    def _maybe_sample(self, generation: int, checkpoint: str | None) -> None:
+        """A language model's closing checkpoint writes a text sample for the generation's run
+        (``service.runtime.samples``), once, in the background."""
+        if checkpoint is None or not self._is_lm:
+            return
+        if self._first_time(generation, "sample"):
+            target = sample_path(self.data_root, self.job_id, generation)
+            self.sampler = start_sample(self._writer(), checkpoint, target, generation)
 
     # --- releases ------------------------------------------------------------------------------
     def _candidate(self, record: GenerationRecord, event: CheckpointEvent) -> Candidate | None:
@@ -451,6 +472,21 @@ def _held(path: str) -> float | None:
 def _pair(text: str) -> tuple[int, float]:
     step, wall = text.split(",", 1)
     return int(step), float(wall)
+
+
+def slice_metrics(obs: Observation) -> dict[str, float | None]:
+    """Forgetting, backward transfer, drift and the reported slices' metrics (workers.slices) as
+    MLflow metrics: ``slice_v<first version>_<metric>`` for each slice the observation carries."""
+    out: dict[str, float | None] = {
+        "forgetting": obs.forgetting,
+        "average_forgetting": obs.average_forgetting,
+        "backward_transfer": obs.backward_transfer,
+        "drift": obs.drift,
+        "slices": float(obs.slice_count) if obs.slice_count else None,
+    }
+    for name, numbers in obs.slices.items():
+        out[f"slice_{name}_{obs.metric_name}"] = numbers.get("metric")
+    return out
 
 
 def _number(value: Any) -> float | None:

@@ -34,8 +34,8 @@ LM_SPEC: dict[str, Any] = {
 }
 
 
-def serve_checkpoint(store: RedisStore, server: LiveServer, job_id: str, folder: Path) -> Path:
-    """Generation 0 of the job, with one checkpoint of a GPT of random weights (seeded)."""
+def lm_checkpoint(folder: Path, job_id: str) -> Path:
+    """A checkpoint of generation 0 of a GPT of random weights (seeded), at step 10."""
     spec = validate_job_spec(LM_SPEC, max_workers=4)
     torch.manual_seed(0)
     model = build_model(spec.model, spec.task)
@@ -43,16 +43,29 @@ def serve_checkpoint(store: RedisStore, server: LiveServer, job_id: str, folder:
                           optimizer=OptimizerSpec(), step=10, generation=0, generation_step=10,
                           samples_seen=640, passes=1, manifest_version=1, dataset_size=100,
                           param_count=0, world_size=1)  # fmt: skip
-    path = save_checkpoint(folder / "g0-s10", model=model, optimizer=None, meta=meta)
+    return save_checkpoint(folder / "g0-s10", model=model, optimizer=None, meta=meta)
+
+
+def lm_ledger(store: RedisStore, job_id: str, data_root: Path) -> GenerationLedger:
+    """The job's ledger as its supervisor has it (the tracker queues; nothing drains it)."""
     tracker = MlflowTracker.for_job(store.client, store.keys, job_id=job_id, job_name="writer",
                                     tracking_uri="unused: producers never call MLflow")  # fmt: skip
-    ledger = GenerationLedger(store, job_id, tracker=tracker, spec=spec,
-                              data_root=str(server.data_root))  # fmt: skip
+    spec = validate_job_spec(LM_SPEC, max_workers=4)
+    ledger = GenerationLedger(store, job_id, tracker=tracker, spec=spec, data_root=str(data_root))
     ledger.open(0, parent=None, op=None, reason="base model", policy="base", step=0,
                 param_count=100)  # fmt: skip
-    ledger.checkpointed(CheckpointEvent(kind="periodic", step=10, generation=0, param_count=100,
-                                        manifest_version=1, path=str(path), durable=True,
-                                        seconds=0.1))  # fmt: skip
+    return ledger
+
+
+def _event(path: Path | str, kind: str = "periodic") -> CheckpointEvent:
+    return CheckpointEvent(kind=kind, step=10, generation=0, param_count=100,  # type: ignore[arg-type]
+                           manifest_version=1, path=str(path), durable=True, seconds=0.1)  # fmt: skip
+
+
+def serve_checkpoint(store: RedisStore, server: LiveServer, job_id: str, folder: Path) -> Path:
+    """Generation 0 of the job, with one checkpoint (see :func:`lm_checkpoint`)."""
+    path = lm_checkpoint(folder, job_id)
+    lm_ledger(store, job_id, server.data_root).checkpointed(_event(path))
     return path
 
 
@@ -197,3 +210,51 @@ def test_cli_generate_and_push_text(server: LiveServer, lm_job: Any, tmp_path: P
     pushed = runner.invoke(app, ["push", job, str(document)])
     assert pushed.exit_code == 0, pushed.output
     assert f"accepted {len(document.read_bytes())} samples" in pushed.output
+
+
+def _ops(store: RedisStore, job_id: str) -> list[dict[str, Any]]:
+    return [json.loads(r) for r in store.client.lrange(store.keys.mlflow_outbox(job_id), 0, -1)]
+
+
+@pytest.mark.slow
+def test_a_closing_generation_writes_a_text_sample_for_mlflow(
+    store: RedisStore, tmp_path: Path
+) -> None:
+    from growth_policy import Observation
+    from service.runtime import samples
+
+    job = store.create_job(validate_job_spec(LM_SPEC, max_workers=4), max_jobs=10, param_count=1)
+    ledger = lm_ledger(store, job.id, tmp_path / "data")
+    ledger.observed(Observation(step=10, generation=0, generation_step=10, samples_seen=640,
+                                passes=1.0, dataset_size=5000, train_loss=5.0, val_loss=5.2,
+                                val_metric=181.3, metric_name="perplexity", param_count=100,
+                                wall_time=1.0))  # fmt: skip
+    [metrics] = [op for op in _ops(store, job.id) if op["kind"] == "metrics"]
+    assert metrics["values"]["tokens_seen"] == 640 and metrics["values"]["val_perplexity"] == 181.3
+    assert metrics["values"]["val_loss"] == 5.2
+
+    path = lm_checkpoint(tmp_path / "ckpt", job.id)
+    ledger.checkpointed(_event(path, "close"))
+    assert ledger.sampler is not None
+    ledger.sampler.join(timeout=60)
+    target = samples.sample_path(str(tmp_path / "data"), job.id, 0)
+    header, _, text = target.read_text(encoding="utf-8").partition("\n\n")
+    assert header.startswith("generation 0, step 10,") and "640 tokens seen" in header
+    loaded = load_checkpoint(path, with_optimizer=False)
+    prompt = list(samples.TEXT_PROMPT.encode())
+    expected = list(generate(loaded.model, prompt, max_new_tokens=samples.SAMPLE_TOKENS,
+                             temperature=samples.SAMPLE_TEMPERATURE, seed=samples.SAMPLE_SEED,
+                             context_length=16))  # fmt: skip
+    assert text == decode_tokens(prompt + expected, loaded.meta.task)
+    logged = [op for op in _ops(store, job.id) if op["kind"] == "artifacts"]
+    assert {"path": str(target), "dest": "samples"}.items() <= logged[-1].items()
+    # Once per generation; a checkpoint that cannot be read writes none and raises nothing.
+    first = ledger.sampler
+    ledger.checkpointed(_event(path, "final"))
+    assert ledger.sampler is first
+    assert len([op for op in _ops(store, job.id) if op.get("dest") == "samples"]) == 1
+    other = lm_ledger(store, job.id, tmp_path / "data")
+    other._maybe_sample(1, str(tmp_path / "missing"))
+    assert other.sampler is not None
+    other.sampler.join(timeout=60)
+    assert not samples.sample_path(str(tmp_path / "data"), job.id, 1).exists()
