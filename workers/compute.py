@@ -13,8 +13,9 @@ its own:
   generation and per data version, and the duty cycle (busy seconds over the seconds since the job
   started). FLOPs are estimated as ``6 × parameters × samples`` for a training step (forward and
   backward of the dense layers) and ``2 × parameters × samples`` for a validation pass: exact for
-  an MLP, a lower bound for convolutions and attention over sequences, whose weights are reused
-  at every position.
+  an MLP, a lower bound for convolutions, whose weights are reused at every position. A language
+  model counts tokens as samples and adds attention's own FLOPs per token
+  (:func:`attention_flops_per_token`), as nanoGPT's ``6N + 12·L·H·Q·T`` does.
 """
 
 from __future__ import annotations
@@ -24,20 +25,37 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from torch import nn
+
+from workers.gpt import CausalSelfAttention
 from workers.spec import BudgetSpec, ComputeSpec
 
 TRAIN_FLOPS_PER_PARAM = 6.0  # forward (2) and backward (4) per parameter and sample
 EVAL_FLOPS_PER_PARAM = 2.0
 
 
-def train_flops(params: int, samples: int) -> float:
-    """Estimated FLOPs of training ``params`` parameters on ``samples`` samples."""
-    return TRAIN_FLOPS_PER_PARAM * params * samples
+def train_flops(params: int, samples: int, attention: float = 0.0) -> float:
+    """Estimated FLOPs of training ``params`` parameters on ``samples`` samples (tokens for a
+    language model), with ``attention`` forward FLOPs per sample not in the parameters
+    (:func:`attention_flops_per_token`; the backward pass costs twice the forward)."""
+    return (TRAIN_FLOPS_PER_PARAM * params + 3.0 * attention) * samples
 
 
-def eval_flops(params: int, samples: int) -> float:
+def eval_flops(params: int, samples: int, attention: float = 0.0) -> float:
     """Estimated FLOPs of evaluating ``params`` parameters on ``samples`` samples."""
-    return EVAL_FLOPS_PER_PARAM * params * samples
+    return (EVAL_FLOPS_PER_PARAM * params + attention) * samples
+
+
+def attention_flops_per_token(model: nn.Module, context_length: int) -> float:
+    """Forward FLOPs per token of attention's scores and weighted sums, which weigh no parameter:
+    ``2 · 2 · T · n_head · head_dim`` per attention layer of a ``gpt`` at context T (the count of
+    nanoGPT's and PaLM's estimates: every position of the window, the causal half included).
+    0 for a model without attention."""
+    total = 0.0
+    for module in model.modules():
+        if isinstance(module, CausalSelfAttention):
+            total += 4.0 * context_length * module.n_head * module.head_dim
+    return total
 
 
 # -- accounting ------------------------------------------------------------------------------------

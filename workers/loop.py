@@ -71,6 +71,7 @@ from workers.compute import (
     ComputeMeter,
     Converged,
     ConvergenceDetector,
+    attention_flops_per_token,
     eval_flops,
     spent,
     train_flops,
@@ -89,7 +90,15 @@ from workers.device import (
 from workers.models import build_model, count_parameters
 from workers.reader import DataReader
 from workers.runtime import RayRuntime, Resumed, Runtime
-from workers.shards import Manifest, ManifestSource, ShardStore, is_remote
+from workers.shards import (
+    Manifest,
+    ManifestDelta,
+    ManifestSource,
+    ShardStore,
+    changes_since,
+    is_remote,
+    wait_changes,
+)
 from workers.signals import group_signals
 from workers.slices import SliceReport, SliceTracker, per_sample, slice_starts
 from workers.sources import (
@@ -110,6 +119,7 @@ from workers.spec import (
     TaskSpec,
 )
 from workers.tasks import evaluate, loss_fn, targets
+from workers.windows import TokenReader
 
 logger = logging.getLogger(__name__)
 
@@ -367,6 +377,8 @@ class TrainLoop:
         self._best: _Snapshot | None = None
         self._busy_mark: float | None = None  # perf_counter() since which time counts as busy
         self._params = 0
+        self._attention = 0.0  # attention's forward FLOPs per token (a gpt), not in _params
+        self._lm = config.task.kind == "language_modeling"
         self._converged: _ConvergedNote | None = None
         # Rank 0: per-slice validation, forgetting and drift (workers.slices).
         self.slices = SliceTracker(higher_is_better=config.task.kind == "classification")
@@ -375,7 +387,8 @@ class TrainLoop:
 
     def setup(self) -> None:
         self.group = self.runtime.start()
-        self.reader = DataReader(
+        lm = self.cfg.task.kind == "language_modeling"
+        self.reader: DataReader | TokenReader = (TokenReader if lm else DataReader)(
             ShardStore(self.cfg.store_root),
             self.cfg.task,
             rank=self.group.rank,
@@ -410,6 +423,7 @@ class TrainLoop:
             ]
         module = module.to(self.group.device).train()
         self._params = count_parameters(module)
+        self._attention = attention_flops_per_token(module, self.cfg.task.context_length)
         self.optimizer = build_optimizer(self.cfg.optimizer, module.parameters())
         if optimizer_state is not None:
             self.optimizer.load_state_dict(optimizer_state)
@@ -491,14 +505,16 @@ class TrainLoop:
         self._finish_pending_growth()
 
     def sync_manifest(self) -> Manifest:
-        """Rank 0 reads the manifest; every rank adopts the same snapshot."""
+        """Rank 0 reads what changed in the manifest since the version every rank holds (the
+        appended shards; the whole manifest only when the ranks hold none or it was rewritten)
+        and broadcasts it; every rank adopts the same snapshot."""
         text = None
         if self.group.is_main:
-            text = self.cfg.manifest.load().model_dump_json()
+            text = changes_since(self.cfg.manifest, self.reader.manifest).model_dump_json()
         return self._adopt_manifest(self.group.broadcast_str(text))
 
     def _adopt_manifest(self, text: str) -> Manifest:
-        manifest = Manifest.model_validate_json(text)
+        manifest = ManifestDelta.model_validate_json(text).apply(self.reader.manifest)
         if manifest.version != self.reader.manifest.version or not self.reader.manifest.job_id:
             self.reader.update(manifest)
             self._fit_head()
@@ -546,10 +562,13 @@ class TrainLoop:
         p = self.progress
         p.step += 1
         p.generation_step += 1
-        samples = x.shape[0] * self.group.world_size
+        # a language model counts tokens: its samples seen, sizes and budgets are in tokens
+        samples = (x.numel() if x.dim() == 2 and self._lm else x.shape[0]) * self.group.world_size
         p.samples_seen += samples
         self._window_samples += samples
-        self._account(steps=1, samples=samples, flops=train_flops(self._params, samples))
+        self._account(
+            steps=1, samples=samples, flops=train_flops(self._params, samples, self._attention)
+        )
         pending = self._pending
         if pending is not None and pending.pause_s is None:
             if self.group.device.type == "cuda":
@@ -649,9 +668,11 @@ class TrainLoop:
         if self.reader.val_size:
             val_loss, val_metric, report = self.validate_slices()
             self._observed_val = (p.step, p.generation, (val_loss, val_metric))
-            val_n = min(self.reader.val_size, self.cfg.val_max_samples or self.reader.val_size)
+            window = self.cfg.task.context_length if self._lm else 1  # val_max_samples: windows
+            cap = (self.cfg.val_max_samples or self.reader.val_size) * window
+            val_n = min(self.reader.val_size, cap)
             self.meter.add(p.generation, self.reader.manifest.version,
-                           flops=eval_flops(self._params, val_n))  # fmt: skip
+                           flops=eval_flops(self._params, val_n, self._attention))  # fmt: skip
         summary, groups = self._summary()
         signals: dict[str, dict[str, float]] = {}
         if self.cfg.signals and groups is not None:
@@ -719,8 +740,8 @@ class TrainLoop:
             self._set_state(state)
             text = self._poll(state).model_dump_json() if self.group.is_main else None
             message = _IdleMessage.model_validate_json(self.group.broadcast_str(text))
-            if message.manifest is not None:
-                self.reader.update(message.manifest)
+            if message.change is not None:
+                self.reader.update(message.change.apply(self.reader.manifest))
                 self._fit_head()
                 self._replan = True
             directive = message.directive
@@ -728,7 +749,7 @@ class TrainLoop:
             if self.stopping or (state == "paused" and not directive.pause):
                 return "command"
             if state == "converged" and not directive.pause:
-                if message.manifest is not None:
+                if message.change is not None:
                     return "data"
                 if directive.wake:
                     return "command"
@@ -738,15 +759,15 @@ class TrainLoop:
 
     def _poll(self, state: LoopState) -> _IdleMessage:
         """Rank 0, idle: wait ``poll_interval`` (or for a newer manifest), then ask the source."""
-        version = self.reader.manifest.version
+        known = self.reader.manifest
         if state in ("waiting_for_data", "converged"):
-            manifest = self.cfg.manifest.wait_newer(version, self.cfg.poll_interval)
+            change = wait_changes(self.cfg.manifest, known, self.cfg.poll_interval)
         else:
             time.sleep(self.cfg.poll_interval)
-            manifest = self.cfg.manifest.load()
+            change = changes_since(self.cfg.manifest, known)
         directive = self.source.poll(self._status(state))
         return _IdleMessage(
-            directive=directive, manifest=manifest if manifest.version != version else None
+            directive=directive, change=change if change.version != known.version else None
         )
 
     def stop(self, reason: str, *, budget: bool = False) -> None:
@@ -893,7 +914,7 @@ class TrainLoop:
             ):
                 growth.val_before = seen[2]
             else:
-                growth.val_before = self.validate(limit)
+                growth.val_before = self.validate(limit, classes=_old_classes(growth))
         growth.eval_s += time.perf_counter() - started
 
     def _transform(self, growth: _Growth, example: torch.Tensor) -> bool:
@@ -958,6 +979,7 @@ class TrainLoop:
             p.records.append(applied.record)
         growth.params_after = count_parameters(self.module)
         self._params = growth.params_after
+        self._attention = attention_flops_per_token(self.module, self.cfg.task.context_length)
         self._best = None  # the best weights so far belong to the model before the growth
         p.lineage.append(
             GenerationInfo(
@@ -977,7 +999,9 @@ class TrainLoop:
         """Rank 0: the validation loss of the grown model (on the samples measured before)."""
         started = time.perf_counter()
         if self.group.is_main and self.reader.val_size:
-            growth.val_after = self.validate(self.cfg.growth_val_samples)
+            growth.val_after = self.validate(
+                self.cfg.growth_val_samples, classes=_old_classes(growth)
+            )
         growth.eval_s += time.perf_counter() - started
 
     def _open_checkpoint(self, growth: _Growth) -> None:
@@ -1045,10 +1069,16 @@ class TrainLoop:
 
     # -- evaluation -------------------------------------------------------------------------------
 
-    def validate(self, limit: int | None = None) -> tuple[float, float]:
+    def validate(
+        self, limit: int | None = None, *, classes: int | None = None
+    ) -> tuple[float, float]:
         """Rank 0: ``(loss, metric)`` on the validation set (its first ``limit`` samples), in
-        eval mode."""
+        eval mode; with ``classes``, on the samples of the classes below it alone (a growth of
+        the head measures the old classes before and after)."""
         features, labels = self.reader.validation()
+        if classes is not None:
+            keep = labels < classes
+            features, labels = features[keep], labels[keep]
         if limit is not None:
             features, labels = features[:limit], labels[:limit]
         with autocast(self.group.device, self._amp):  # the model as it trains
@@ -1089,6 +1119,8 @@ class TrainLoop:
             return self.reader.example_batch(self.cfg.example_batch_size).to(self.group.device)
         gen = torch.Generator().manual_seed(self.cfg.seed)
         shape = (min(8, self.cfg.example_batch_size), *self.cfg.task.input_shape)
+        if self._lm:  # token ids
+            return torch.randint(0, self.cfg.task.vocab, shape, generator=gen).to(self.group.device)
         return torch.randn(shape, generator=gen).to(self.group.device)
 
     def _summary(self) -> tuple[dict[str, Any] | None, Any]:
@@ -1320,6 +1352,13 @@ def _write_closing(
     )  # fmt: skip
 
 
+def _old_classes(growth: _Growth) -> int | None:
+    """The head's size before an ``add_classes`` growth (None for any other op)."""
+    if growth.op.op != "add_classes":
+        return None
+    return int(growth.directive.numbers["classes_before"])
+
+
 def _fault_point(job_id: str, where: Literal["transform", "writing", "checkpoint"]) -> None:
     """Test-only crashes in a growth: right after the transform, while its opening checkpoint is
     written in the background (staged, not yet in place), or after its checkpoint.
@@ -1410,7 +1449,9 @@ class _IdleMessage(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     directive: Directive
-    manifest: Manifest | None = None
+    change: ManifestDelta | None = Field(
+        default=None, description="What changed in the manifest (the appended shards)."
+    )
 
 
 def _resumed_detail(resumed: Resumed | None) -> dict[str, Any] | None:

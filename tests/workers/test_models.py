@@ -121,8 +121,9 @@ def test_unknown_family_lists_the_available_ones() -> None:
     with pytest.raises(ModelSpecError) as info:
         build_model(ModelSpec(family="transformer"), FLAT)
     assert (
-        info.value.errors == ["unknown model family 'transformer'; available: cnn, mlp, resnet"]
-        or "available: cnn, mlp, resnet" in info.value.errors[0]
+        info.value.errors
+        == ["unknown model family 'transformer'; available: cnn, gpt, mlp, resnet"]
+        or "available: cnn, gpt, mlp, resnet" in info.value.errors[0]
     )
 
 
@@ -173,7 +174,7 @@ def test_entry_points_add_families(clean_registry: None, monkeypatch: pytest.Mon
 
     monkeypatch.setattr(models.metadata, "entry_points", fake_entry_points)
     models._entry_points.loaded = False
-    assert sorted(families()) == ["cnn", "mlp", "resnet", "tiny-linear"]
+    assert sorted(families()) == ["cnn", "gpt", "mlp", "resnet", "tiny-linear"]
     assert isinstance(families()["tiny-linear"], Family)
     assert calls == ["lifelong.models"]  # loaded once
     with pytest.raises(ModelSpecError, match="entry point failed to load: ModuleNotFoundError"):

@@ -1,0 +1,100 @@
+"""A language-modelling job in the train loop (``LocalRuntime``): it trains on token windows, its
+validation loss (nats per token) falls, counts are in tokens, and a widen and a deepen keep the
+loss measured before and after within 1e-4."""
+
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from growth_policy.types import GrowthOp
+from tests.workers.test_loop_local import Recorder
+from workers.loop import WorkerConfig, run_loop
+from workers.runtime import LocalRuntime
+from workers.shards import FileManifest, ShardStore
+from workers.sources import Directive
+from workers.spec import ComputeSpec, ModelSpec, ReplaySpec, TaskSpec
+from workers.text import encode_text
+
+TASK = TaskSpec(kind="language_modeling", context_length=16)
+MODEL = ModelSpec.model_validate({"family": "gpt", "n_layer": 1, "n_head": 2, "d_model": 16})
+WORDS = ["the", "cat", "dog", "sat", "ran", "on", "a", "mat", "log", "and", "then", "saw", "big"]
+
+
+def sentences(count: int, seed: int) -> list[str]:
+    """Short sentences from a small word list: text with structure a tiny model learns fast."""
+    rng = random.Random(seed)
+    return [
+        " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 7))) + ".\n" for _ in range(count)
+    ]
+
+
+def write_text_job(root: Path, *, train_docs: int = 400, val_docs: int = 60) -> Path:
+    """Job ``job``: training text in two token shards and a validation shard."""
+    store = ShardStore(str(root / "data"))
+    shards = []
+    for split, docs in (("train", sentences(train_docs, 0)), ("val", sentences(val_docs, 1))):
+        halves = [docs[: len(docs) // 2], docs[len(docs) // 2 :]] if split == "train" else [docs]
+        for part in halves:
+            ids = [encode_text(d, TASK) for d in part]
+            offsets = np.cumsum([0, *(len(i) for i in ids)])
+            shards.append(store.write_tokens("job", np.concatenate(ids), offsets, split))  # type: ignore[arg-type]
+    FileManifest(root / "manifest", "job").append(shards)
+    return root
+
+
+@pytest.fixture(scope="module")
+def text_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_text_job(tmp_path_factory.mktemp("text"))
+
+
+@pytest.mark.slow
+def test_lm_job_trains_and_grows_exactly(text_root: Path, tmp_path: Path) -> None:
+    manifest = FileManifest(text_root / "manifest", "job")
+    source = Recorder(
+        {
+            40: Directive(op=GrowthOp(op="widen", factor=2.0, seed=1), reason="w"),
+            60: Directive(op=GrowthOp(op="deepen", after="blocks.0", seed=2), reason="d"),
+            80: Directive(stop=True),
+        }
+    )
+    config = WorkerConfig(
+        job_id="job",
+        task=TASK,
+        model=MODEL,
+        store_root=str(text_root / "data"),
+        manifest=manifest,
+        source=source,
+        batch_size=16,
+        observe_every=10,
+        checkpoint_every=0,
+        checkpoint_root=str(tmp_path / "durable"),
+        poll_interval=0.01,
+        replay=ReplaySpec(newest_share=0.0),
+        compute=ComputeSpec(idle_when_converged=False),
+    )
+    run_loop(config, LocalRuntime(tmp_path / "run"))
+
+    obs = source.observations
+    assert [o.step for o in obs] == [10, 20, 30, 40, 50, 60, 70, 80]
+    tokens = manifest.load().train_size
+    for o in obs:
+        assert o.dataset_size == tokens  # counted in tokens
+        assert o.samples_seen == o.step * 16 * 16  # windows x context: tokens seen
+        assert o.metric_name == "perplexity"
+        assert o.val_loss is not None and o.val_metric is not None
+        assert o.val_metric == pytest.approx(math.exp(o.val_loss), rel=1e-9)
+    assert obs[0].val_loss is not None and obs[-1].val_loss is not None
+    assert obs[0].val_loss > math.log(20)  # near uniform over the bytes at first
+    assert obs[-1].val_loss < obs[0].val_loss - 1.0  # and it learns
+    widen, deepen = source.growths
+    assert (widen.step, deepen.step, deepen.generation_after) == (40, 60, 2)
+    for g in (widen, deepen):
+        assert g.val_loss_before is not None and g.val_loss_after is not None
+        assert abs(g.val_loss_after - g.val_loss_before) <= 1e-4
+        assert g.params_after > g.params_before and g.ranks_identical
+    assert not source.failures
