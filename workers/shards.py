@@ -107,6 +107,75 @@ class ManifestSource(Protocol):
         ...
 
 
+class ManifestDelta(BaseModel):
+    """What changed in a manifest since a version: the shards appended after ``base_version`` (the
+    version the receiver holds), or, with ``full``, the whole snapshot (a receiver with nothing
+    yet, or a manifest that was rewritten rather than appended to)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    job_id: str
+    version: int = Field(ge=0)
+    base_version: int = Field(ge=0)
+    full: bool
+    shards: list[ShardInfo] = Field(default_factory=list)
+
+    def apply(self, manifest: Manifest) -> Manifest:
+        """The manifest after this change, from ``manifest`` (which must be at ``base_version``)."""
+        if self.full:
+            return Manifest(job_id=self.job_id, version=self.version, shards=list(self.shards))
+        if manifest.job_id != self.job_id or manifest.version != self.base_version:
+            raise ValueError(
+                f"an incremental manifest change from version {self.base_version} of job "
+                f"{self.job_id!r} cannot apply to version {manifest.version} of job "
+                f"{manifest.job_id!r}"
+            )
+        if not self.shards and self.version == manifest.version:
+            return manifest
+        return Manifest(
+            job_id=self.job_id, version=self.version, shards=[*manifest.shards, *self.shards]
+        )
+
+
+def manifest_delta(known: Manifest, current: Manifest) -> ManifestDelta:
+    """``current`` as a change from ``known``: its appended shards, or the whole of it when it does
+    not extend ``known`` (another job, shards removed or reordered) or ``known`` is empty."""
+    n = len(known.shards)
+    appended = (
+        bool(known.job_id)
+        and known.job_id == current.job_id
+        and current.version >= known.version
+        and len(current.shards) >= n
+        and (n == 0 or current.shards[n - 1].shard_id == known.shards[n - 1].shard_id)
+    )
+    return ManifestDelta(
+        job_id=current.job_id,
+        version=current.version,
+        base_version=known.version,
+        full=not appended,
+        shards=current.shards[n:] if appended else current.shards,
+    )
+
+
+def changes_since(source: ManifestSource, known: Manifest) -> ManifestDelta:
+    """What changed in ``source`` since ``known``: the source's own ``changes_since`` where it has
+    one (Redis reads only the appended entries), else a diff of a full load."""
+    own = getattr(source, "changes_since", None)
+    if own is not None:
+        change: ManifestDelta = own(known)
+        return change
+    return manifest_delta(known, source.load())
+
+
+def wait_changes(source: ManifestSource, known: Manifest, timeout: float) -> ManifestDelta:
+    """Block until the source's version exceeds ``known``'s (or ``timeout``), then the change."""
+    own = getattr(source, "wait_changes", None)
+    if own is not None:
+        change: ManifestDelta = own(known, timeout)
+        return change
+    return manifest_delta(known, source.wait_newer(known.version, timeout))
+
+
 def is_remote(location: str) -> bool:
     """Whether a location is a storage URI (``s3://``…) rather than a local folder."""
     return "://" in location and not location.startswith("file://")

@@ -22,7 +22,7 @@ from typing import Any
 import redis
 
 from service.state.keys import Keys
-from workers.shards import Manifest, ShardInfo
+from workers.shards import Manifest, ManifestDelta, ShardInfo, manifest_delta
 
 
 class RedisManifest:
@@ -88,8 +88,44 @@ class RedisManifest:
             shards=[ShardInfo.model_validate_json(s) for s in shards],
         )
 
+    def changes_since(self, known: Manifest) -> ManifestDelta:
+        """The shards appended since ``known``, read in one transaction with the version: only the
+        new list entries travel. The whole manifest comes back (``full``) when ``known`` is empty
+        or of another job, or when the list no longer extends it (rewritten)."""
+        n = len(known.shards)
+        if not known.job_id or known.job_id != self.job_id or n == 0:
+            return manifest_delta(known, self.load())
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hget(self._keys.manifest(self.job_id), "version")
+        pipe.lindex(self._keys.shards(self.job_id), n - 1)
+        pipe.lrange(self._keys.shards(self.job_id), n, -1)
+        version, last, appended = pipe.execute()
+        version = int(version or 0)
+        if (
+            last is None
+            or version < known.version
+            or ShardInfo.model_validate_json(last).shard_id != known.shards[-1].shard_id
+        ):
+            return manifest_delta(known, self.load())
+        return ManifestDelta(
+            job_id=self.job_id,
+            version=version,
+            base_version=known.version,
+            full=False,
+            shards=[ShardInfo.model_validate_json(s) for s in appended],
+        )
+
+    def wait_changes(self, known: Manifest, timeout: float) -> ManifestDelta:
+        """Like ``wait_newer``, but what comes back is the change since ``known``."""
+        self._wait(known.version, timeout)
+        return self.changes_since(known)
+
     def wait_newer(self, version: int, timeout: float) -> Manifest:
         """The manifest once its version exceeds ``version``, or the current one after ``timeout``."""
+        self._wait(version, timeout)
+        return self.load()
+
+    def _wait(self, version: int, timeout: float) -> None:
         deadline = time.monotonic() + max(0.0, timeout)
         manifest_key = self._keys.manifest(self.job_id)
         log_key = self._keys.manifest_log(self.job_id)
@@ -97,7 +133,7 @@ class RedisManifest:
             current, log_id = self.client.hmget(manifest_key, ["version", "log_id"])
             remaining = deadline - time.monotonic()
             if int(current or 0) > version or remaining <= 0:
-                return self.load()
+                return
             # ``log_id`` is the log entry of the version just read (same script wrote both), so
             # any entry after it is a newer version: no append can slip between read and wait.
             block_ms = max(1, int(min(remaining, self.max_block_s) * 1000))
