@@ -58,10 +58,17 @@ class PlateauConfig(_Section):
 
 
 class DataScalingConfig(_Section):
-    """Capacity follows data: target parameters = coefficient × dataset_size ** exponent."""
+    """Capacity follows data: target parameters = coefficient × dataset_size ** exponent (with
+    ``coefficient_per_token`` where the data is counted in tokens)."""
 
     coefficient: float = Field(
         default=3.0, gt=0.0, description="Target parameters for one sample (at exponent 1)."
+    )
+    coefficient_per_token: float = Field(
+        default=1.0,
+        gt=0.0,
+        description="Language modelling, whose data is counted in tokens: target parameters for "
+        "one training token (at exponent 1), in place of 'coefficient'.",
     )
     exponent: float = Field(
         default=1.0, gt=0.0, le=2.0, description="How fast the target grows with the data."

@@ -333,11 +333,13 @@ class Controller:
         if size > last:
             return (
                 True,
-                f"data: {count(last)} → {count(size)} samples since the last growth",
+                f"data: {count(last)} → {count(size)} {obs.data_unit} since the last growth",
                 numbers,
             )
         rule = self.config.guards.regrow_on_same_data
-        same = f"the training set has not grown since the last growth ({count(size)} samples)"
+        same = (
+            f"the training set has not grown since the last growth ({count(size)} {obs.data_unit})"
+        )
         if rule == "always":
             return True, f"data: {same}; regrow_on_same_data='always'", numbers
         under = firing if firing.policy == "plateau" else self._run_policy("plateau", ctx)
@@ -440,7 +442,7 @@ class Controller:
         cap = None
         over = self.config.guards.max_params_over_target
         if over is not None and "data_scaling" in self.config.policies and obs.dataset_size > 0:
-            cap = int(over * data_target(self.config, obs.dataset_size))
+            cap = int(over * data_target(self.config, obs.dataset_size, obs.data_unit))
         return Limits.from_config(self.config, cap_params=cap)
 
     def _time_guard(self, obs: Observation) -> tuple[str, str, Numbers] | None:
@@ -456,8 +458,8 @@ class Controller:
         if obs.samples_seen < need:
             return (
                 "warmup",
-                f"warm-up: {obs.samples_seen:,} of {need:,} samples seen ({g.warmup_passes:g} "
-                f"pass over the first {first:,} samples)",
+                f"warm-up: {obs.samples_seen:,} of {need:,} {obs.data_unit} seen "
+                f"({g.warmup_passes:g} pass over the first {first:,} {obs.data_unit})",
                 {"samples_seen": obs.samples_seen, "warmup_samples": need},
             )
         if obs.generation_step < g.min_generation_steps:
@@ -524,7 +526,8 @@ class Controller:
         plan = Plan(op, "shrink_perturb", "", p, p, numbers)
         reason = (
             f"the data grew ×{num(obs.dataset_size / base)} since {since} "
-            f"({count(base)} → {count(obs.dataset_size)} samples, >= ×{num(1 + cfg.min_data_growth)}):"
+            f"({count(base)} → {count(obs.dataset_size)} {obs.data_unit}, "
+            f">= ×{num(1 + cfg.min_data_growth)}):"
             f" shrink and perturb, θ ← {num(cfg.shrink)}·θ + {num(cfg.perturb)}·ε"
         )
         return self._grow(obs, plan, "shrink_perturb", reason, {})

@@ -209,10 +209,12 @@ def _fitted_ends(window: Sequence[Observation]) -> tuple[float, float]:
     return my + slope * (xs[0] - mx), my + slope * (xs[-1] - mx)
 
 
-def data_target(config: GrowthPolicyConfig, dataset_size: int) -> int:
-    """Target parameter count for a dataset size: ``coefficient × dataset_size ** exponent``."""
+def data_target(config: GrowthPolicyConfig, dataset_size: int, unit: str = "samples") -> int:
+    """Target parameter count for a dataset size: ``coefficient × dataset_size ** exponent``,
+    with ``coefficient_per_token`` for a size in tokens (``unit="tokens"``)."""
     ds = config.data_scaling
-    return round(ds.coefficient * math.pow(float(dataset_size), ds.exponent))
+    coefficient = ds.coefficient_per_token if unit == "tokens" else ds.coefficient
+    return round(coefficient * math.pow(float(dataset_size), ds.exponent))
 
 
 def data_scaling(ctx: PolicyContext) -> Verdict:
@@ -226,7 +228,7 @@ def data_scaling(ctx: PolicyContext) -> Verdict:
     obs = ctx.obs
     if obs.dataset_size == 0:
         return Verdict("data_scaling", False, "no_data", "data_scaling: no training data yet")
-    target = data_target(ctx.config, obs.dataset_size)
+    target = data_target(ctx.config, obs.dataset_size, obs.data_unit)
     ratio = target / obs.param_count if obs.param_count > 0 else math.inf
     numbers: Numbers = {
         "dataset_size": obs.dataset_size,
@@ -235,13 +237,14 @@ def data_scaling(ctx: PolicyContext) -> Verdict:
         "target_ratio": ratio,
         "trigger_ratio": cfg.trigger_ratio,
     }
-    law = f"{num(cfg.coefficient)} × {obs.dataset_size:,}^{num(cfg.exponent)}"
+    coefficient = cfg.coefficient_per_token if obs.data_unit == "tokens" else cfg.coefficient
+    law = f"{num(coefficient)} × {obs.dataset_size:,}^{num(cfg.exponent)}"
     if ratio >= cfg.trigger_ratio:
         return Verdict(
             "data_scaling",
             True,
             "below_target",
-            f"{obs.dataset_size:,} samples call for {count(target)} parameters ({law}), "
+            f"{obs.dataset_size:,} {obs.data_unit} call for {count(target)} parameters ({law}), "
             f"the model has {count(obs.param_count)} (target ×{num(ratio)} >= ×{num(cfg.trigger_ratio)})",
             numbers,
             notable=True,

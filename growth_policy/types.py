@@ -35,7 +35,15 @@ class Observation(BaseModel):
     train_loss: float = Field(description="Smoothed (EMA) training loss.")
     val_loss: float | None = None
     val_metric: float | None = None
-    metric_name: str = Field(default="accuracy", description="'accuracy' or 'mse'.")
+    metric_name: str = Field(
+        default="accuracy",
+        description="'accuracy' (higher is better), 'mse' or 'perplexity' (lower is better).",
+    )
+    data_unit: Literal["samples", "tokens"] = Field(
+        default="samples",
+        description="What samples_seen, dataset_size and val_size count: 'tokens' for a "
+        "language-modelling job.",
+    )
     param_count: int = Field(ge=0)
     throughput: float = Field(ge=0, default=0.0, description="Training samples per second.")
     wall_time: float = Field(default=0.0, description="Unix time of the observation.")
@@ -78,6 +86,11 @@ class Observation(BaseModel):
         description="The newest slice's validation loss over the older slices' (1: as hard as "
         "the history; above: new data the model has not learned yet).",
     )
+
+    @property
+    def higher_is_better(self) -> bool:
+        """Whether a larger ``val_metric`` is better: accuracy only (mse and perplexity fall)."""
+        return self.metric_name == "accuracy"
 
 
 class GrowthOp(BaseModel):

@@ -381,7 +381,7 @@ class TrainLoop:
         self._lm = config.task.kind == "language_modeling"
         self._converged: _ConvergedNote | None = None
         # Rank 0: per-slice validation, forgetting and drift (workers.slices).
-        self.slices = SliceTracker(higher_is_better=config.task.kind == "classification")
+        self.slices = SliceTracker(higher_is_better=config.task.higher_is_better)
 
     # -- setup ------------------------------------------------------------------------------------
 
@@ -693,6 +693,7 @@ class TrainLoop:
             val_loss=val_loss,
             val_metric=val_metric,
             metric_name=self.cfg.task.metric_name,
+            data_unit="tokens" if self._lm else "samples",
             param_count=count_parameters(self.module),
             throughput=self._window_samples / elapsed if elapsed > 0 else 0.0,
             wall_time=time.time(),
