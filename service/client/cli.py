@@ -585,16 +585,29 @@ def demo(
     summary: Annotated[
         Path | None, typer.Option(help="Also write the result as JSON to this file.")
     ] = None,
+    text: Annotated[
+        bool,
+        typer.Option(
+            "--text", help="Shakespeare, pushed in stages to a small GPT that writes as it learns."
+        ),
+    ] = False,
 ) -> None:
-    """The demo: MNIST-1D pushed in stages to a job on the embedded stack, grown by its policy."""
+    """The demo: MNIST-1D pushed in stages to a job on the embedded stack, grown by its policy
+    (--text: Tiny Shakespeare to a language model, with a sample of its text per generation)."""
     import time
 
     from service.local.demo import DemoConfig, run_demo, summary_json
 
     _exit_on_sigterm()
     folder = workdir or Path(".lifelong") / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
-    cfg = DemoConfig(workdir=folder.resolve(), stage_seconds=stage_seconds)
-    result = run_demo(cfg, console)
+    if text:
+        from service.local.text_demo import TextDemoConfig, run_text_demo
+
+        text_cfg = TextDemoConfig(workdir=folder.resolve(), stage_seconds=stage_seconds)
+        result = run_text_demo(text_cfg, console)
+    else:
+        cfg = DemoConfig(workdir=folder.resolve(), stage_seconds=stage_seconds)
+        result = run_demo(cfg, console)
     if summary is not None:
         summary.write_text(summary_json(result))
 

@@ -48,6 +48,17 @@ class JobView:
     # The newest compute snapshot (workers.compute.ComputeMeter.snapshot) and its Unix time.
     compute: dict[str, Any] = field(default_factory=dict)
     compute_time: float = 0.0
+    # A language model's text, newest last: (generation, what it wrote), shown under the table.
+    samples: deque[tuple[int, str]] = field(default_factory=lambda: deque(maxlen=3))
+
+    @property
+    def unit(self) -> str:
+        """What the data is counted in: tokens for a language model, else samples."""
+        return "tokens" if self.metric_name == "perplexity" else "samples"
+
+    def add_sample(self, generation: int, text: str) -> None:
+        self.samples.append((generation, text))
+        self._line("sample", f"generation {generation} wrote {len(text):,} characters", "cyan")
 
     def duty_cycle(self, now: float | None = None) -> float | None:
         """Busy seconds over the seconds since the job started, brought forward from the newest
@@ -119,8 +130,8 @@ class JobView:
             return
         if event.type == "data":
             self.pushes.append({**data, "step": self.step})
-            self._line("data", f"+{data['accepted']:,} samples → {data['train_samples']:,} train "
-                       f"/ {data['val_samples']:,} val (version {data['version']})")  # fmt: skip
+            self._line("data", f"+{data['accepted']:,} {self.unit} → {data['train_samples']:,} "
+                       f"train / {data['val_samples']:,} val (version {data['version']})")  # fmt: skip
             return
         if event.type == "command":
             self._line("command", f"{data.get('kind')} {data.get('status')}"
@@ -144,14 +155,22 @@ class JobView:
             "parameters", f"{self.params:,}" if self.params else "-", "step", f"{self.step:,}"
         )
         table.add_row(
-            "train samples", f"{self.dataset_size:,}", "val samples", f"{self.val_size:,}"
+            f"train {self.unit}", f"{self.dataset_size:,}", f"val {self.unit}", f"{self.val_size:,}"
         )
         table.add_row(f"val {self.metric_name}", metric, "train loss", loss)
         table.add_row("throughput", f"{self.throughput:,.0f}/s", "duty cycle", self._duty_text())
         if self.note:
             table.add_row("", "", "", self.note)
-        body = Group(table, Text(""), *self.lines)
+        body = Group(table, Text(""), *self.lines, *self._sample_texts())
         return Panel(body, title=self.title or self.job_id, border_style="cyan")
+
+    def _sample_texts(self) -> list[Text]:
+        """The newest text samples, a few lines each."""
+        out = []
+        for generation, text in self.samples:
+            shown = "\n".join(text.strip("\n").splitlines()[:4])
+            out += [Text(f"\ngeneration {generation} writes:", style="bold cyan"), Text(shown)]
+        return out
 
     def _duty_text(self) -> str:
         """'37% busy, 1.2 GFLOP': the share of the job's time spent training, and its FLOPs."""

@@ -113,12 +113,12 @@ def _drive(
     view = JobView(job.id, title=f"job {job.id} ({job.name})")
     stop_following = threading.Event()
     threading.Thread(
-        target=_follow,
+        target=follow_events,
         args=(client.base_url, stack.admin_key, job.id, view, stop_following),
         daemon=True,
     ).start()
     with Live(view.render(), console=console, refresh_per_second=4) as live:
-        screen = _Screen(view, live)
+        screen = Screen(view, live)
         _push_in_stages(cfg, client, job.id, data, screen)
         view.note = "stopping"
         command = client.stop(job.id)
@@ -130,12 +130,12 @@ def _drive(
         live.update(view.render())
 
     listed = client.generations(job.id)
-    table = _generations_table(listed.model_dump(mode="json")["generations"], view)
+    table = generations_table(listed.model_dump(mode="json")["generations"], view)
     console.print(table)
     plot = cfg.workdir / "demo-accuracy.png"
-    _plot(view, plot)
+    plot_history(view, plot)
     console.print(f"plot: {plot}")
-    _log_plot(stack, listed.generations[-1].mlflow_run_id, plot)
+    log_plot(stack, listed.generations[-1].mlflow_run_id, plot)
     return {
         "job_id": job.id,
         "first_step_s": screen.first_step,
@@ -145,7 +145,7 @@ def _drive(
     }
 
 
-def _follow(
+def follow_events(
     base_url: str,
     api_key: str | None,
     job_id: str,
@@ -160,7 +160,7 @@ def _follow(
                 return
 
 
-class _Screen:
+class Screen:
     """The live view on the terminal, refreshed while the demo waits; notes the first step."""
 
     def __init__(self, view: JobView, live: Live) -> None:
@@ -183,7 +183,7 @@ def _push_in_stages(
     client: LifelongClient,
     job_id: str,
     data: tuple[np.ndarray, np.ndarray],
-    screen: _Screen,
+    screen: Screen,
 ) -> None:
     """Push the data stage by stage; the first stage waits for the trainer to start, then
     every stage gets its time."""
@@ -217,16 +217,18 @@ def _op_text(op: dict[str, Any] | None) -> str:
     return f"shrink-perturb λ={op.get('shrink'):g} σ={op.get('perturb'):g}"
 
 
-def _generations_table(generations: list[dict[str, Any]], view: JobView) -> Table:
+def generations_table(
+    generations: list[dict[str, Any]], view: JobView, metric: str = "accuracy"
+) -> Table:
     table = Table(title="Generations")
     table.add_column("gen", justify="right")
     table.add_column("params", justify="right")
-    table.add_column("val acc", justify="right")
+    table.add_column("val acc" if metric == "accuracy" else f"val {metric}", justify="right")
     table.add_column("op", overflow="fold")
     table.add_column("policy", overflow="fold")
     table.add_column("max |Δf|", justify="right")
     for g in generations:
-        acc = g["metrics"].get("val_accuracy")
+        acc = g["metrics"].get(f"val_{metric}")
         err = g["max_abs_error"]
         table.add_row(
             str(g["generation"]),
@@ -239,7 +241,13 @@ def _generations_table(generations: list[dict[str, Any]], view: JobView) -> Tabl
     return table
 
 
-def _plot(view: JobView, path: Path) -> None:
+def plot_history(
+    view: JobView,
+    path: Path,
+    *,
+    label: str = "validation accuracy",
+    title: str = "Lifelong demo: MNIST-1D in stages, growth points dashed",
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -251,7 +259,7 @@ def _plot(view: JobView, path: Path) -> None:
         [p["samples_seen"] for p in points],
         [p["val_metric"] for p in points],
         lw=1.2,
-        label="validation accuracy",
+        label=label,
     )
     by_step = {h["step"]: h for h in view.history}
     for growth in view.growths:
@@ -264,9 +272,9 @@ def _plot(view: JobView, path: Path) -> None:
             ax.axvline(seen, color="tab:red", ls="--", lw=0.8)
             ax.text(seen, 0.02, f" gen {growth['generation_after']}", color="tab:red",
                     rotation=90, va="bottom", fontsize=8, transform=ax.get_xaxis_transform())  # fmt: skip
-    ax.set_xlabel("training samples seen")
-    ax.set_ylabel("validation accuracy")
-    ax.set_title("Lifelong demo: MNIST-1D in stages, growth points dashed")
+    ax.set_xlabel(f"training {view.unit} seen")
+    ax.set_ylabel(label)
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -274,7 +282,7 @@ def _plot(view: JobView, path: Path) -> None:
     plt.close(fig)
 
 
-def _log_plot(stack: Stack, run_id: str | None, plot: Path) -> None:
+def log_plot(stack: Stack, run_id: str | None, plot: Path) -> None:
     if run_id is None or stack.mlflow is None:
         return
     from mlflow.tracking import MlflowClient
