@@ -32,6 +32,7 @@ Importing this module has no side effects (Ray is imported inside the runtime's 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
@@ -42,7 +43,7 @@ from concurrent import futures
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -89,6 +90,14 @@ from workers.device import (
 )
 from workers.models import build_model, count_parameters
 from workers.reader import DataReader
+from workers.recipe import (
+    StepCounters,
+    learning_rate,
+    order_like_model,
+    param_groups,
+    set_learning_rate,
+    warmup_steps,
+)
 from workers.runtime import RayRuntime, Resumed, Runtime
 from workers.shards import (
     Manifest,
@@ -379,6 +388,10 @@ class TrainLoop:
         self._params = 0
         self._attention = 0.0  # attention's forward FLOPs per token (a gpt), not in _params
         self._lm = config.task.kind == "language_modeling"
+        self._micro = 0  # micro-batches accumulated toward the next optimizer step
+        self._step_started = 0.0
+        self._warmup = warmup_steps(config.optimizer, config.task)
+        self.lr = config.optimizer.lr  # the scheduled learning rate of the last step
         self._converged: _ConvergedNote | None = None
         # Rank 0: per-slice validation, forgetting and drift (workers.slices).
         self.slices = SliceTracker(higher_is_better=config.task.higher_is_better)
@@ -424,9 +437,7 @@ class TrainLoop:
         module = module.to(self.group.device).train()
         self._params = count_parameters(module)
         self._attention = attention_flops_per_token(module, self.cfg.task.context_length)
-        self.optimizer = build_optimizer(self.cfg.optimizer, module.parameters())
-        if optimizer_state is not None:
-            self.optimizer.load_state_dict(optimizer_state)
+        self.optimizer = self._build_optimizer(module, optimizer_state)
         self._wrap(module)
         pids = self.group.gather_str(str(os.getpid()))
         nodes = self.group.gather_str(self.runtime.node_id())
@@ -438,6 +449,20 @@ class TrainLoop:
             node_ids=nodes,
             resumed_from=_resumed_detail(resumed),
         )
+
+    def _build_optimizer(
+        self, module: nn.Module, state: dict[str, Any] | None
+    ) -> torch.optim.Optimizer:
+        """The optimizer with its param groups (``workers.recipe.param_groups``) and the saved
+        state; a state saved with other groups (one group, before the recipe had two) loads into
+        the optimizer over all parameters, as it was saved."""
+        spec = self.cfg.optimizer
+        optimizer = build_optimizer(spec, cast(Any, param_groups(spec, module)))
+        if state is not None:
+            if len(state.get("param_groups", [])) != len(optimizer.param_groups):
+                optimizer = build_optimizer(spec, module.parameters())
+            optimizer.load_state_dict(state)
+        return optimizer
 
     def _resume(self, loaded: LoadedCheckpoint) -> nn.Module:
         """Take the counters, the history and the source's state from a checkpoint."""
@@ -490,9 +515,12 @@ class TrainLoop:
             if self._window_samples == 0:
                 self._window_start = time.perf_counter()
             self._replan = False
+            self._micro = 0  # a pass starts a fresh optimizer step
             for i, (features, labels) in enumerate(self.reader.batches(plan)):
-                self.train_step(features, labels)
+                stepped = self.train_step(features, labels)
                 self._pass_fraction = (i + 1) / plan.steps
+                if not stepped:  # a micro-batch of gradient accumulation
+                    continue
                 if self.progress.step % self.cfg.observe_every == 0:
                     self.observe_and_act()
                 if self.stopping:
@@ -549,26 +577,62 @@ class TrainLoop:
         directive = Directive(op=op, reason=reason, policy="open_classes", numbers=numbers)
         self.grow(directive, time.perf_counter())
 
-    def train_step(self, features: torch.Tensor, labels: torch.Tensor) -> None:
-        started = time.perf_counter()
+    def train_step(self, features: torch.Tensor, labels: torch.Tensor) -> bool:
+        """One micro-batch: forward and backward; every ``optimizer.accumulation_steps``-th one
+        also steps the optimizer (clipping, the scheduled rate). Returns whether it stepped."""
+        spec = self.cfg.optimizer
+        if self._micro == 0:
+            self._step_started = time.perf_counter()
+            self.optimizer.zero_grad(set_to_none=True)
         x, y = self._to_device(features, targets(labels, self.cfg.task))
-        self.optimizer.zero_grad(set_to_none=True)
-        with autocast(self.group.device, self._amp):
-            loss = self.loss(self.model(x), y)
-        torch.autograd.backward(loss)
-        self.optimizer.step()
+        last = self._micro + 1 >= spec.accumulation_steps
+        # DDP averages gradients at the last micro-batch of a step only
+        local = not last and hasattr(self.model, "no_sync")
+        with cast(Any, self.model).no_sync() if local else contextlib.nullcontext():
+            with autocast(self.group.device, self._amp):
+                loss = self.loss(self.model(x), y)
+            k = spec.accumulation_steps
+            torch.autograd.backward(loss / k if k > 1 else loss)
         self._loss_sum += loss.detach()
         self._loss_count += 1
         p = self.progress
-        p.step += 1
-        p.generation_step += 1
         # a language model counts tokens: its samples seen, sizes and budgets are in tokens
         samples = (x.numel() if x.dim() == 2 and self._lm else x.shape[0]) * self.group.world_size
         p.samples_seen += samples
         self._window_samples += samples
-        self._account(
-            steps=1, samples=samples, flops=train_flops(self._params, samples, self._attention)
+        flops = train_flops(self._params, samples, self._attention)
+        if not last:
+            self._micro += 1
+            self._account(samples=samples, flops=flops)
+            return False
+        self._micro = 0
+        self._optimizer_step()
+        p.step += 1
+        p.generation_step += 1
+        self._account(steps=1, samples=samples, flops=flops)
+        self._after_step(self._step_started)
+        return True
+
+    def _optimizer_step(self) -> None:
+        """Clip, set the scheduled learning rate, step (``workers.recipe``)."""
+        spec, p = self.cfg.optimizer, self.progress
+        if spec.clip_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.module.parameters(), spec.clip_grad_norm)
+        budget = self.cfg.compute
+        counters = StepCounters(
+            step=p.step,
+            generation=p.generation,
+            generation_step=p.generation_step,
+            version_step=self.meter.version(self.reader.manifest.version).steps,
+            version_budget=budget.budget_per_version.steps,
+            total_budget=budget.budget_total.steps,
         )
+        self.lr = learning_rate(spec, counters, self._warmup)
+        set_learning_rate(self.optimizer, self.lr)
+        self.optimizer.step()
+
+    def _after_step(self, started: float) -> None:
+        """The first step of a grown model: time it and report the growth once written."""
         pending = self._pending
         if pending is not None and pending.pause_s is None:
             if self.group.device.type == "cuda":
@@ -949,6 +1013,7 @@ class TrainLoop:
         if self.group.world_size > 1:  # one rank has nothing to compare with
             growth.digests = self.group.gather_str(module_digest(grown))
         self.optimizer = growth.applied.optimizer
+        order_like_model(self.optimizer, grown)  # the order a checkpoint's state is kept in
         if grown is not self.module:
             self._wrap(grown)
         growth.transform_s = time.perf_counter() - started

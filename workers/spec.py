@@ -220,19 +220,105 @@ class ModelSpec(BaseModel):
         return dict(self.model_extra or {})
 
 
+ScheduleKind = Literal["constant", "cosine", "wsd", "rewarm"]
+LM_WARMUP_STEPS = 100
+
+
+class ScheduleSpec(BaseModel):
+    """The learning rate at each optimizer step (``workers.recipe.learning_rate``).
+
+    Every schedule starts with a linear warm-up over ``warmup_steps`` (the rate at step s, counted
+    from 0, is ``lr × (s + 1) / (warmup_steps + 1)``, as nanoGPT's). Then:
+
+    * ``constant``: ``lr``;
+    * ``cosine``: from ``lr`` down to ``min_lr`` along a half cosine, reached at step
+      ``decay_steps`` (counted from the job's first step, as nanoGPT's ``lr_decay_iters``), then
+      ``min_lr``;
+    * ``wsd`` (warmup-stable-decay): ``lr``, and a linear decay to ``min_lr`` over the last
+      ``decay_steps`` steps before a step budget ends (``compute.budget_per_version.steps``: the
+      weights a data version leaves, the ones released, are decayed; and
+      ``compute.budget_total.steps``); constant where no step budget is set;
+    * ``rewarm``: ``lr``, and after each growth a short warm-up again over ``rewarm_steps``.
+
+    The steps are the loop's counters (step, generation step, steps on the data version), which
+    checkpoints keep: the rate survives growth and resume.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: ScheduleKind = "constant"
+    warmup_steps: int | None = Field(
+        default=None,
+        ge=0,
+        le=1_000_000,
+        description=f"Linear warm-up at the start. None: {LM_WARMUP_STEPS} for language_modeling, "
+        "0 for the other tasks.",
+    )
+    min_lr: float = Field(default=0.0, ge=0.0, le=10.0, description="cosine and wsd: the floor.")
+    decay_steps: int | None = Field(
+        default=None,
+        ge=1,
+        le=100_000_000,
+        description="cosine: the step at which min_lr is reached; wsd: the decay's length.",
+    )
+    rewarm_steps: int = Field(
+        default=100, ge=1, le=1_000_000, description="rewarm: the warm-up after each growth."
+    )
+
+    @model_validator(mode="after")
+    def _decay_fits_kind(self) -> Self:
+        if self.kind in ("cosine", "wsd") and self.decay_steps is None:
+            raise ValueError(f"schedule '{self.kind}' needs 'decay_steps'")
+        if self.kind == "cosine" and self.decay_steps is not None:
+            warmup = self.warmup_steps or 0
+            if self.decay_steps <= warmup:
+                raise ValueError(
+                    f"schedule 'cosine' decays until step decay_steps ({self.decay_steps}), "
+                    f"which must come after the warm-up ({warmup} steps)"
+                )
+        return self
+
+
 class OptimizerSpec(BaseModel):
+    """The optimizer and the training recipe: schedule, clipping, accumulation."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: Literal["adam", "adamw", "sgd"] = "adam"
     lr: float = Field(default=1e-3, gt=0.0, le=10.0)
     weight_decay: float = Field(default=0.0, ge=0.0, le=1.0)
+    decay: Literal["matrices", "all"] = Field(
+        default="matrices",
+        description="Which parameters weight_decay applies to: 'matrices' (weights of 2 or more "
+        "dims: linear, conv and embedding weights; not biases, norm gains or other vectors) or "
+        "'all'.",
+    )
     momentum: float = Field(default=0.9, ge=0.0, lt=1.0, description="sgd only")
     betas: tuple[float, float] = (0.9, 0.999)
+    schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
+    clip_grad_norm: float | None = Field(
+        default=None,
+        gt=0.0,
+        le=1e6,
+        description="Clip the gradients' global L2 norm to this before each step (None: no "
+        "clipping).",
+    )
+    accumulation_steps: int = Field(
+        default=1,
+        ge=1,
+        le=1024,
+        description="Micro-batches (of batch_size each) whose gradients are summed into one "
+        "optimizer step.",
+    )
 
     @model_validator(mode="after")
     def _betas_in_range(self) -> Self:
         if not all(0.0 <= b < 1.0 for b in self.betas):
             raise ValueError(f"betas {list(self.betas)} must each be in [0, 1)")
+        if self.schedule.min_lr > self.lr:
+            raise ValueError(
+                f"schedule.min_lr ({self.schedule.min_lr}) must not exceed lr ({self.lr})"
+            )
         return self
 
 
