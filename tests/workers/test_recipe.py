@@ -192,7 +192,7 @@ def test_accumulation_equals_one_step_on_the_whole_batch(tmp_path: Path) -> None
         functional.cross_entropy(reference(x), y).backward()
         with torch.no_grad():
             for p in reference.parameters():
-                p -= 0.5 * p.grad
+                p.sub_(0.5 * p.grad)
         for got, want in zip(loop.module.parameters(), reference.parameters(), strict=True):
             torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
     finally:
