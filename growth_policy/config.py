@@ -80,6 +80,31 @@ class DataScalingConfig(_Section):
     )
 
 
+class DriftConfig(_Section):
+    """New data the model does not learn: the newest slice of the validation set stays much harder
+    than the history (``Observation.drift``, workers.slices) and has stopped getting easier."""
+
+    min_drift: float = Field(
+        default=1.5,
+        gt=1.0,
+        description="Grow when the newest slice's validation loss is at least this many times the "
+        "older slices' (at every observation of the window).",
+    )
+    window_observations: int = Field(
+        default=4,
+        ge=2,
+        description="Observations of this generation on this data version that the drift must "
+        "hold for.",
+    )
+    min_improvement: float = Field(
+        default=0.05,
+        ge=0.0,
+        lt=1.0,
+        description="The drift has stopped falling when it fell by less than this fraction over "
+        "the window.",
+    )
+
+
 class ScheduleConfig(_Section):
     """Grow at given dataset sizes or steps: by the k-th threshold, at least k growths."""
 
@@ -272,6 +297,7 @@ class GrowthPolicyConfig(BaseModel):
     plateau: PlateauConfig = Field(default_factory=PlateauConfig)
     data_scaling: DataScalingConfig = Field(default_factory=DataScalingConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    drift: DriftConfig = Field(default_factory=DriftConfig)
     widen: WidenConfig = Field(default_factory=WidenConfig)
     deepen: DeepenConfig = Field(default_factory=DeepenConfig)
     saturation: SaturationConfig = Field(default_factory=SaturationConfig)

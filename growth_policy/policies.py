@@ -310,6 +310,61 @@ def schedule(ctx: PolicyContext) -> Verdict:
     )
 
 
+def drift(ctx: PolicyContext) -> Verdict:
+    """Grow when new data stays unlearned: the newest slice's validation loss has been at least
+    ``min_drift`` times the older slices' at each of the last ``window_observations`` observations
+    of this generation on this data version, and fell by less than ``min_improvement`` (relative)
+    over them. Training has plateaued on the new data while the history is fitted: the model
+    lacks the capacity to take the new data in without losing the old."""
+    cfg = ctx.config.drift
+    obs = ctx.obs
+    window = [
+        o
+        for o in ctx.history
+        if o.generation == obs.generation and o.dataset_version == obs.dataset_version
+    ][-cfg.window_observations :]
+    values = [o.drift for o in window if o.drift is not None]
+    numbers: Numbers = {"drift": obs.drift if obs.drift is not None else "none",
+                        "min_drift": cfg.min_drift, "observed": len(values)}  # fmt: skip
+    if obs.drift is None:
+        return Verdict("drift", False, "no_slices", "drift: one slice of data so far", numbers)
+    if len(values) < cfg.window_observations or min(values) < cfg.min_drift:
+        return Verdict(
+            "drift",
+            False,
+            "learning" if obs.drift < cfg.min_drift else "measuring",
+            f"drift: newest slice's loss {obs.drift:.3g}× the history's "
+            f"({len(values)} of {cfg.window_observations} observations, min {cfg.min_drift:g})",
+            numbers,
+        )
+    fell = (values[0] - values[-1]) / values[0]
+    numbers["fell"] = fell
+    if fell >= cfg.min_improvement:
+        return Verdict(
+            "drift",
+            False,
+            "learning",
+            f"drift: {values[-1]:.3g}× and falling ({pct(fell)} over the window)",
+            numbers,
+        )
+    return Verdict(
+        "drift",
+        True,
+        "stuck",
+        f"drift: the newest slice's loss stays {values[-1]:.3g}× the history's (at least "
+        f"{cfg.min_drift:g}× for {len(values)} observations, fell {pct(fell)} < "
+        f"{pct(cfg.min_improvement)}): growing",
+        numbers,
+        notable=True,
+    )
+
+
 add_builtins(
-    {"manual": manual, "plateau": plateau, "data_scaling": data_scaling, "schedule": schedule}
+    {
+        "manual": manual,
+        "plateau": plateau,
+        "data_scaling": data_scaling,
+        "schedule": schedule,
+        "drift": drift,
+    }
 )
