@@ -10,10 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from growth_policy.types import GrowthOp
 from tests.workers.test_loop_local import Recorder
-from workers.loop import WorkerConfig, run_loop
+from workers.loop import TrainLoop, WorkerConfig, run_loop
 from workers.runtime import LocalRuntime
 from workers.shards import FileManifest, ShardStore
 from workers.sources import Directive
@@ -98,3 +99,38 @@ def test_lm_job_trains_and_grows_exactly(text_root: Path, tmp_path: Path) -> Non
         assert abs(g.val_loss_after - g.val_loss_before) <= 1e-4
         assert g.params_after > g.params_before and g.ranks_identical
     assert not source.failures
+
+
+def test_bf16_autocast_trains_the_language_model(text_root: Path, tmp_path: Path) -> None:
+    """precision='bf16' (the default on a GPU) runs the gpt's forward in bfloat16 autocast: the
+    loss of a step is a bf16 computation, the weights stay fp32, and validation agrees with fp32."""
+    config = WorkerConfig(
+        job_id="job",
+        task=TASK,
+        model=MODEL,
+        store_root=str(text_root / "data"),
+        manifest=FileManifest(text_root / "manifest", "job"),
+        batch_size=8,
+        checkpoint_root=str(tmp_path / "durable"),
+        compute=ComputeSpec(precision="bf16"),
+    )
+    loop = TrainLoop(config, runtime=LocalRuntime(tmp_path / "run"))
+    try:
+        loop.setup()
+        loop.restore()
+        loop.sync_manifest()
+        assert loop._amp == torch.bfloat16
+        seen: list[torch.dtype] = []
+        hook = loop.module.head.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+        plan = loop.reader.plan(0)
+        for x, y in list(loop.reader.batches(plan))[:3]:
+            assert loop.train_step(x, y)
+        hook.remove()
+        assert seen == [torch.bfloat16] * 3
+        assert all(p.dtype == torch.float32 for p in loop.module.parameters())
+        bf16_loss, _ = loop.validate()
+        loop._amp = None
+        fp32_loss, _ = loop.validate()
+        assert math.isfinite(bf16_loss) and abs(bf16_loss - fp32_loss) < 0.05
+    finally:
+        loop.cleanup()
