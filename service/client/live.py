@@ -51,9 +51,13 @@ class JobView:
     # A language model's text, newest last: (generation, what it wrote), shown under the table.
     samples: deque[tuple[int, str]] = field(default_factory=lambda: deque(maxlen=3))
 
+    data_unit: str | None = None  # as the observations say: 'samples', or 'tokens'
+
     @property
     def unit(self) -> str:
         """What the data is counted in: tokens for a language model, else samples."""
+        if self.data_unit:
+            return self.data_unit
         return "tokens" if self.metric_name == "perplexity" else "samples"
 
     def add_sample(self, generation: int, text: str) -> None:
@@ -89,6 +93,7 @@ class JobView:
             self.val_loss = data.get("val_loss")
             self.val_metric = data.get("val_metric")
             self.metric_name = data.get("metric_name", "accuracy")
+            self.data_unit = data.get("data_unit") or self.data_unit
             self.throughput = float(data.get("throughput") or 0.0)
             self._take_compute(data, float(data.get("wall_time") or event.time))
             self.history.append(

@@ -44,7 +44,8 @@ def exported_program(model: nn.Module, example: torch.Tensor) -> torch.export.Ex
 def to_safetensors(model: nn.Module, architecture: dict[str, Any]) -> bytes:
     from safetensors.torch import save
 
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    # copies: tied weights (a GPT's embedding and head) share memory, which safetensors refuses
+    state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
     return bytes(save(state, metadata={"lifelong.architecture": json.dumps(architecture)}))
 
 
@@ -85,6 +86,8 @@ def export(
     if fmt == "safetensors":
         return to_safetensors(model, architecture)
     example = example_input(input_shape)
+    if architecture.get("task", {}).get("kind") == "language_modeling":
+        example = example.to(torch.int64)  # token ids
     if fmt == "onnx":
         return to_onnx(model, example)
     return to_pt2(model, example)

@@ -9,7 +9,8 @@ the settings are JSON.
 
 ``predict`` takes a float32 array ``(n, *input_shape)`` and answers the softmax probabilities
 ``(n, num_classes)`` of a classifier, or the outputs ``(n, num_outputs)`` of a regressor: the same
-numbers as the service's ``/predict``.
+numbers as the service's ``/predict``. A language model takes token ids ``(n, context_length)``
+and answers the probabilities ``(n, vocab)`` of the token after each row.
 """
 
 from __future__ import annotations
@@ -67,8 +68,13 @@ class ReleasedModel(mlflow.pyfunc.PythonModel):  # type: ignore[misc]
         self.module = module
 
     def predict(self, context: Any, model_input: Any, params: Any = None) -> np.ndarray:
-        features = np.asarray(model_input, dtype=np.float32)
         shape = tuple(self.settings["input_shape"])
+        if self.settings["kind"] == "language_modeling":  # ids (n, context_length)
+            ids = np.asarray(model_input, dtype=np.int64).reshape((-1, *shape))
+            with torch.no_grad():
+                logits = self.module(torch.from_numpy(np.ascontiguousarray(ids)))
+            return np.asarray(torch.softmax(logits[:, -1], dim=-1).numpy())
+        features = np.asarray(model_input, dtype=np.float32)
         if features.shape[1:] != shape:
             features = features.reshape((-1, *shape))
         with torch.no_grad():

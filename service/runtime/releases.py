@@ -137,12 +137,18 @@ def build_pyfunc(checkpoint: str, target: str | Path, *, example_rows: int = 2) 
     loaded = load_checkpoint(checkpoint, with_optimizer=False)
     task = loaded.meta.task
     model = loaded.model.eval()
-    example = example_input(task.input_shape, example_rows)
+    language = task.kind == "language_modeling"
+    if language:  # token ids: a full context of them
+        example = torch.zeros((max(2, example_rows), *task.input_shape), dtype=torch.int64)
+    else:
+        example = example_input(task.input_shape, example_rows)
     program = exported_program(model, example)
     with torch.no_grad():
         out = model(example)
     if task.kind == "classification":
         out = torch.softmax(out, dim=-1)
+    elif language:  # the next token's probabilities, after the last position
+        out = torch.softmax(out[:, -1], dim=-1)
     program._example_inputs = None  # keep the archive free of torch.save'd sample inputs
     target = Path(target)
     shutil.rmtree(target, ignore_errors=True)
@@ -150,7 +156,9 @@ def build_pyfunc(checkpoint: str, target: str | Path, *, example_rows: int = 2) 
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     torch.export.save(program, work / "program.pt2")
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    # A copy of each tensor: tied weights (a GPT's embedding and head) share memory, which a
+    # safetensors file does not hold; each name gets the same values.
+    state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
     save_file(state, work / "model.safetensors")
     settings = {"kind": task.kind, "input_shape": list(task.input_shape),
                 "step": loaded.meta.step, "generation": loaded.meta.generation}  # fmt: skip

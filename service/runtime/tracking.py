@@ -569,7 +569,13 @@ class MlflowTracker:
             self.client.hincrby(self.info_key, "dropped", 1)
             return
         with tempfile.TemporaryDirectory(prefix="lifelong-release-") as folder:
-            model_dir = build_pyfunc(release.path, Path(folder) / "model")
+            try:
+                model_dir = build_pyfunc(release.path, Path(folder) / "model")
+            except Exception:  # an architecture the exporter cannot take: no retry fixes it
+                logger.exception("release %s of job %s cannot be built as an MLflow model; "
+                                 "not registered", release.number, self.job_id)  # fmt: skip
+                self.client.hincrby(self.info_key, "dropped", 1)
+                return
             self._guard(lambda: mlflow.log_artifacts(run_id, str(model_dir), release.dest), op)
         try:
             mlflow.create_registered_model(self.model_name, tags={JOB_TAG: self.job_id})

@@ -258,3 +258,33 @@ def test_a_closing_generation_writes_a_text_sample_for_mlflow(
     assert other.sampler is not None
     other.sampler.join(timeout=60)
     assert not samples.sample_path(str(tmp_path / "data"), job.id, 1).exists()
+
+
+def test_a_language_models_weights_export(client: LifelongClient, lm_job: Any) -> None:
+    """Tied weights (embedding and head) come out under both names, with their values."""
+    from safetensors.torch import load
+
+    job, loaded = lm_job
+    weights = load(client.model_weights(job))
+    state = loaded.model.state_dict()
+    assert set(weights) == set(state)
+    for name, tensor in state.items():
+        torch.testing.assert_close(weights[name], tensor, rtol=0, atol=0)
+
+
+@pytest.mark.slow
+def test_a_language_model_release_is_an_mlflow_model(tmp_path: Path) -> None:
+    """The release of a GPT: a pyfunc that takes token ids and answers the next token's
+    probabilities, the same as the model's."""
+    import mlflow.pyfunc
+    import numpy as np
+
+    from service.runtime.releases import build_pyfunc
+
+    path = lm_checkpoint(tmp_path / "ckpt", "job_0123456789abcdef")
+    released = mlflow.pyfunc.load_model(str(build_pyfunc(str(path), tmp_path / "model")))
+    ids = np.random.default_rng(0).integers(0, 256, (3, 16))
+    model = load_checkpoint(path, with_optimizer=False).model
+    with torch.no_grad():
+        expected = torch.softmax(model(torch.from_numpy(ids))[:, -1], dim=-1)
+    torch.testing.assert_close(torch.from_numpy(released.predict(ids)), expected)
