@@ -1,5 +1,5 @@
-"""The audit trail: every mutating request (POST, PUT, PATCH, DELETE under /v1, predictions
-excepted) with its key id (never the key), method, route, job and outcome.
+"""The audit trail: every mutating request (POST, PUT, PATCH, DELETE under /v1, predictions and
+generations excepted) with its key id (never the key), method, route, job and outcome.
 
 Each is one JSON log line on the ``lifelong.audit`` logger and, with API keys on, an ``audit`` event
 on the job's stream when the request names an existing job (a job that was just deleted keeps no
@@ -33,7 +33,7 @@ class AuditMiddleware:
             scope["type"] != "http"
             or scope["method"] not in _MUTATING
             or not path.startswith("/v1/")
-            or path.endswith("/predict")
+            or path.endswith(("/predict", "/generate"))  # reads, with a body
         ):
             await self.app(scope, receive, send)
             return
