@@ -35,6 +35,7 @@ BENCHMARKS: dict[str, tuple[list[str], list[str], list[str]]] = {
     "idle": (["--quick"], [], ["--write"]),
     "load": (["--duration", "15"], [], []),
     "system": (["--quick"], [], []),
+    "lm_stream": (["--quick"], [], ["--write"]),
 }
 
 
