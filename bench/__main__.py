@@ -33,6 +33,7 @@ BENCHMARKS: dict[str, tuple[list[str], list[str], list[str]]] = {
     "spike": (["--quick"], [], ["--write"]),
     "stream": (["--quick"], [], ["--write"]),
     "idle": (["--quick"], [], ["--write"]),
+    "classes": (["--quick"], [], ["--write"]),
     "load": (["--duration", "15"], [], []),
     "system": (["--quick"], [], []),
     "lm_stream": (["--quick"], [], ["--write"]),

@@ -376,6 +376,11 @@ class GenerationLedger:
         key, client = self.store.keys.releases(self.job_id), self.store.client
         state = {str(k): str(v) for k, v in client.hgetall(key).items() if not str(k).isdigit()}
         champion = self._release(int(state[CHAMPION])) if CHAMPION in state else None
+        opened = self._classes_opened()
+        if champion is not None and champion.generation < opened:
+            # It cannot answer the classes that arrived since: its metric, measured on fewer
+            # classes, is not comparable, and the first release that knows them is champion.
+            champion = None
         best = state.get(f"best:{record.generation}")
         last = state.get("last")
         higher = self.spec.task.metric_name == "accuracy"
@@ -387,6 +392,7 @@ class GenerationLedger:
         )  # fmt: skip
         if not release:
             return
+        crowned = crowned and record.generation >= opened
         number = int(client.hincrby(key, "count", 1))
         path = self._stable_copy(event, f"release-{number}", weights_only=True)
         if path is None:
@@ -410,6 +416,11 @@ class GenerationLedger:
             updates[CHAMPION] = str(number)
         client.hset(key, mapping=updates)
         self._writer().release(record.generation, made.to_json())
+
+    def _classes_opened(self) -> int:
+        """The newest generation that a head's growth (add_classes) opened; 0 if none."""
+        grown = [r.generation for r in self.records() if r.op and r.op.get("op") == "add_classes"]
+        return max(grown, default=0)
 
     def _stable_copy(
         self, event: CheckpointEvent, dest: str, *, weights_only: bool = False
