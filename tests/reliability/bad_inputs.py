@@ -214,6 +214,19 @@ def run_cases(http: httpx.Client, stop: Callable[[str], None]) -> tuple[list[Row
     spec("more workers than LIFELONG_MAX_WORKERS_PER_JOB", {**SPEC, "scaling": {"num_workers": 1000}})  # fmt: skip
     spec("unknown key, bad values, missing task (all reported)", {"name": "x", "model": {"family": "mlp"}, "lr": 1, "val_fraction": 2})  # fmt: skip
     spec("body above LIFELONG_MAX_REQUEST_BYTES", {**SPEC, "name": "x" * 20_000})
+    task = SPEC["task"]
+    spec("open classes: max_classes below num_classes", {**SPEC, "task": {**task, "max_classes": 3}})  # fmt: skip
+    spec("open classes: a class name twice", {**SPEC, "task": {**task, "max_classes": 6, "class_names": ["a", "a"]}})  # fmt: skip
+    lm = {"kind": "language_modeling", "context_length": 32}
+    gpt = {"family": "gpt", "n_layer": 1, "n_head": 2, "d_model": 32}
+    spec("language_modeling with num_classes", {**SPEC, "task": {**lm, "num_classes": 4}, "model": gpt})  # fmt: skip
+    spec("tokenizer 'ids' without vocab_size", {**SPEC, "task": {**lm, "tokenizer": "ids"}, "model": gpt})  # fmt: skip
+    spec("language_modeling with an input_shape", {**SPEC, "task": {**lm, "input_shape": [8]}, "model": gpt})  # fmt: skip
+    spec("family gpt on a classification task", {**SPEC, "model": gpt})
+    spec("gpt with n_head not dividing d_model", {**SPEC, "task": lm, "model": {**gpt, "n_head": 3}})  # fmt: skip
+    spec("schedule 'cosine' without decay_steps", {**SPEC, "optimizer": {"schedule": {"kind": "cosine"}}})  # fmt: skip
+    spec("schedule.min_lr above lr", {**SPEC, "optimizer": {"lr": 0.001, "schedule": {"min_lr": 0.01}}})  # fmt: skip
+    spec("accumulation_steps 0", {**SPEC, "optimizer": {"accumulation_steps": 0}})
     for token in ("Infinity", "NaN"):
         body = json.dumps({**SPEC, "optimizer": {"name": "adam", "lr": 0.001}}).replace(
             "0.001", token
@@ -245,6 +258,7 @@ def run_cases(http: httpx.Client, stop: Callable[[str], None]) -> tuple[list[Row
     grow("deepen after a module that does not exist", {"op": "deepen", "after": "fc9"})
     grow("deepen without 'after'", {"op": "deepen"})
     grow("an op that does not exist", {"op": "prune"})
+    grow("add_classes by hand (the workers apply it)", {"op": "add_classes", "classes": 6})
     grow("growth with a key of another op", {"op": "widen", "factor": 2, "after": "fc1", "code": "import os"})  # fmt: skip
     limited = http.post(
         "/v1/jobs",
@@ -254,13 +268,15 @@ def run_cases(http: httpx.Client, stop: Callable[[str], None]) -> tuple[list[Row
     grow("growth of a job at growth.guards.max_generations", {"op": "widen", "factor": 2}, limited)
     stopped = http.post("/v1/jobs", json={**SPEC, "name": "stopped"}, headers=c.admin).json()["id"]
     budget = {"memory": {"budget_gb": 0.01}}  # the base model fits in 10 MiB, ×100 does not
-    small = http.post("/v1/jobs", json={**SPEC, "name": "small", "growth": budget}, headers=c.admin)
+    open_task = {**SPEC["task"], "max_classes": 6}  # open classes: labels up to 5 are accepted
+    small = http.post("/v1/jobs", json={**SPEC, "name": "small", "growth": budget, "task": open_task}, headers=c.admin)  # fmt: skip
     assert small.status_code == 201, small.text  # the deployment now holds its 4 jobs
     grow(
         "widen ×100 past growth.memory.budget_gb",
         {"op": "widen", "factor": 100},
         small.json()["id"],
     )
+    c.push_arrays("label = max_classes (6) on a job with open classes", small.json()["id"], x[:2].tolist(), [0, 6])  # fmt: skip
     stop(stopped)
     c.push("push to a stopped job", stopped, body, st)
     c.send("growth", "growth of a stopped job", "POST", f"/v1/jobs/{stopped}/grow", json={"op": "widen", "factor": 2})  # fmt: skip
