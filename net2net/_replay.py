@@ -11,6 +11,7 @@ from torch import nn
 from ._deepen import deepen_impl
 from ._errors import GrowthError
 from ._outputs import add_classes_impl
+from ._types import Grown
 from ._widen import RECORD_FORMAT, widen_head_size_impl, widen_impl
 
 
@@ -42,49 +43,7 @@ def replay(model: nn.Module, records: Sequence[Mapping[str, Any]]) -> nn.Module:
             )
         op = rec["op"]
         try:
-            inputs = _dummy_inputs(rec["input"], current)
-            if op == "widen" and rec.get("head_size"):
-                sizes = {str(k): int(v[1]) for k, v in dict(rec["head_size"]).items()}
-                grown = widen_head_size_impl(
-                    current, inputs, sizes, seed=int(rec["seed"]), check=False
-                )
-            elif op == "widen":
-                grown = widen_impl(
-                    current,
-                    inputs,
-                    factor=None,
-                    widths={str(k): int(v[1]) for k, v in dict(rec["widths"]).items()},
-                    init=str(rec["init"]),
-                    noise=float(rec["noise"]),
-                    split=str(rec["split"]),
-                    seed=int(rec["seed"]),
-                    check=False,
-                    expect={str(k): int(v[0]) for k, v in dict(rec["widths"]).items()},
-                )
-            elif op == "deepen":
-                grown = deepen_impl(
-                    current,
-                    inputs,
-                    after=str(rec["after"]),
-                    style=str(rec["style"]),
-                    calibration=None,
-                    seed=int(rec["seed"]),
-                    check=False,
-                    expect_width=int(rec["width"]),
-                )
-            elif op == "add_classes":
-                grown = add_classes_impl(
-                    current,
-                    inputs,
-                    classes=int(rec["classes"][1]),
-                    head=str(rec["head"]),
-                    init=str(rec["init"]),
-                    prior=float(rec["prior"]),
-                    seed=int(rec["seed"]),
-                    check=False,
-                )
-            else:
-                raise GrowthError(f"unknown op {op!r}")
+            grown = _replay_one(current, rec, _dummy_inputs(rec["input"], current))
         except GrowthError as err:
             raise GrowthError(f"replay: record {i} ({op}): {err}") from err
         except KeyError as err:
@@ -95,3 +54,50 @@ def replay(model: nn.Module, records: Sequence[Mapping[str, Any]]) -> nn.Module:
 
         current = copy_model(model, "replay")
     return current
+
+
+def _replay_one(
+    current: nn.Module, rec: Mapping[str, Any], inputs: tuple[torch.Tensor, ...]
+) -> Grown:
+    """One record applied to ``current`` (a new module; the weights are loaded afterwards)."""
+    op = rec["op"]
+    if op == "widen" and rec.get("head_size"):
+        sizes = {str(k): int(v[1]) for k, v in dict(rec["head_size"]).items()}
+        return widen_head_size_impl(current, inputs, sizes, seed=int(rec["seed"]), check=False)
+    elif op == "widen":
+        return widen_impl(
+            current,
+            inputs,
+            factor=None,
+            widths={str(k): int(v[1]) for k, v in dict(rec["widths"]).items()},
+            init=str(rec["init"]),
+            noise=float(rec["noise"]),
+            split=str(rec["split"]),
+            seed=int(rec["seed"]),
+            check=False,
+            expect={str(k): int(v[0]) for k, v in dict(rec["widths"]).items()},
+        )
+    elif op == "deepen":
+        return deepen_impl(
+            current,
+            inputs,
+            after=str(rec["after"]),
+            style=str(rec["style"]),
+            calibration=None,
+            seed=int(rec["seed"]),
+            check=False,
+            expect_width=int(rec["width"]),
+        )
+    elif op == "add_classes":
+        return add_classes_impl(
+            current,
+            inputs,
+            classes=int(rec["classes"][1]),
+            head=str(rec["head"]),
+            init=str(rec["init"]),
+            prior=float(rec["prior"]),
+            seed=int(rec["seed"]),
+            check=False,
+        )
+    else:
+        raise GrowthError(f"unknown op {op!r}")
