@@ -753,21 +753,22 @@ FULL = Sizes(
     large=LARGE,
 )
 # The smoke run: tiny models, a few steps at a high learning rate, enough to beat the unigram loss.
-_QUICK_RECIPE = _lm.Recipe(lr=2e-2, min_lr=2e-3, warmup=2)
+_QUICK_RECIPE = _lm.Recipe(lr=1e-2, min_lr=1e-3, warmup=5)
 QUICK = Sizes(
     baseline_steps=80,
     bare_steps=20,
     baseline_observe=20,
     baseline_recipe=_QUICK_RECIPE,
     observe_windows=8,
-    stream=StreamSettings(40, 20, 8, _QUICK_RECIPE),
+    stream=StreamSettings(60, 30, 8, _QUICK_RECIPE),
     seeds=1,
     schedule_seeds=1,
     small=(1, 2, 8),
     large=(1, 2, 16),
 )
 PARTS = ("baseline", "stream", "schedules")
-SCHEDULES: tuple[str, ...] = ("default",)
+DEFAULT_SCHEDULE = "default"
+SCHEDULES: tuple[str, ...] = (DEFAULT_SCHEDULE,)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -777,6 +778,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true", help="the smoke run (prints only)")
     parser.add_argument("--parts", nargs="*", choices=PARTS, default=list(PARTS))
     parser.add_argument("--seeds", type=int, default=None, help="stream seeds (full: 3)")
+    parser.add_argument(
+        "--seed", type=int, action="append", default=None, help="run only this stream seed"
+    )
+    parser.add_argument("--methods", nargs="*", default=None, help="stream methods to run")
     parser.add_argument("--steps", type=int, default=None, help="steps per stage (full: 150)")
     parser.add_argument("--tag", default=None, help="results folder (default: full or quick)")
     parser.add_argument("--report-only", action="store_true", help="rebuild from stored results")
@@ -810,20 +815,19 @@ def run_parts(args: argparse.Namespace, sizes: Sizes, folder: Path) -> None:
                 large=sizes.large,
             )  # fmt: skip
             save_json(folder, "baseline", asdict(b))
+        save_json(folder, "meta", _meta(data, sizes))
+        seeds = args.seed if args.seed is not None else list(range(sizes.seeds))
+        names = args.methods or list(registry)
         if "stream" in args.parts:
-            for old in folder.glob("stream-*.json"):
-                old.unlink()
-            for seed in range(sizes.seeds):
-                for method in registry.values():
-                    _save_run(folder, "stream", run_stream(data, method, seed, sizes.stream))
-        if "schedules" in args.parts:
-            for old in folder.glob("schedule-*.json"):
-                old.unlink()
+            for seed in seeds:
+                for name in names:
+                    run = run_stream(data, registry[name], seed, sizes.stream, DEFAULT_SCHEDULE)
+                    _save_run(folder, "stream", run)
+        if "schedules" in args.parts:  # the default schedule's runs are the stream's
             for seed in range(sizes.schedule_seeds):
-                for schedule in SCHEDULES:
+                for schedule in (s for s in SCHEDULES if s != DEFAULT_SCHEDULE):
                     run = run_stream(data, registry["default"], seed, sizes.stream, schedule)
                     _save_run(folder, "schedule", run)
-        save_json(folder, "meta", _meta(data, sizes))
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -845,7 +849,8 @@ def _meta(data: Data, sizes: Sizes) -> dict[str, Any]:
         "observe_every": sizes.stream.observe_every,
         "val_windows": sizes.stream.val_windows,
         "stage_tokens": list(data.bounds[1:]),
-        "schedule": "default",
+        "schedule": DEFAULT_SCHEDULE,
+        "schedule_seeds": sizes.schedule_seeds,
         "small": sizes.small,
         "large": sizes.large,
         "unigram_entropy": _lm.unigram_entropy(data.corpus.train, data.corpus.vocab_size),
@@ -861,18 +866,22 @@ def report(folder: Path, *, write: bool, quick: bool) -> str:
     if (folder / "baseline.json").exists():
         b = Baseline(**json.loads((folder / "baseline.json").read_text()))
         parts += ["### nanoGPT's CPU recipe: the job against a bare loop", baseline_section(b)]
-    runs = load_runs(folder, "stream")
+    s = meta["steps_per_stage"]
+    runs = [r for r in load_runs(folder, "stream") if r.steps_per_stage == s]
     section = f"{SECTION}-quick" if quick else SECTION
     plot_name = section
     if runs:
         if write:
             plot(runs, registry, plot_name)
         parts += ["### The stream", stream_section(runs, registry, meta, plot_name)]
-    schedules = load_runs(folder, "schedule")
+    schedules = [r for r in load_runs(folder, "schedule") if r.steps_per_stage == s]
+    schedules += [
+        r for r in runs if r.method == "default" and r.seed < meta.get("schedule_seeds", 1)
+    ]
     if schedules:
         parts += [
             "### Learning-rate schedules on the stream",
-            schedule_section(schedules, "default"),
+            schedule_section(schedules, meta["schedule"]),
         ]
     body = "\n\n".join(parts)
     if write:
