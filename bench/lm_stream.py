@@ -86,7 +86,9 @@ class Method:
     shape: tuple[int, int, int]  # (n_layer, n_head, d_model) at the start
     growth: dict[str, Any] | None = None  # GrowthPolicyConfig overrides (None: never grows)
     retrain: bool = False  # a fresh model trained from scratch at every stage
-    schedule: dict[str, Any] = field(default_factory=dict)  # the recipe's schedule options
+    # What each batch holds; by default uniform windows over every token so far, as nanoGPT draws
+    # them (the job's default newest share is for freshness; the methods compare on one text).
+    replay: ReplaySpec = field(default_factory=lambda: ReplaySpec(newest_share=0.0))
 
     def spec(self) -> ModelSpec:
         return _lm.gpt_spec(*self.shape)
@@ -114,8 +116,19 @@ def methods(
         Method("fixed-small", f"fixed small ({words(small)})", small),
         Method("fixed-large", f"fixed large ({words(large)})", large),
         Method("retrain-large", "large retrained from scratch at each stage", large, retrain=True),
+        Method(
+            "default-replay",
+            "Lifelong default with the job's default replay (half of every batch from the newest "
+            f"{ReplaySpec().newest_window:,} tokens)",
+            small,
+            {},
+            replay=ReplaySpec(),
+        ),
     ]
     return {m.name: m for m in out}
+
+
+MAIN_METHODS = ("default", "fixed-small", "fixed-large", "retrain-large")
 
 
 # ----------------------------------------------------------------------------- data
@@ -165,6 +178,7 @@ def worker_config(
     observe_every: int,
     val_windows: int,
     optimizer: dict[str, Any],
+    replay: ReplaySpec,
 ) -> WorkerConfig:
     """A job's worker config: the task, model and recipe, observations every ``observe_every``
     steps on the first ``val_windows`` validation windows, no periodic checkpoints, no idling
@@ -185,9 +199,7 @@ def worker_config(
         signals=False,
         val_max_samples=val_windows,
         compute=ComputeSpec(idle_when_converged=False),
-        # Uniform windows over every token pushed so far, as nanoGPT draws them (the job's default
-        # newest share is for freshness: the benchmark compares methods on the same text).
-        replay=ReplaySpec(newest_share=0.0),
+        replay=replay,
         **optimizer,
     )
 
@@ -281,7 +293,7 @@ def run_stream(
         worker = worker_config(
             data, method.spec(), seed=seed, source=source, manifest=manifest, name=f"{tag}-{k}",
             observe_every=settings.observe_every, val_windows=settings.val_windows,
-            optimizer=job_recipe(schedule, settings.recipe),
+            optimizer=job_recipe(schedule, settings.recipe), replay=method.replay,
         )  # fmt: skip
         _run(worker, data.root / "runs" / f"{tag}-{k}")
         segments.append(read_jsonl(events))
@@ -408,7 +420,7 @@ def run_baseline(
     worker = worker_config(
         data, spec, seed=0, source=source, manifest=manifest, name="baseline",
         observe_every=observe_every, val_windows=observe_windows,
-        optimizer=job_recipe("nanogpt", recipe),
+        optimizer=job_recipe("nanogpt", recipe), replay=ReplaySpec(newest_share=0.0),
     )  # fmt: skip
     run_dir = data.root / "runs" / "baseline"
     started = time.perf_counter()
@@ -817,7 +829,7 @@ def run_parts(args: argparse.Namespace, sizes: Sizes, folder: Path) -> None:
             save_json(folder, "baseline", asdict(b))
         save_json(folder, "meta", _meta(data, sizes))
         seeds = args.seed if args.seed is not None else list(range(sizes.seeds))
-        names = args.methods or list(registry)
+        names = args.methods or list(MAIN_METHODS)
         if "stream" in args.parts:
             for seed in seeds:
                 for name in names:
