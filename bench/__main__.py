@@ -33,6 +33,8 @@ BENCHMARKS: dict[str, tuple[list[str], list[str], list[str]]] = {
     "spike": (["--quick"], [], ["--write"]),
     "stream": (["--quick"], [], ["--write"]),
     "idle": (["--quick"], [], ["--write"]),
+    "memory": (["--quick"], [], ["--write"]),
+    "freshness": (["--quick"], [], ["--write"]),
     "classes": (["--quick"], [], ["--write"]),
     "load": (["--duration", "15"], [], []),
     "system": (["--quick"], [], []),

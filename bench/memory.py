@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import statistics
 import subprocess
 import sys
@@ -108,6 +109,7 @@ def speed(root: Path, budget: int | None, *, samples: int, steps: int, seed: int
         source,
         root / tag,
     )
+    shutil.rmtree(root / tag, ignore_errors=True)  # a later run on this tag starts afresh
     (t0, s0, _), (t1, s1, acc) = marks[0], marks[-1]
     return {
         "samples_per_s": (s1 - s0) / (t1 - t0),

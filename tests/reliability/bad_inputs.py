@@ -214,6 +214,9 @@ def run_cases(http: httpx.Client, stop: Callable[[str], None]) -> tuple[list[Row
     spec("more workers than LIFELONG_MAX_WORKERS_PER_JOB", {**SPEC, "scaling": {"num_workers": 1000}})  # fmt: skip
     spec("unknown key, bad values, missing task (all reported)", {"name": "x", "model": {"family": "mlp"}, "lr": 1, "val_fraction": 2})  # fmt: skip
     spec("body above LIFELONG_MAX_REQUEST_BYTES", {**SPEC, "name": "x" * 20_000})
+    spec("replay 'recency' without half_life", {**SPEC, "replay": {"history": "recency"}})
+    spec("replay 'class_balanced' on a regression task", {**SPEC, "task": {"kind": "regression", "input_shape": [8], "num_outputs": 1}, "replay": {"history": "class_balanced"}})  # fmt: skip
+    spec("data.resident_bytes below the newest window", {**SPEC, "data": {"resident_bytes": 65536}, "replay": {"newest_window": 100000}})  # fmt: skip
     task = SPEC["task"]
     spec("open classes: max_classes below num_classes", {**SPEC, "task": {**task, "max_classes": 3}})  # fmt: skip
     spec("open classes: a class name twice", {**SPEC, "task": {**task, "max_classes": 6, "class_names": ["a", "a"]}})  # fmt: skip
