@@ -93,8 +93,8 @@ from workers.reader import DataReader
 from workers.recipe import (
     StepCounters,
     learning_rate,
-    order_like_model,
     param_groups,
+    regroup,
     set_learning_rate,
     warmup_steps,
 )
@@ -1013,7 +1013,7 @@ class TrainLoop:
         if self.group.world_size > 1:  # one rank has nothing to compare with
             growth.digests = self.group.gather_str(module_digest(grown))
         self.optimizer = growth.applied.optimizer
-        order_like_model(self.optimizer, grown)  # the order a checkpoint's state is kept in
+        regroup(self.optimizer, self.cfg.optimizer, grown)  # the groups a resume builds
         if grown is not self.module:
             self._wrap(grown)
         growth.transform_s = time.perf_counter() - started

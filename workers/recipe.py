@@ -4,9 +4,9 @@
   dims (linear, conv and embedding weights) and not to biases, norm gains or other vectors
   (nanoGPT's and most LM recipes' rule); the two groups keep the model's parameter order.
   ``net2net.transfer_optimizer`` carries the groups through growth (a new block's parameters join
-  the group of the ones they copy), and :func:`order_like_model` puts each group back in the
-  model's order afterwards, so that a checkpoint's optimizer state (kept by position) loads into
-  the groups that :func:`param_groups` builds on resume.
+  the group of the ones they copy), and :func:`regroup` puts the parameters back into the groups
+  :func:`param_groups` makes, in the model's order, so that a checkpoint's optimizer state (kept
+  by position) loads into the groups that a resume builds.
 * :func:`learning_rate`: the rate of one optimizer step from the loop's counters
   (``workers.spec.ScheduleSpec``).
 """
@@ -41,6 +41,19 @@ def order_like_model(optimizer: torch.optim.Optimizer, module: nn.Module) -> Non
     rank = {id(p): i for i, p in enumerate(module.parameters())}
     for group in optimizer.param_groups:
         group["params"] = sorted(group["params"], key=lambda p: rank.get(id(p), len(rank)))
+
+
+def regroup(optimizer: torch.optim.Optimizer, spec: OptimizerSpec, module: nn.Module) -> None:
+    """Put ``module``'s parameters into the groups :func:`param_groups` makes, in model order, in
+    place, keeping each group's other settings and every parameter's state: after a growth (whose
+    new parameters join the group of the ones they copy, or the first) the groups are again the
+    ones a resume builds. An optimizer with another number of groups is only put in model order."""
+    wanted = param_groups(spec, module)
+    if len(wanted) != len(optimizer.param_groups):
+        order_like_model(optimizer, module)
+        return
+    for group, want in zip(optimizer.param_groups, wanted, strict=True):
+        group["params"] = list(want["params"])
 
 
 def warmup_steps(spec: OptimizerSpec, task: TaskSpec) -> int:

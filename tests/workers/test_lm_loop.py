@@ -15,10 +15,11 @@ import torch
 from growth_policy.types import GrowthOp
 from tests.workers.test_loop_local import Recorder
 from workers.loop import TrainLoop, WorkerConfig, run_loop
+from workers.recipe import StepCounters, learning_rate
 from workers.runtime import LocalRuntime
 from workers.shards import FileManifest, ShardStore
 from workers.sources import Directive
-from workers.spec import ComputeSpec, ModelSpec, ReplaySpec, TaskSpec
+from workers.spec import ComputeSpec, ModelSpec, OptimizerSpec, ReplaySpec, TaskSpec
 from workers.text import encode_text
 
 TASK = TaskSpec(kind="language_modeling", context_length=16)
@@ -134,3 +135,71 @@ def test_bf16_autocast_trains_the_language_model(text_root: Path, tmp_path: Path
         assert math.isfinite(bf16_loss) and abs(bf16_loss - fp32_loss) < 0.05
     finally:
         loop.cleanup()
+
+
+@pytest.mark.slow
+def test_lm_job_with_the_recipe_resumes_after_growth(text_root: Path, tmp_path: Path) -> None:
+    """AdamW with weight decay on matrices (two param groups), a cosine schedule, clipping and
+    accumulation: a widen and a deepen, a final checkpoint, and a resume that goes on from it with
+    the same groups and the rate of the resumed step."""
+    recipe = OptimizerSpec.model_validate(
+        {
+            "name": "adamw",
+            "weight_decay": 0.1,
+            "clip_grad_norm": 1.0,
+            "accumulation_steps": 2,
+            "schedule": {"kind": "cosine", "warmup_steps": 5, "decay_steps": 100, "min_lr": 1e-4},
+        }
+    )
+
+    def config(source: Recorder) -> WorkerConfig:
+        return WorkerConfig(
+            job_id="job",
+            task=TASK,
+            model=MODEL,
+            optimizer=recipe,
+            store_root=str(text_root / "data"),
+            manifest=FileManifest(text_root / "manifest", "job"),
+            source=source,
+            batch_size=4,
+            observe_every=5,
+            checkpoint_every=0,
+            checkpoint_root=str(tmp_path / "durable"),
+            poll_interval=0.01,
+            replay=ReplaySpec(newest_share=0.0),
+            compute=ComputeSpec(idle_when_converged=False),
+            growth_val_samples=32,
+            val_max_samples=32,
+            signals=False,
+        )
+
+    first = Recorder(
+        {
+            5: Directive(op=GrowthOp(op="deepen", after="blocks.0", seed=1), reason="d"),
+            10: Directive(op=GrowthOp(op="widen", factor=2.0, seed=2), reason="w"),
+            15: Directive(stop=True),
+        }
+    )
+    run_loop(config(first), LocalRuntime(tmp_path / "run"))
+    assert [g.op.op for g in first.growths] == ["deepen", "widen"] and not first.failures
+    for g in first.growths:
+        assert g.val_loss_before is not None and g.val_loss_after is not None
+        assert abs(g.val_loss_after - g.val_loss_before) <= 1e-4
+    assert first.observations[-1].samples_seen == 15 * 2 * 4 * 16  # micro-batches count
+
+    again = Recorder({20: Directive(stop=True)})
+    loop = TrainLoop(config(again), runtime=LocalRuntime(tmp_path / "run"))
+    try:
+        loop.setup()
+        loop.restore()
+        assert loop.progress.step == 15 and loop.progress.generation == 2
+        assert [g["weight_decay"] for g in loop.optimizer.param_groups] == [0.1, 0.0]
+        assert len(loop.optimizer.state) > 0  # the saved moments came back
+        loop.run()
+    finally:
+        loop.cleanup()
+    (obs,) = again.observations
+    assert obs.step == 20 and obs.val_loss is not None
+    assert obs.val_loss < first.observations[0].val_loss  # type: ignore[operator]
+    expected = learning_rate(recipe, StepCounters(step=19), 5)
+    assert loop.lr == pytest.approx(expected)
