@@ -65,7 +65,15 @@ from workers.models import build_model
 from workers.runtime import LocalRuntime
 from workers.shards import FileManifest, ShardInfo, ShardStore
 from workers.sources import ControllerSource, DecisionSource, JsonlRecorder, read_jsonl
-from workers.spec import ComputeSpec, ModelSpec, OptimizerSpec, ReplaySpec, TaskSpec
+from workers.spec import (
+    BudgetSpec,
+    ComputeSpec,
+    ModelSpec,
+    OptimizerSpec,
+    ReplaySpec,
+    ScheduleSpec,
+    TaskSpec,
+)
 
 JOB = "lm"
 RESULTS = Path(__file__).resolve().parent / "results" / "lm_stream"
@@ -177,12 +185,12 @@ def worker_config(
     name: str,
     observe_every: int,
     val_windows: int,
-    optimizer: dict[str, Any],
+    recipe: dict[str, Any],
     replay: ReplaySpec,
 ) -> WorkerConfig:
-    """A job's worker config: the task, model and recipe, observations every ``observe_every``
-    steps on the first ``val_windows`` validation windows, no periodic checkpoints, no idling
-    (the stages come by step count, the same for every method)."""
+    """A job's worker config: the task, model and recipe (:func:`job_recipe`), observations every
+    ``observe_every`` steps on ``val_windows`` validation windows, no periodic checkpoints, no
+    idling when converged (the stages come by step count, the same for every method)."""
     return WorkerConfig(
         job_id=JOB,
         task=data.task,
@@ -198,9 +206,8 @@ def worker_config(
         seed=seed,
         signals=False,
         val_max_samples=val_windows,
-        compute=ComputeSpec(idle_when_converged=False),
         replay=replay,
-        **optimizer,
+        **{"compute": ComputeSpec(idle_when_converged=False), **recipe},
     )
 
 
@@ -293,7 +300,7 @@ def run_stream(
         worker = worker_config(
             data, method.spec(), seed=seed, source=source, manifest=manifest, name=f"{tag}-{k}",
             observe_every=settings.observe_every, val_windows=settings.val_windows,
-            optimizer=job_recipe(schedule, settings.recipe), replay=method.replay,
+            recipe=job_recipe(schedule, settings.recipe, stage_steps=s), replay=method.replay,
         )  # fmt: skip
         _run(worker, data.root / "runs" / f"{tag}-{k}")
         segments.append(read_jsonl(events))
@@ -420,7 +427,7 @@ def run_baseline(
     worker = worker_config(
         data, spec, seed=0, source=source, manifest=manifest, name="baseline",
         observe_every=observe_every, val_windows=observe_windows,
-        optimizer=job_recipe("nanogpt", recipe), replay=ReplaySpec(newest_share=0.0),
+        recipe=job_recipe("cosine", recipe), replay=ReplaySpec(newest_share=0.0),
     )  # fmt: skip
     run_dir = data.root / "runs" / "baseline"
     started = time.perf_counter()
@@ -459,14 +466,31 @@ def _final_model(run_dir: Path) -> torch.nn.Module:
     return load_checkpoint(path, with_optimizer=False).model
 
 
-def job_recipe(schedule: str, recipe: _lm.Recipe) -> dict[str, Any]:
-    """The job's optimizer and learning-rate schedule (``WorkerConfig`` fields): ``nanogpt`` is
-    nanoGPT's cosine decay over ``recipe.decay_iters``; any other name is a schedule the recipe
-    offers, after ``recipe.warmup`` steps of warm-up."""
+def job_recipe(schedule: str, recipe: _lm.Recipe, *, stage_steps: int = 0) -> dict[str, Any]:
+    """The job's optimizer, training recipe and compute options (``WorkerConfig`` fields): AdamW
+    with ``recipe``'s rate, betas and weight decay on matrices, its gradient clipping and warm-up,
+    then the recipe's schedule ``schedule`` (``workers.spec.ScheduleSpec``): ``cosine`` to
+    ``recipe.min_lr`` at ``recipe.decay_iters`` (nanoGPT's), ``constant``, ``rewarm`` (the
+    recipe's re-warm-up after each growth), or ``wsd``, decaying to ``recipe.min_lr`` over the
+    last fifth of each stage (a step budget of ``stage_steps`` per data version)."""
+    compute = ComputeSpec(idle_when_converged=False)
+    sched: dict[str, Any] = {"kind": schedule, "warmup_steps": recipe.warmup}
+    if schedule == "cosine":
+        sched |= {"min_lr": recipe.min_lr, "decay_steps": recipe.decay_iters}
+    elif schedule == "wsd":
+        sched |= {"min_lr": recipe.min_lr, "decay_steps": max(1, stage_steps // 5)}
+        budget = BudgetSpec(steps=stage_steps)
+        compute = ComputeSpec(idle_when_converged=False, budget_per_version=budget)
     optimizer = OptimizerSpec(
-        name="adamw", lr=recipe.lr, betas=recipe.betas, weight_decay=recipe.weight_decay
+        name="adamw",
+        lr=recipe.lr,
+        betas=recipe.betas,
+        weight_decay=recipe.weight_decay,
+        decay="matrices",
+        clip_grad_norm=recipe.grad_clip,
+        schedule=ScheduleSpec.model_validate(sched),
     )
-    return {"optimizer": optimizer}
+    return {"optimizer": optimizer, "compute": compute}
 
 
 # ----------------------------------------------------------------------------- storage
@@ -686,9 +710,13 @@ def _fraction(f: float) -> str:
     return "all" if f >= 1 else f"1/{round(1 / f)}"
 
 
+def _order(schedule: str) -> int:
+    return SCHEDULES.index(schedule) if schedule in SCHEDULES else len(SCHEDULES)
+
+
 def schedule_section(runs: Sequence[StreamRun], current: str) -> str:
     by: dict[str, list[StreamRun]] = {}
-    for r in runs:
+    for r in sorted(runs, key=lambda r: (_order(r.schedule), r.seed)):
         by.setdefault(r.schedule, []).append(r)
     rows = [
         [name + (" (the recipe's default)" if name == current else ""), len(rs),
@@ -703,7 +731,9 @@ def schedule_section(runs: Sequence[StreamRun], current: str) -> str:
             "Lifelong's default on the same stream under each learning-rate schedule the recipe "
             "offers (seeds as shown). Lower is better.",
             "",
-            table(["schedule", "seeds", "final loss", "mean of 6", "GFLOP", "growths"], rows),
+            table(
+                ["schedule", "seeds", "final loss", "mean over stages", "GFLOP", "growths"], rows
+            ),
             "",
             f"Best by the mean over the stages: **{best}**.",
         ]
@@ -779,8 +809,8 @@ QUICK = Sizes(
     large=(1, 2, 16),
 )
 PARTS = ("baseline", "stream", "schedules")
-DEFAULT_SCHEDULE = "default"
-SCHEDULES: tuple[str, ...] = (DEFAULT_SCHEDULE,)
+DEFAULT_SCHEDULE: str = ScheduleSpec().kind  # the recipe's default
+SCHEDULES = ("constant", "wsd", "rewarm")  # those a stream can use (cosine needs its end)
 
 
 def _parser() -> argparse.ArgumentParser:
