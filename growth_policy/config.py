@@ -21,7 +21,7 @@ from growth_policy._registry import registered_policies
 Strategy = Literal["widen", "deepen", "alternate", "auto"]
 WidenMode = Literal["factor", "target", "saturated"]
 DeepenWhere = Literal["last", "first"]
-DeepenStyle = Literal["identity", "residual", "auto"]
+DeepenStyle = Literal["identity", "residual", "block", "auto"]
 
 
 class _Section(BaseModel):
@@ -152,8 +152,10 @@ class DeepenConfig(_Section):
     )
     style: DeepenStyle = Field(
         default="auto",
-        description="'identity' (Net2DeeperNet), 'residual' (zero-initialised branch), or 'auto': "
-        "identity where the candidate says it is exact, residual elsewhere.",
+        description="'identity' (Net2DeeperNet), 'residual' (zero-initialised branch), 'block' "
+        "(a copy of a whole block whose output projections start at zero: transformers), or "
+        "'auto': a block where the model has blocks that deepen exactly, else identity where the "
+        "candidate says it is exact and residual elsewhere.",
     )
 
 

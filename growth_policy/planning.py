@@ -391,7 +391,13 @@ def choose_deepen_candidate(
     shape: ModelShape, config: GrowthPolicyConfig
 ) -> DeepenCandidate | None:
     """The documented rule: among :meth:`ModelShape.deepen_sites` (one per width group, after
-    its activation), the deepest ('last', next to the head) or the shallowest ('first')."""
+    its activation), the deepest ('last', next to the head) or the shallowest ('first'). A model
+    of blocks that deepen exactly (a transformer's pre-norm blocks) grows by a whole block instead:
+    after its last block or its first (``deepen.style`` 'auto' or 'block')."""
+    if config.deepen.style in ("auto", "block"):
+        blocks = [c for c in shape.deepen_candidates if c.added_params("block") is not None]
+        if blocks:
+            return blocks[-1 if config.deepen.where == "last" else 0]
     sites = shape.deepen_sites()
     if not sites:
         return None
@@ -417,8 +423,18 @@ def plan_deepen(
             "no_candidates", "the model has no place to insert a layer", before, before, {}
         )
     style = config.deepen.style
-    if style == "auto":
+    if style == "auto" and cand.added_params("block") is not None:
+        style = "block"
+    elif style == "auto":
         style = "identity" if cand.exact_identity else "residual"
+    elif style == "block" and cand.added_params("block") is None:
+        return _refuse(
+            "not_exact",
+            f"no whole block deepens exactly after {cand.after}; set deepen.style to 'auto'",
+            before,
+            before,
+            {},
+        )
     elif style == "identity" and cand.exact_identity is False:
         return _refuse(
             "not_exact",

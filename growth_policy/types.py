@@ -112,7 +112,13 @@ class GrowthOp(BaseModel):
     noise: float = Field(default=0.0, ge=0.0)
     split: Literal["equal", "random"] = "equal"
     after: str | None = Field(default=None, description="deepen: module to insert after.")
-    style: Literal["identity", "residual"] = "identity"
+    style: Literal["auto", "identity", "residual", "block", "stack"] = Field(
+        default="auto",
+        description="deepen: net2net.deepen(style=...). 'auto': a whole block after a block "
+        "that a copy with zeroed output projections keeps exact (a pre-norm transformer block), "
+        "an identity layer elsewhere; 'block', 'identity', 'residual', or 'stack' (a plain copy "
+        "of the block: not exact).",
+    )
     shrink: float = Field(default=1.0, gt=0.0, le=1.0, description="shrink_perturb: θ ← λθ + σε.")
     perturb: float = Field(default=0.0, ge=0.0)
     classes: int | None = Field(

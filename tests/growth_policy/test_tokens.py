@@ -1,5 +1,5 @@
 """A language-modelling job's observations: data counted in tokens (data_scaling's parameters per
-token) and a metric where lower is better (perplexity)."""
+token) and a metric where lower is better (perplexity); a transformer deepens by whole blocks."""
 
 from __future__ import annotations
 
@@ -7,16 +7,26 @@ import math
 from typing import Any
 
 import pytest
+import torch
 
+import net2net
 from growth_policy import (
     Controller,
+    GrowthOp,
     GrowthPolicyConfig,
+    Limits,
     Observation,
     PolicyContext,
     data_scaling,
     data_target,
+    parse_summary,
+    plan_deepen,
 )
 from growth_policy.policies import plateau
+from workers._growth import apply_op
+from workers.checkpoint import build_optimizer
+from workers.models import build_model
+from workers.spec import ModelSpec, OptimizerSpec, TaskSpec
 
 from ._traces import make_obs
 
@@ -64,3 +74,48 @@ def test_perplexity_is_lower_is_better_and_the_plateau_reads_losses() -> None:
     ]
     v = plateau(PolicyContext(history[-1], history, CFG))
     assert v.grow and v.state == "plateau"
+
+
+def gpt_and_summary(n_layer: int = 2) -> tuple[Any, Any, torch.Tensor]:
+    task = TaskSpec(kind="language_modeling", context_length=16)
+    spec = ModelSpec.model_validate(
+        {"family": "gpt", "n_layer": n_layer, "n_head": 2, "d_model": 16}
+    )
+    torch.manual_seed(0)
+    model = build_model(spec, task)
+    idx = torch.randint(0, 256, (2, 16))
+    return model, parse_summary(net2net.summarize(model, idx)), idx
+
+
+@pytest.mark.parametrize(("where", "after"), [("last", "blocks.1"), ("first", "blocks.0")])
+def test_a_transformer_deepens_by_a_whole_block(where: str, after: str) -> None:
+    model, shape, idx = gpt_and_summary()
+    params = sum(p.numel() for p in model.parameters())
+    config = GrowthPolicyConfig.model_validate({"deepen": {"where": where}})
+    plan = plan_deepen(lm_obs(param_count=params), shape, config, Limits(max_params=10**9))
+    assert plan.op is not None
+    assert (plan.op.after, plan.op.style) == (after, "block")
+    grown = net2net.deepen(model, idx, after=plan.op.after, style=plan.op.style, seed=0)
+    assert grown.exact and len(grown.model.blocks) == 3
+    assert plan.params_after == sum(p.numel() for p in grown.model.parameters())
+    residual = GrowthPolicyConfig.model_validate({"deepen": {"style": "residual"}})
+    plan = plan_deepen(lm_obs(param_count=params), shape, residual, Limits(max_params=10**9))
+    assert plan.op is not None and plan.op.style == "residual"  # a layer, as asked
+
+
+def test_a_deepen_op_by_default_inserts_a_block_where_one_is_exact() -> None:
+    model, _, idx = gpt_and_summary(1)
+    op = GrowthOp(op="deepen", after="blocks.0")
+    assert op.style == "auto"
+    spec = OptimizerSpec()
+    applied = apply_op(model, build_optimizer(spec, model.parameters()), idx, op)
+    assert len(applied.model.blocks) == 2 and applied.record is not None
+    assert applied.record["style"] == "block"
+    mlp = build_model(
+        ModelSpec(family="mlp", hidden=[8]), TaskSpec(input_shape=(4,), num_classes=2)
+    )
+    x = torch.randn(3, 4)
+    deep = apply_op(
+        mlp, build_optimizer(spec, mlp.parameters()), x, GrowthOp(op="deepen", after="act1")
+    )
+    assert deep.record is not None and deep.record["style"] == "identity"
