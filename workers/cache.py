@@ -11,8 +11,8 @@ history's samples from a :class:`StreamedHistory` instead:
 * an **epoch** is an order over the pieces: a seeded shuffle (``uniform``), or pieces drawn with
   replacement with probabilities proportional to their recency weight times their rows
   (``recency``);
-* a **window** is consecutive pieces of the epoch up to ``window_bytes``; its rows are shuffled and
-  handed out in that order. While one window is trained on, the next one is read in a background
+* a **window** is consecutive pieces of the epoch up to ``window_bytes``; its rows are handed out
+  in a shuffled order. While one window is trained on, the next one is read in a background
   thread: two windows at most are resident, so the resident bytes are at most
   ``2 × window_bytes`` (plus one piece) whatever the history's size;
 * pieces appended while an epoch runs join the next epoch (the newest share of every batch,
@@ -44,7 +44,7 @@ def block(num_samples: int, rank: int, world_size: int) -> tuple[int, int]:
     return num_samples * rank // world_size, num_samples * (rank + 1) // world_size
 
 
-Window = tuple[torch.Tensor, torch.Tensor]
+Window = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # features, labels, the row order
 
 
 class StreamedHistory:
@@ -158,11 +158,13 @@ class StreamedHistory:
         self.reads += len(pieces)
         x_all = np.concatenate(features) if len(features) > 1 else features[0].copy()
         y_all = np.concatenate(labels) if len(labels) > 1 else labels[0].copy()
-        order = torch.randperm(x_all.shape[0], generator=torch.Generator().manual_seed(seed))
-        x_t = torch.from_numpy(x_all).to(torch.float32).index_select(0, order)
+        x_t = torch.from_numpy(x_all).to(torch.float32)
         y_t = torch.from_numpy(y_all).to(self.label_dtype)
-        y_t = y_t.reshape(y_t.shape[0], *self.label_shape).index_select(0, order)
-        return x_t, y_t
+        y_t = y_t.reshape(y_t.shape[0], *self.label_shape)
+        # The rows are handed out in a shuffled order (one index_select a batch, as the resident
+        # reader does), so the window itself is never copied again.
+        order = torch.randperm(x_t.shape[0], generator=torch.Generator().manual_seed(seed))
+        return x_t, y_t, order
 
     def _submit(self) -> Future[Window]:
         pieces = self._plan_window()
@@ -177,7 +179,7 @@ class StreamedHistory:
         self._cursor = 0
         self._ahead = self._submit()
 
-    def draw(self, n: int) -> Window:
+    def draw(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The next ``n`` samples of the stream."""
         if self.pieces == 0:
             raise RuntimeError("no history to stream yet")
@@ -187,8 +189,9 @@ class StreamedHistory:
                 self._advance()
             assert self._current is not None
             take = min(n, self._current[0].shape[0] - self._cursor)
-            xs.append(self._current[0][self._cursor : self._cursor + take])
-            ys.append(self._current[1][self._cursor : self._cursor + take])
+            idx = self._current[2][self._cursor : self._cursor + take]
+            xs.append(self._current[0].index_select(0, idx))
+            ys.append(self._current[1].index_select(0, idx))
             self._cursor += take
             n -= take
         if len(xs) == 1:
@@ -203,9 +206,10 @@ class StreamedHistory:
 
 
 def _nbytes(window: Window | None) -> int:
+    """The window's samples (features and labels; its row order is not a sample)."""
     if window is None:
         return 0
-    return sum(t.nelement() * t.element_size() for t in window)
+    return sum(t.nelement() * t.element_size() for t in window[:2])
 
 
 def window_bytes_for(budget: int, reserved: int, sample_bytes: int) -> int:
