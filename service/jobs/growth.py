@@ -98,7 +98,9 @@ class GrowthChecker:
             return None
         if module is None:
             return None
-        shape = _summarise(module, tuple(job.spec.task.input_shape))
+        task = job.spec.task
+        vocab = task.output_dim if task.kind == "language_modeling" else None
+        shape = _summarise(module, tuple(task.input_shape), vocab=vocab)
         if shape is None:
             return None
         from workers.models import count_parameters
@@ -172,14 +174,19 @@ def _check_widths(op: GrowthOp, widths: dict[str, int]) -> None:
         )
 
 
-def _summarise(module: nn.Module, input_shape: tuple[int, ...]) -> ModelShape | None:
+def _summarise(
+    module: nn.Module, input_shape: tuple[int, ...], *, vocab: int | None = None
+) -> ModelShape | None:
     import torch
 
     import net2net
     from growth_policy.shape import SummaryError, parse_summary
 
     generator = torch.Generator().manual_seed(0)
-    example = torch.randn((8, *input_shape), generator=generator)
+    if vocab is None:
+        example = torch.randn((8, *input_shape), generator=generator)
+    else:  # a language model reads token ids
+        example = torch.randint(0, vocab, (8, *input_shape), generator=generator)
     try:
         return parse_summary(net2net.summarize(module, example))
     except (SummaryError, ValueError, RuntimeError, TypeError):

@@ -288,3 +288,15 @@ def test_a_language_model_release_is_an_mlflow_model(tmp_path: Path) -> None:
     with torch.no_grad():
         expected = torch.softmax(model(torch.from_numpy(ids))[:, -1], dim=-1)
     torch.testing.assert_close(torch.from_numpy(released.predict(ids)), expected)
+
+
+def test_growth_of_a_language_model_is_checked_at_the_api(
+    client: LifelongClient, lm_job: Any
+) -> None:
+    """The API summarises a GPT on token ids, so a growth it cannot apply is refused at once."""
+    job, _ = lm_job
+    status, detail = _refusal(lambda: client.grow(job, "widen", widths={"fc9": 32}))
+    assert status == 422 and "groups: tok, blocks.0.attn.q_proj, blocks.0.ffn.fc" in detail
+    status, detail = _refusal(lambda: client.grow(job, "deepen", after="nowhere"))
+    assert status == 422 and "blocks.0" in detail
+    assert client.grow(job, "widen", factor=2).status == "queued"
