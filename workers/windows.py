@@ -15,7 +15,8 @@ drawn with a weight that halves for every ``half_life`` training tokens that arr
 shard; ``newest_share`` of every batch comes from the rank's last ``newest_window`` tokens (at
 least one window's worth), the tokens not yet trained on first (consecutive windows from the
 oldest of them), then uniformly from that tail. ``class_balanced`` is for classification and is
-refused. The token history stays resident (4 bytes a token; ``resident_bytes`` is not used).
+refused. The token history stays resident, in the smallest integer type that holds the vocabulary
+(one byte a token for the byte tokenizer; ``resident_bytes`` is not used).
 
 Validation (rank 0): the validation shards' tokens, one after another, cut into consecutive
 windows of ``context_length + 1`` tokens that overlap by one (every token after the first is
@@ -42,6 +43,16 @@ EXAMPLE_WINDOWS = 16  # windows used to trace and verify a growth, at most
 def _seed(*parts: int) -> int:
     digest = hashlib.sha256(",".join(map(str, parts)).encode()).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def token_dtype(vocab: int) -> torch.dtype:
+    """The smallest dtype that holds every id below ``vocab``: one byte a token for the byte
+    tokenizer, two below 32,768 ids, four otherwise."""
+    if vocab <= 256:
+        return torch.uint8
+    if vocab <= 1 << 15:
+        return torch.int16
+    return torch.int32
 
 
 def token_block(tokens: int, number: int, rank: int, world_size: int) -> tuple[int, int]:
@@ -108,8 +119,9 @@ class TokenReader:
         self._reset()
 
     def _reset(self) -> None:
-        self._tokens = GrowingTensor((), torch.int32)
-        self._val_tokens = GrowingTensor((), torch.int32)
+        dtype = token_dtype(self.task.vocab)
+        self._tokens = GrowingTensor((), dtype)
+        self._val_tokens = GrowingTensor((), dtype)
         self._train_ids: list[str] = []
         self._val_ids: list[str] = []
         self._local_ends: list[int] = []  # local token count after each shard

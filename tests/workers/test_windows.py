@@ -16,7 +16,7 @@ from workers.models import build_model, count_parameters
 from workers.shards import FileManifest, Manifest, ShardInfo, ShardStore
 from workers.spec import ModelSpec, ReplaySpec, TaskSpec
 from workers.tasks import evaluate, loss_fn, targets
-from workers.windows import TokenReader
+from workers.windows import TokenReader, token_dtype
 
 TASK = TaskSpec(kind="language_modeling", tokenizer="ids", vocab_size=10_000, context_length=8)
 
@@ -48,6 +48,8 @@ def test_windows_are_contiguous_and_shifted_by_one(tmp_path: Path) -> None:
     store, manifest = write(tmp_path, [100, 60], val=50)
     r = reader(store, manifest)
     assert (r.train_size, r.local_size, r.val_size, r.ready) == (160, 160, 50, True)
+    assert r.resident_bytes == r._tokens.nbytes and r._tokens.dtype == torch.int16  # 10,000 ids
+    assert token_dtype(256) == torch.uint8 and token_dtype(100_000) == torch.int32
     plan = r.plan(0)
     assert plan.steps == math.ceil(math.ceil(160 / 8) / 4) == 5
     assert plan.train_size == 160
