@@ -50,6 +50,7 @@ class JobView:
     compute_time: float = 0.0
     # A language model's text, newest last: (generation, what it wrote), shown under the table.
     samples: deque[tuple[int, str]] = field(default_factory=lambda: deque(maxlen=3))
+    sample_log: list[tuple[int, str]] = field(default_factory=list)  # every one
 
     data_unit: str | None = None  # as the observations say: 'samples', or 'tokens'
 
@@ -62,6 +63,7 @@ class JobView:
 
     def add_sample(self, generation: int, text: str) -> None:
         self.samples.append((generation, text))
+        self.sample_log.append((generation, text))
         self._line("sample", f"generation {generation} wrote {len(text):,} characters", "cyan")
 
     def duty_cycle(self, now: float | None = None) -> float | None:

@@ -158,10 +158,11 @@ def _push_in_stages(
 
 
 def _sample(cfg: TextDemoConfig, client: LifelongClient, job_id: str, view: JobView) -> None:
-    """The newest generation's text (its newest checkpoint; the one predict serves while that
-    generation has none yet), from the demo's fixed prompt and seed."""
+    """The newest generation's text (its newest checkpoint; while a growth has just opened a
+    generation without one, the one before it), from the demo's fixed prompt and seed."""
     options = {"max_new_tokens": cfg.sample_tokens, "temperature": 0.8, "seed": cfg.seed}
-    for generation in (view.generation, None):
+    newest = view.generation
+    for generation in (newest, *([newest - 1] if newest else []), None):
         try:
             answer = client.generate(job_id, PROMPT, generation=generation, **options)
         except LifelongError as exc:
@@ -183,18 +184,18 @@ def _summary(
     listed = client.generations(job_id)
     generations = listed.model_dump(mode="json")["generations"]
     console.print(generations_table(generations, view, "perplexity"))
-    for generation, text in view.samples:
+    for generation, text in view.sample_log:
         console.print(f"[bold cyan]generation {generation} writes:[/bold cyan]")
         console.print(text.strip("\n"), markup=False, highlight=False)
     plot = cfg.workdir / "demo-perplexity.png"
     plot_history(view, plot, label="validation perplexity",
-          title="Lifelong text demo: Tiny Shakespeare in stages, growth points dashed")  # fmt: skip
+                 title="Lifelong text demo: Tiny Shakespeare in stages, growth points dashed")  # fmt: skip
     console.print(f"plot: {plot}")
     log_plot(stack, listed.generations[-1].mlflow_run_id, plot)
     return {
         "job_id": job_id,
         "generations": generations,
-        "samples": [{"generation": g, "text": t} for g, t in view.samples],
+        "samples": [{"generation": g, "text": t} for g, t in view.sample_log],
         "plot": str(plot),
         "final_val_perplexity": view.val_metric,
         "final_val_loss": view.val_loss,
