@@ -14,28 +14,42 @@ is the mean loss in nats per predicted token.
    twice in the same process: as a Lifelong job through the worker loop (``workers.loop.run_loop``
    on a ``LocalRuntime``: the loop's own passes, windows, observations and schedule) and as a bare
    PyTorch loop of the ``gpt`` family's module with the same batch shape (``_lm.bare_loop``). The
-   validation loss of both is measured on every non-overlapping window of the validation text
-   (1,742 windows of 64 predicted tokens: 111,488 tokens, against nanoGPT's 20 batches of 12).
-   Tokens per second: the job's from its observations' clocks between its first observation and
-   its last (validation included), the bare loop's over its steps after the tenth.
+   validation loss of both final models is measured on every window of the validation text
+   (consecutive windows of 65 ids overlapping by one: 1,742 windows, 111,488 predicted tokens,
+   against nanoGPT's 20 batches of 12 random windows). Tokens per second: the job's from its
+   observations' clocks between its first observation and its last (its observations, on 256
+   windows every 500 steps, included), the bare loop's over its steps after the tenth; the bare
+   loop runs before the job (all its steps) and after it (300 steps), and the ratio is against
+   the mean of the two.
 
 2. Stream (``stream``). The training text arrives in 6 stages (its first 1/32, 1/16, 1/8, 1/4,
    1/2, then all of it), each a token shard appended to the job's manifest when the step count
    reaches the stage's boundary (``bench.stream.StageSource``), with equal steps per stage.
-   Methods: Lifelong's default (a small GPT that grows width, heads and depth through the growth
-   controller's default policies), that small model fixed, a large model fixed from the start,
-   and the large model retrained from scratch at each stage. Per method and seed: the validation
+   Every method trains on uniform windows over all the text so far and on the recipe's default
+   schedule. Methods: Lifelong's default (a small GPT grown by the growth controller with its
+   default configuration: data scaling in parameters per token, widening the residual stream,
+   the heads and the FFNs, deepening where widening cannot go on; shrink-and-perturb when the data
+   doubles), that small model fixed, a large model fixed from the start (4 layers, 4 heads, 128
+   wide: nanoGPT's CPU model; 6 layers, 6 heads, 192 wide trains about three times slower here
+   and does not fit the time), the large model retrained from scratch at each stage, and (on
+   request) Lifelong's default with the job's default replay instead of uniform windows (half of
+   every batch from the newest tokens). Per method and seed: the validation
    loss at the end of each stage and its mean, the training FLOPs (``_lm.train_flops_per_token``
    at each window's architecture, attention counted), wall time, and each growth's validation
    loss just before and just after it (the loop measures both).
 
-3. Schedules (``schedules``). Lifelong's default on the stream under each learning-rate schedule
-   the recipe offers.
+3. Schedules (``schedules``). Lifelong's default on the stream (the first seed) under each
+   learning-rate schedule of the recipe that a stream can use: ``constant`` after the warm-up,
+   ``wsd`` (warmup-stable-decay: a linear decay over the last fifth of every stage, the stage a
+   step budget per data version) and ``rewarm`` (a warm-up again after each growth). ``cosine``
+   needs the stream's end and is left out.
 
 Run: ``python -m bench.lm_stream`` (everything; writes its section of docs/benchmarks.md, the plot
 ``docs/img/lm-stream.png`` and the per-run results under ``bench/results/lm_stream/<tag>``),
-``--quick`` (a smoke run in seconds: tiny steps, one seed; prints only), ``--parts``,
-``--seeds``, ``--steps`` (per stage), ``--report-only`` (rebuild the page from the stored results).
+``--quick`` (a smoke run of about 20 s: tiny models, one seed; prints only), ``--parts``,
+``--seeds``, ``--seed`` and ``--methods`` (run some of the stream into the same results),
+``--steps`` (per stage), ``--report-only`` (rebuild the page from the stored results). The full
+run takes about 25 minutes on 2 shared cores.
 """
 
 from __future__ import annotations
@@ -688,7 +702,12 @@ def stream_section(
             f"({meta['val_windows'] * _lm.CONTEXT:,} tokens), mean ± standard "
             f"deviation over the seeds. GFLOP: training, at each observation window's "
             f"architecture, attention included (bench/_lm.py); the observations' validation is "
-            f"left out. {meta.get('note', '')}",
+            f"left out. The large model is nanoGPT's CPU model, smaller than 6 layers, 6 heads, "
+            f"192 wide, which trains about three times slower here and did not fit the time. "
+            f"Every method draws uniform windows over all the text so far (replay with no newest "
+            f"share), but the row that says otherwise. Growths and shrink-and-perturbs: per run; "
+            f"max rise: the largest increase of the validation loss from just before the event to "
+            f"just after it, as the loop measured them (on its first 256 windows).",
             "",
             table(stream_heads(len(runs[0].stage_loss)), rows),
             "",
