@@ -707,7 +707,7 @@ def stream_section(
             f"Every method draws uniform windows over all the text so far (replay with no newest "
             f"share), but the row that says otherwise. Growths and shrink-and-perturbs: per run; "
             f"max rise: the largest increase of the validation loss from just before the event to "
-            f"just after it, as the loop measured them (on its first 256 windows).",
+            f"just after it, as the loop measured them (on the observations' windows).",
             "",
             table(stream_heads(len(runs[0].stage_loss)), rows),
             "",
