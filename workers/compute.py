@@ -23,12 +23,12 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from torch import nn
-
-from workers.gpt import CausalSelfAttention
 from workers.spec import BudgetSpec, ComputeSpec
+
+if TYPE_CHECKING:
+    from torch import nn
 
 TRAIN_FLOPS_PER_PARAM = 6.0  # forward (2) and backward (4) per parameter and sample
 EVAL_FLOPS_PER_PARAM = 2.0
@@ -51,6 +51,8 @@ def attention_flops_per_token(model: nn.Module, context_length: int) -> float:
     ``2 · 2 · T · n_head · head_dim`` per attention layer of a ``gpt`` at context T (the count of
     nanoGPT's and PaLM's estimates: every position of the window, the causal half included).
     0 for a model without attention."""
+    from workers.gpt import CausalSelfAttention  # torch, only where a model is at hand
+
     total = 0.0
     for module in model.modules():
         if isinstance(module, CausalSelfAttention):
