@@ -139,6 +139,12 @@ def methods(
         Method("fixed-large", f"fixed large ({words(large)})", large),
         Method("retrain-large", "large retrained from scratch at each stage", large, retrain=True),
         Method(
+            "default-no-sp",
+            "Lifelong default without shrink-and-perturb",
+            small,
+            {"shrink_perturb": {"enabled": False}},
+        ),
+        Method(
             "default-replay",
             "Lifelong default with the job's default replay (half of every batch from the newest "
             f"{ReplaySpec().newest_window:,} tokens)",
