@@ -1,7 +1,8 @@
 """workers: what runs on the Ray workers.
 
 Model families and their validation (``workers.models``), the job's data as shards and manifests
-(``workers.shards``) read through ``workers.reader``, the continuous train loop
+(``workers.shards``) read through ``workers.reader`` (``workers.windows`` for language models: token windows; the
+byte tokenizer, generation and scoring in ``workers.text``), the continuous train loop
 (``workers.loop.train_loop_per_worker``), the runtimes it runs on (``workers.runtime``: Ray Train,
 or this process), its decision sources (``workers.sources``), the saturation signals it measures
 (``workers.signals``), checkpoints, their names and places (``workers.checkpoint``) and the entry
@@ -58,7 +59,9 @@ if TYPE_CHECKING:
         ScriptedAction,
         ScriptedSource,
     )
-    from workers.spec import ModelSpec, OptimizerSpec, TaskSpec
+    from workers.spec import ModelSpec, OptimizerSpec, ScheduleSpec, TaskSpec
+    from workers.text import decode_tokens, encode_text, generate, score
+    from workers.windows import TokenReader
 
 _EXPORTS = {
     "workers.checkpoint": [
@@ -102,7 +105,9 @@ _EXPORTS = {
         "ScriptedAction",
         "ScriptedSource",
     ],
-    "workers.spec": ["ModelSpec", "OptimizerSpec", "TaskSpec"],
+    "workers.spec": ["ModelSpec", "OptimizerSpec", "ScheduleSpec", "TaskSpec"],
+    "workers.text": ["decode_tokens", "encode_text", "generate", "score"],
+    "workers.windows": ["TokenReader"],
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 
@@ -130,19 +135,24 @@ __all__ = [
     "OptimizerSpec",
     "RayRuntime",
     "Runtime",
+    "ScheduleSpec",
     "ScriptedAction",
     "ScriptedSource",
     "ShardInfo",
     "ShardStore",
     "TaskSpec",
+    "TokenReader",
     "TrainLoop",
     "TrainerSettings",
     "WorkerConfig",
     "build_model",
     "checkpoint_name",
+    "decode_tokens",
     "durable_root",
+    "encode_text",
     "estimate_param_count",
     "families",
+    "generate",
     "load_checkpoint",
     "make_trainer",
     "newest_durable",
@@ -152,6 +162,7 @@ __all__ = [
     "run_loop",
     "run_name",
     "run_trainer",
+    "score",
     "tracked_copy_path",
     "train_loop_per_worker",
     "validate_model_spec",
