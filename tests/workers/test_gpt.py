@@ -157,8 +157,18 @@ def test_learned_positions_are_bounded_by_the_context() -> None:
 # -- growth ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("norm", ["layer", "rms"])
-@pytest.mark.parametrize("positions", ["learned", "rope"])
+SLOW = pytest.mark.slow  # each variant traces and grows the model eight times
+
+
+@pytest.mark.parametrize(
+    ("norm", "positions"),
+    [
+        ("layer", "learned"),
+        pytest.param("rms", "learned", marks=SLOW),
+        pytest.param("layer", "rope", marks=SLOW),
+        pytest.param("rms", "rope", marks=SLOW),
+    ],
+)
 def test_each_group_widens_and_a_block_deepens_exactly(norm: str, positions: str) -> None:
     model, idx = built(small(norm=norm, positions=positions))
     before = logits(model, idx)
