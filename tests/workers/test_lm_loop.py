@@ -71,6 +71,7 @@ def test_lm_job_trains_and_grows_exactly(text_root: Path, tmp_path: Path) -> Non
         store_root=str(text_root / "data"),
         manifest=manifest,
         source=source,
+        optimizer=OptimizerSpec.model_validate({"schedule": {"warmup_steps": 10}}),
         batch_size=16,
         observe_every=10,
         checkpoint_every=0,
