@@ -120,7 +120,11 @@ def estimate_params_after(
     widen ×f: at most f² times (a weight between two widened groups grows on both axes); with
     ``op.widths``, f is the largest ratio to the group's current width (``widths``: the current
     width of each group, from ``net2net.width_groups``). deepen: one new layer as wide as the last
-    weight before ``op.after``, with its kernel, and its normalisation. Anything else: unchanged.
+    weight before ``op.after``, with its kernel, and its normalisation; a block deepen (style
+    'block' or 'stack', or 'auto' where ``op.after`` is an item of an ``nn.ModuleList`` or
+    ``nn.Sequential`` with layers of its own, such as a transformer block) adds a copy of the whole
+    block, so its parameters are counted (exactly the grown count for a ``gpt``). Anything else:
+    unchanged.
     """
     params = sum(p.numel() for p in module.parameters())
     if op.op == "widen":
@@ -133,8 +137,30 @@ def estimate_params_after(
         return math.ceil(params * max(1.0, factor) ** 2)
     if op.op == "deepen":
         width, kernel = _width_at(module, op.after)
-        return params + width * width * kernel + 4 * width
+        layer = width * width * kernel + 4 * width
+        block = _block_params(module, op.after)
+        if op.style in ("block", "stack"):
+            return params + (layer if block is None else block)
+        if op.style == "auto" and block is not None:
+            return params + block  # a block after a block (net2net's auto)
+        return params + layer
     return params
+
+
+def _block_params(module: nn.Module, after: str | None) -> int | None:
+    """The parameters of the block ``after`` names: an item of an ``nn.ModuleList`` or
+    ``nn.Sequential`` with submodules of its own (None: not such a block)."""
+    if not after:
+        return None
+    parent_name = after.rpartition(".")[0]
+    try:
+        parent = module.get_submodule(parent_name)
+        block = module.get_submodule(after)
+    except AttributeError:
+        return None
+    if type(parent) not in (nn.ModuleList, nn.Sequential) or not any(block.children()):
+        return None
+    return sum(p.numel() for p in block.parameters())
 
 
 def _width_at(module: nn.Module, after: str | None) -> tuple[int, int]:

@@ -127,6 +127,20 @@ def test_the_estimate_bounds_the_grown_parameter_count_closely(op: GrowthOp) -> 
     assert actual <= bound <= 1.6 * actual, (actual, bound)
 
 
+@pytest.mark.parametrize("style", ["block", "auto"])
+def test_the_estimate_of_a_block_deepen_of_a_gpt_is_the_grown_parameter_count(style: str) -> None:
+    task = TaskSpec(kind="language_modeling", context_length=16)
+    spec = ModelSpec.model_validate({"family": "gpt", "n_layer": 2, "n_head": 2, "d_model": 32})
+    model = build_model(spec, task)
+    idx = torch.randint(0, task.output_dim, (2, task.context_length))
+    op = GrowthOp(op="deepen", after="blocks.1", style=style, seed=1)  # type: ignore[arg-type]
+    grown = net2net.deepen(model, idx, after="blocks.1", style=style, seed=1)
+    assert len(grown.model.blocks) == 3
+    assert estimate_params_after(model, op) == count_parameters(grown.model)
+    layer = GrowthOp(op="deepen", after="blocks.1", style="identity", seed=1)
+    assert estimate_params_after(model, layer) < count_parameters(grown.model)
+
+
 def test_the_estimate_of_a_widen_by_widths_uses_the_current_widths() -> None:
     model = build_model(ModelSpec(family="mlp", hidden=[48, 96]), TASK)
     params = count_parameters(model)
