@@ -187,7 +187,11 @@ def _summarise(
         example = torch.randn((8, *input_shape), generator=generator)
     else:  # a language model reads token ids
         example = torch.randint(0, vocab, (8, *input_shape), generator=generator)
+    from service.runtime.serving import TRACING
+
     try:
-        return parse_summary(net2net.summarize(module, example))
+        with TRACING:  # no model of this process runs while fx patches nn.Module.__call__
+            summary = net2net.summarize(module, example)
+        return parse_summary(summary)
     except (SummaryError, ValueError, RuntimeError, TypeError):
         return None  # a model net2net cannot summarise: the controller decides

@@ -29,6 +29,10 @@ from workers.checkpoint import LoadedCheckpoint, load_checkpoint
 from workers.spec import TaskSpec
 
 MAX_PREDICT_SAMPLES = 10_000
+# torch.fx patches nn.Module.__call__ for the whole process while it traces (net2net's summaries,
+# service.jobs.growth): a model run in another thread meanwhile goes through the tracer and fails.
+# The API's traces and its language models' steps take turns under this lock.
+TRACING = threading.RLock()
 
 
 class ModelServer:
@@ -220,7 +224,8 @@ class ModelServer:
         task = loaded.meta.task
         scores = []
         for ids in documents:
-            loss, perplexity = score(loaded.model, ids, context_length=task.context_length)
+            with TRACING:
+                loss, perplexity = score(loaded.model, ids, context_length=task.context_length)
             scores.append({"tokens": len(ids), "loss": loss, "perplexity": perplexity})
         return {
             **_served(release, served, loaded, generation),
@@ -246,7 +251,24 @@ class ModelServer:
             seed=options.seed,
             context_length=task.context_length,
         )
-        return _served(release, served, loaded, generation), task, tokens
+        return _served(release, served, loaded, generation), task, _in_turn(tokens)
+
+
+def _in_turn(tokens: Iterator[int]) -> Iterator[int]:
+    """Each step of a generation under :data:`TRACING` (never across steps: a long stream does not
+    hold up a trace, nor another stream)."""
+    try:
+        while True:
+            with TRACING:
+                token = next(tokens, None)
+            if token is None:
+                return
+            yield token
+    finally:
+        close = getattr(tokens, "close", None)
+        if close is not None:
+            with TRACING:
+                close()
 
 
 @dataclass(frozen=True)

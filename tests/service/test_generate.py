@@ -300,3 +300,24 @@ def test_growth_of_a_language_model_is_checked_at_the_api(
     status, detail = _refusal(lambda: client.grow(job, "deepen", after="nowhere"))
     assert status == 422 and "blocks.0" in detail
     assert client.grow(job, "widen", factor=2).status == "queued"
+
+
+def test_generation_steps_wait_for_a_trace(client: LifelongClient, lm_job: Any) -> None:
+    """While a torch.fx trace runs in the API's process (it patches nn.Module.__call__ for every
+    thread), no generation step runs: each waits for the TRACING lock, then goes on."""
+    import threading
+
+    from service.runtime.serving import TRACING
+
+    job, _ = lm_job
+    expected = client.generate(job, "To be", max_new_tokens=4, seed=1)
+    answers: list[Any] = []
+    with TRACING:
+        worker = threading.Thread(
+            target=lambda: answers.append(client.generate(job, "To be", max_new_tokens=4, seed=1))
+        )
+        worker.start()
+        worker.join(timeout=1.0)
+        assert worker.is_alive() and not answers  # held at its first step
+    worker.join(timeout=30)
+    assert answers == [expected]
