@@ -663,7 +663,8 @@ def acceptance(groups: dict[str, list[StreamRun]]) -> list[str]:
         "The default did not grow: nothing to check."
         if rise is None
         else f"No growth raises the validation loss measured right after it by more than 0.001 "
-        f"nats: largest rise over the default's {n} growths {rise:+.5f}: {verdict(rise <= 0.001)}."
+        f"nats: largest rise over the default's {n} growths (widen or deepen, all seeds) "
+        f"{rise:+.5f}: {verdict(rise <= 0.001)}."
     )
     return lines
 
@@ -680,9 +681,15 @@ def _growth_table(rs: Sequence[StreamRun]) -> str:
     return table(heads, rows) if rows else "(no growth)"
 
 
+METHOD_ORDER = ("default", "default-no-sp", "default-replay", "fixed-small", "fixed-large",
+                "retrain-large")  # fmt: skip
+
+
 def _by_method(runs: Sequence[StreamRun]) -> dict[str, list[StreamRun]]:
+    """The runs of each method, in ``METHOD_ORDER`` and then by seed."""
     out: dict[str, list[StreamRun]] = {}
-    for r in sorted(runs, key=lambda r: r.seed):
+    rank = {name: i for i, name in enumerate(METHOD_ORDER)}
+    for r in sorted(runs, key=lambda r: (rank.get(r.method, len(rank)), r.method, r.seed)):
         out.setdefault(r.method, []).append(r)
     return out
 
@@ -723,8 +730,8 @@ def stream_section(
             "",
             *(f"- {line}" for line in acceptance(groups)),
             "",
-            "Every growth of the default, with the validation loss the loop measured just before "
-            "and just after it:",
+            "Every growth and shrink-and-perturb of the default, with the validation loss the loop "
+            "measured just before and just after it:",
             "",
             _growth_table(groups.get("default", [])),
         ]
