@@ -936,7 +936,12 @@ def report(folder: Path, *, write: bool, quick: bool) -> str:
     the quick run to a section of its own)."""
     meta = json.loads((folder / "meta.json").read_text())
     registry = methods(tuple(meta["small"]), tuple(meta["large"]))
-    parts = [f"Unigram entropy of the training text: {meta['unigram_entropy']:.3f} nats per token."]
+    parts = [
+        f"Per-run results: `bench/results/{folder.parent.name}/{folder.name}` (committed; "
+        "`--report-only` rebuilds this section from them, and a run with `--seed` or `--methods` "
+        "adds its runs to them). Unigram entropy of the training text (the loss of the best "
+        f"model that ignores context): {meta['unigram_entropy']:.3f} nats per token."
+    ]
     if (folder / "baseline.json").exists():
         b = Baseline(**json.loads((folder / "baseline.json").read_text()))
         parts += ["### nanoGPT's CPU recipe: the job against a bare loop", baseline_section(b)]
