@@ -890,6 +890,7 @@ def run_parts(args: argparse.Namespace, sizes: Sizes, folder: Path) -> None:
             )  # fmt: skip
             save_json(folder, "baseline", asdict(b))
         save_json(folder, "meta", _meta(data, sizes))
+        _log_command(folder)
         seeds = args.seed if args.seed is not None else list(range(sizes.seeds))
         names = args.methods or list(MAIN_METHODS)
         if "stream" in args.parts:
@@ -904,6 +905,31 @@ def run_parts(args: argparse.Namespace, sizes: Sizes, folder: Path) -> None:
                     _save_run(folder, "schedule", run)
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _log_command(folder: Path) -> None:
+    """Add this run's command, revision and time to ``commands.json`` in the results folder."""
+    from datetime import UTC, datetime
+
+    from bench._report import command_line, git_revision
+
+    path = folder / "commands.json"
+    log = json.loads(path.read_text()) if path.exists() else []
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    log.append({"command": command_line(), "revision": git_revision(), "started": stamp})
+    path.write_text(json.dumps(log, indent=1))
+
+
+def _commands(folder: Path) -> str:
+    path = folder / "commands.json"
+    if not path.exists():
+        return ""
+    runs = json.loads(path.read_text())
+    return (
+        "Runs stored there: "
+        + "; ".join(f"`{r['command']}` at {r['revision']}, {r['started']}" for r in runs)
+        + "."
+    )
 
 
 def _save_run(folder: Path, prefix: str, run: StreamRun) -> None:
@@ -940,7 +966,8 @@ def report(folder: Path, *, write: bool, quick: bool) -> str:
         f"Per-run results: `bench/results/{folder.parent.name}/{folder.name}` (committed; "
         "`--report-only` rebuilds this section from them, and a run with `--seed` or `--methods` "
         "adds its runs to them). Unigram entropy of the training text (the loss of the best "
-        f"model that ignores context): {meta['unigram_entropy']:.3f} nats per token."
+        f"model that ignores context): {meta['unigram_entropy']:.3f} nats per token. "
+        + _commands(folder)
     ]
     if (folder / "baseline.json").exists():
         b = Baseline(**json.loads((folder / "baseline.json").read_text()))
