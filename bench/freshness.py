@@ -189,19 +189,23 @@ def report(results: dict[tuple[str, int], list[float]], timeout: float, write: b
         p95 = sorted(lat)[max(0, round(0.95 * len(lat)) - 1)]
         rows.append(
             [
-                name + (" (default)" if VARIANTS[name] == ReplaySpec() else ""),
+                name,
                 f"{samples:,}",
                 "streamed" if samples * (4 * FEATURES + 8) > BUDGET else "resident",
                 f"{statistics.median(lat):.3f}",
                 f"{p95:.3f}",
-                f"{max(lat):.3f}" + (f" ({missed} over {timeout:g} s)" if missed else ""),
-                "met" if name != "default" or max(lat) <= 2.0 else "MISSED",
+                f"{max(lat):.3f}" + (f" ({missed} at the {timeout:g} s limit)" if missed else ""),
+                "yes" if max(lat) <= 2.0 else "no",
             ]
         )
-    body = table(["replay", "history", "reader", "median s", "p95 s", "max s", "≤ 2 s"], rows) + (
+    default = [x for (name, _), lat in results.items() if name == "default" for x in lat]
+    verdict = ("met" if max(default) <= 2.0 else "MISSED") if default else "not run"
+    headers = ["replay", "history", "reader", "median s", "p95 s", "max s", "all ≤ 2 s"]
+    body = table(headers, rows) + (
         f"\n\n{len(next(iter(results.values())))} pushes of {PUSH} samples per row; seconds from "
-        "the push's answer to the end of the first optimizer step on one of its samples. The "
-        "target applies to the default; the others show why it is the default."
+        "the push's answer to the end of the first optimizer step on one of its samples. "
+        f"Target: ≤ 2 s for the default (`ReplaySpec()`) at both history sizes: {verdict}. The "
+        "other rows show why it is the default."
     )
     if write:
         write_section("freshness", "Freshness: a push to its first training step", body)

@@ -438,11 +438,14 @@ class ReplaySpec(BaseModel):
     so a push waits at most one pass, whatever the history's size.
 
     The default (``uniform``, ``newest_share`` 0.5, ``max_steps_per_pass`` 100) was measured on
-    the freshness benchmark (``bench/freshness.py``, ``docs/benchmarks.md``): with no newest share
-    a pushed sample waits for uniform replay to draw it, which grows with the history (beyond
-    minutes at 10 million samples); with the share it is trained on at the next pass, and 100
-    steps per pass keep that wait under a second for the benchmark's model on this machine. Half
-    of every batch still replays the history, experience replay's usual 50/50.
+    the freshness benchmark (``python -m bench.freshness``, section "Freshness" of
+    ``docs/benchmarks.md``), against uniform replay with no newest share and against passes of
+    1,000 steps, at 10 thousand and 10 million samples of history: with no newest share a pushed
+    sample waits for uniform replay to draw it, a wait that grows with the history (at 10 million
+    samples no push was trained on within the benchmark's limit); with the share it is in the
+    first batch of the next pass, and a longer pass makes that wait longer once the history
+    outgrows the pass. The default is the only one of the three within the target at both sizes.
+    Half of every batch still replays the history, experience replay's usual 50/50.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
