@@ -443,8 +443,8 @@ class ReplaySpec(BaseModel):
     1,000 steps, at 10 thousand and 10 million samples of history: with no newest share a pushed
     sample waits for uniform replay to draw it, a wait that grows with the history (at 10 million
     samples no push was trained on within the benchmark's limit); with the share it is in the
-    first batch of the next pass, and a longer pass makes that wait longer once the history
-    outgrows the pass. The default is the only one of the three within the target at both sizes.
+    first batch of the next pass, so the wait is at most one pass, which a longer pass makes
+    longer once the history outgrows it (the benchmark's table gives the seconds).
     Half of every batch still replays the history, experience replay's usual 50/50.
     """
 
