@@ -318,6 +318,18 @@ class ShardStore:
         """Rows ``[start, stop)`` of a shard, read as byte ranges (the safetensors header gives
         each tensor's offsets): a rank streaming its share reads only its rows. The file's size is
         checked against the manifest; its checksum, which needs the whole file, is not."""
+        features, labels = self._read_ranges(info, start, stop, ("features", "labels"))
+        return features, labels
+
+    def read_token_range(self, info: ShardInfo, start: int, stop: int) -> np.ndarray:
+        """Tokens ``[start, stop)`` of a token shard, read as byte ranges (as :meth:`read_rows`)."""
+        (tokens,) = self._read_ranges(info, start, stop, ("tokens",))
+        return tokens
+
+    def _read_ranges(
+        self, info: ShardInfo, start: int, stop: int, names: tuple[str, ...]
+    ) -> list[np.ndarray]:
+        """Rows ``[start, stop)`` of each tensor in ``names``, read as byte ranges."""
         if not 0 <= start < stop <= info.num_samples:
             raise ValueError(f"rows [{start}, {stop}) are not in shard {info.shard_id}")
         with self._open_ranges(info.path) as source:
@@ -328,7 +340,9 @@ class ShardStore:
                 raise OSError(f"shard {info.path} is corrupt: its header is not safetensors")
             header = json.loads(source.read_at(header_len, 8))
             out = []
-            for name in ("features", "labels"):
+            for name in names:
+                if name not in header:
+                    raise ValueError(f"shard {info.path} holds no {name!r} tensor")
                 entry = header[name]
                 dtype = np.dtype(_ST_DTYPES[entry["dtype"]])
                 shape = list(entry["shape"])
@@ -336,7 +350,7 @@ class ShardStore:
                 begin = 8 + header_len + int(entry["data_offsets"][0]) + start * row
                 payload = source.read_at((stop - start) * row, begin)
                 out.append(np.frombuffer(payload, dtype).reshape([stop - start, *shape[1:]]))
-        return out[0], out[1]
+        return out
 
     def _open_ranges(self, rel: str) -> Any:
         if self._local is not None:
