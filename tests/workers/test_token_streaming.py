@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.service.test_s3_storage import endpoint, root  # noqa: F401 (fixtures)
 from tests.workers.test_lm_loop import MODEL, Recorder, write_text_job
 from tests.workers.test_lm_loop import TASK as TEXT_TASK
 from workers.loop import TrainLoop, WorkerConfig
@@ -28,10 +29,12 @@ SHARD = 5_120  # tokens a training shard
 HISTORY = 20 * SHARD  # 102,400 tokens: ten times the budget
 
 
-def write(root: Path, shards: int, *, start: int = 0, val: int = 0) -> tuple[ShardStore, Manifest]:
+def write(
+    folder: Path, shards: int, *, start: int = 0, val: int = 0, store_root: str | None = None
+) -> tuple[ShardStore, Manifest]:
     """``shards`` training shards of consecutive ids from ``start``, and a validation shard."""
-    store = ShardStore(str(root / "data"))
-    manifest = FileManifest(root / "m", "job")
+    store = ShardStore(store_root or str(folder / "data"))
+    manifest = FileManifest(folder / "m", "job")
     infos: list[ShardInfo] = []
     for k in range(shards):
         ids = np.arange(start + k * SHARD, start + (k + 1) * SHARD, dtype=np.int32)
@@ -106,6 +109,32 @@ def test_streamed_ranks_draw_their_own_blocks_and_the_newest_tokens_first(tmp_pa
     assert int(y[0, 0]) == first_new and int(y[1, 0]) == first_new + 16
     for w in readers:
         w.close()
+
+
+def test_streamed_recency_favours_the_newest_shards(tmp_path: Path) -> None:
+    store, manifest = write(tmp_path, HISTORY // SHARD)
+    replay = ReplaySpec(
+        history="recency", half_life=SHARD, newest_share=0.0, max_steps_per_pass=100
+    )
+    r = streamed(store, manifest, replay=replay)
+    assert r.streamed
+    drawn = torch.cat([x[:, 0] for x, _ in r.batches(r.plan(0))])
+    newest = float((drawn >= HISTORY - 2 * SHARD).double().mean())
+    # the last two shards weigh 1 and 1/2 of 2 - 2^-19 in all: three quarters of the pieces drawn
+    # (uniform replay: a tenth)
+    assert 0.55 < newest < 0.95, newest
+    r.close()
+
+
+@pytest.mark.integration
+def test_a_token_history_streams_from_an_s3_root(root: str, tmp_path: Path) -> None:  # noqa: F811
+    store, manifest = write(tmp_path, HISTORY // SHARD, store_root=root)
+    r = streamed(store, manifest, replay=ReplaySpec(newest_share=0.0, max_steps_per_pass=20))
+    assert r.streamed
+    for x, y in r.batches(r.plan(0)):
+        torch.testing.assert_close(y, x + 1, rtol=0, atol=0)
+        assert r.resident_bytes <= BUDGET
+    r.close()
 
 
 def test_streamed_validation_windows_are_fixed_and_bounded(tmp_path: Path) -> None:
