@@ -666,7 +666,28 @@ def acceptance(groups: dict[str, list[StreamRun]]) -> list[str]:
         f"nats: largest rise over the default's {n} growths (widen or deepen, all seeds) "
         f"{rise:+.5f}: {verdict(rise <= 0.001)}."
     )
-    return lines
+    return lines + _tried(groups)
+
+
+def _tried(groups: dict[str, list[StreamRun]]) -> list[str]:
+    """What else was run for the first target: the variants of the default, against it."""
+    large = groups.get("fixed-large", [])
+    if not large:
+        return []
+    l_final = mean_std(r.final for r in large)[0]
+    l_flops = mean_std(r.train_flops for r in large)[0]
+    out = []
+    for name in ("default-no-sp",):
+        rs = groups.get(name, [])
+        if rs:
+            final, std = mean_std(r.final for r in rs)
+            share = mean_std(r.train_flops for r in rs)[0] / l_flops
+            ok = final <= l_final and share <= 0.6
+            out.append(
+                f"Tried for the first target, `{name}` (its row): final {final:.3f} ± {std:.3f} "
+                f"against {l_final:.3f}, {100 * share:.0f}% of the FLOPs: {verdict(ok)}."
+            )
+    return out
 
 
 def _growth_table(rs: Sequence[StreamRun]) -> str:
