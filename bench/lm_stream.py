@@ -145,6 +145,17 @@ def methods(
             {"shrink_perturb": {"enabled": False}},
         ),
         Method(
+            "default-no-sp-deep",
+            "Lifelong default without shrink-and-perturb, with the plateau policy, widening and "
+            "deepening in turn",
+            small,
+            {
+                "shrink_perturb": {"enabled": False},
+                "policies": ["data_scaling", "plateau"],
+                "strategy": "alternate",
+            },
+        ),
+        Method(
             "default-replay",
             "Lifelong default with the job's default replay (half of every batch from the newest "
             f"{ReplaySpec().newest_window:,} tokens)",
@@ -677,7 +688,7 @@ def _tried(groups: dict[str, list[StreamRun]]) -> list[str]:
     l_final = mean_std(r.final for r in large)[0]
     l_flops = mean_std(r.train_flops for r in large)[0]
     out = []
-    for name in ("default-no-sp",):
+    for name in ("default-no-sp", "default-no-sp-deep"):
         rs = groups.get(name, [])
         if rs:
             final, std = mean_std(r.final for r in rs)
@@ -702,8 +713,8 @@ def _growth_table(rs: Sequence[StreamRun]) -> str:
     return table(heads, rows) if rows else "(no growth)"
 
 
-METHOD_ORDER = ("default", "default-no-sp", "default-replay", "fixed-small", "fixed-large",
-                "retrain-large")  # fmt: skip
+METHOD_ORDER = ("default", "default-no-sp", "default-no-sp-deep", "default-replay", "fixed-small",
+                "fixed-large", "retrain-large")  # fmt: skip
 
 
 def _by_method(runs: Sequence[StreamRun]) -> dict[str, list[StreamRun]]:
