@@ -22,6 +22,8 @@ from growth_policy.config import (
     ScheduleConfig,
     ShrinkPerturbConfig,
     WidenConfig,
+    growth_config_for_task,
+    with_task_defaults,
 )
 from growth_policy.controller import Controller, derive_seed
 from growth_policy.planning import (
@@ -83,6 +85,7 @@ __all__ = [
     "drift",
     "estimate_memory_bytes",
     "get_policy",
+    "growth_config_for_task",
     "growth_op_from_request",
     "manual",
     "parse_summary",
@@ -93,4 +96,5 @@ __all__ = [
     "registered_policies",
     "schedule",
     "unregister_policy",
+    "with_task_defaults",
 ]

@@ -17,7 +17,7 @@ from typing import Any, Self
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import ErrorDetails
 
-from growth_policy import GrowthPolicyConfig
+from growth_policy import GrowthPolicyConfig, with_task_defaults
 from workers.spec import (
     ComputeSpec,
     DataSpec,
@@ -129,6 +129,19 @@ class JobSpec(BaseModel):
         "them the history is streamed from the storage root.",
     )
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _task_growth_defaults(cls, data: Any) -> Any:
+        """The growth defaults of the job's task kind (growth_policy.TASK_DEFAULTS) under what the
+        spec's ``growth`` section sets; a section given as a GrowthPolicyConfig is kept as is."""
+        if not isinstance(data, dict):
+            return data
+        task, growth = data.get("task"), data.get("growth")
+        kind = task.get("kind") if isinstance(task, dict) else getattr(task, "kind", None)
+        if not isinstance(kind, str) or not (growth is None or isinstance(growth, dict)):
+            return data
+        return {**data, "growth": with_task_defaults(kind, growth)}
 
     @model_validator(mode="after")
     def _replay_fits(self) -> Self:
