@@ -48,6 +48,7 @@ ALIAS = "latest"  # resolved by MLflow to the newest version
 # MLflow 3's UI opens an experiment without this tag as a GenAI overview of traces.
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 # MLflow error codes that no retry will fix: drop the operation and count it.
+BUILD_TRIES = 3  # attempts at a release's MLflow model before it is dropped
 PERMANENT_ERRORS = frozenset(
     {"INVALID_PARAMETER_VALUE", "BAD_REQUEST", "INVALID_STATE", "PERMISSION_DENIED"}
 )
@@ -571,9 +572,15 @@ class MlflowTracker:
         with tempfile.TemporaryDirectory(prefix="lifelong-release-") as folder:
             try:
                 model_dir = build_pyfunc(release.path, Path(folder) / "model")
-            except Exception:  # an architecture the exporter cannot take: no retry fixes it
-                logger.exception("release %s of job %s cannot be built as an MLflow model; "
-                                 "not registered", release.number, self.job_id)  # fmt: skip
+            except Exception:
+                # Retried (the outbox backs off) while it may pass, e.g. a torch.fx trace of this
+                # process at a growth; an architecture the exporter cannot take never will.
+                tries = int(self.client.hincrby(self.info_key, f"build:{release.number}", 1))
+                if tries < BUILD_TRIES:
+                    raise
+                logger.exception("release %s of job %s cannot be built as an MLflow model "
+                                 "(%d tries); not registered", release.number, self.job_id,
+                                 tries)  # fmt: skip
                 self.client.hincrby(self.info_key, "dropped", 1)
                 return
             self._guard(lambda: mlflow.log_artifacts(run_id, str(model_dir), release.dest), op)

@@ -9,9 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 import torch
 
+from service.api.models import GeneratedToken
 from service.client import LifelongClient, LifelongError
 from service.client.http import sse_frames
 from service.jobs.spec import validate_job_spec
@@ -102,7 +104,9 @@ def test_generate_streams_token_by_token(
     job, _ = lm_job
     whole = client.generate(job, "To be", max_new_tokens=12, seed=3)
     streamed = list(client.generate_stream(job, "To be", max_new_tokens=12, seed=3))
-    *tokens, done = streamed
+    *items, done = streamed
+    tokens = [t for t in items if isinstance(t, GeneratedToken)]
+    assert len(tokens) == len(items) == 12
     assert [t.id for t in tokens] == whole.ids and [t.index for t in tokens] == list(range(12))
     # The pieces are the text as it completes: all of it but an unfinished last character.
     pieces = "".join(t.text for t in tokens)
@@ -176,7 +180,7 @@ def test_generate_and_scoring_refusals(client: LifelongClient, lm_job: Any) -> N
         ),
         "a one-token text": (lambda: client.score(job, ["a"]), 422, "at least 2"),
         "features to a language model": (
-            lambda: client.predict(job, [[1.0] * 16]),
+            lambda: client.predict(job, np.ones((1, 16))),
             422,
             "not 'features'",
         ),
@@ -321,3 +325,32 @@ def test_generation_steps_wait_for_a_trace(client: LifelongClient, lm_job: Any) 
         assert worker.is_alive() and not answers  # held at its first step
     worker.join(timeout=30)
     assert answers == [expected]
+
+
+def test_a_release_that_cannot_be_built_is_retried_then_dropped(
+    store: RedisStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Logic alone (MLflow stubbed): the outbox retries a release whose MLflow model fails to
+    build, since the failure may pass; after BUILD_TRIES it is dropped, and the outbox goes on."""
+    from service.runtime import releases, tracking
+    from service.runtime.releases import Release
+
+    tracker = MlflowTracker.for_job(store.client, store.keys, job_id="job_0123456789abcdef",
+                                    job_name="writer", tracking_uri="unused")  # fmt: skip
+    monkeypatch.setattr(tracker, "_find_or_create_run", lambda generation, start: "run-id")
+    monkeypatch.setattr(tracker, "_client", object)
+
+    def fail(path: str, target: Path) -> Path:
+        raise RuntimeError("the exporter cannot take this model")
+
+    monkeypatch.setattr(releases, "build_pyfunc", fail)
+    made = Release(number=1, generation=0, step=10, samples_seen=640, kind="close",
+                   metric_name="perplexity", val_metric=5.0, path=str(tmp_path), dest="release-1",
+                   aliases=["generation-0"], parent_version=None, growth_op="base", made_at=1.0)  # fmt: skip
+    op = {"kind": "release", "gen": 0, "release": json.loads(made.to_json())}
+    for _ in range(tracking.BUILD_TRIES - 1):
+        with pytest.raises(RuntimeError, match="cannot take"):
+            tracker._apply_one(op)
+    assert tracker.status().dropped == 0
+    tracker._apply_one(op)  # dropped: nothing raised, the outbox moves on
+    assert tracker.status().dropped == 1
