@@ -281,7 +281,6 @@ def test_a_language_model_release_is_an_mlflow_model(tmp_path: Path) -> None:
     """The release of a GPT: a pyfunc that takes token ids and answers the next token's
     probabilities, the same as the model's."""
     import mlflow.pyfunc
-    import numpy as np
 
     from service.runtime.releases import build_pyfunc
 
