@@ -73,7 +73,7 @@ from bench import _lm
 from bench._common import fmt_duration, mean_std, pm, pyplot, save_figure, set_threads
 from bench._report import table, write_section
 from bench.stream import StageSource
-from growth_policy import GrowthPolicyConfig
+from growth_policy import GrowthPolicyConfig, growth_config_for_task
 from workers.loop import WorkerConfig, run_loop
 from workers.models import build_model
 from workers.runtime import LocalRuntime
@@ -118,9 +118,9 @@ class Method:
     def config(self) -> GrowthPolicyConfig | None:
         if self.growth is None:
             return None
-        return GrowthPolicyConfig.model_validate(
-            {**GrowthPolicyConfig().model_dump(), **self.growth}
-        )
+        # The job's default for a language model (the task's defaults under what the method sets),
+        # as the service builds it from a job spec.
+        return growth_config_for_task("language_modeling", self.growth)
 
 
 SMALL = (2, 2, 64)
@@ -139,17 +139,25 @@ def methods(
         Method("fixed-large", f"fixed large ({words(large)})", large),
         Method("retrain-large", "large retrained from scratch at each stage", large, retrain=True),
         Method(
-            "default-no-sp",
-            "Lifelong default without shrink-and-perturb",
+            "default-sp",
+            "the growth defaults before language models had their own (shrink-and-perturb on, "
+            "widen only, cooldown 300 steps, 1 parameter per token)",
             small,
-            {"shrink_perturb": {"enabled": False}},
+            BEFORE,
+        ),
+        Method(
+            "default-no-sp",
+            "the growth defaults before, without shrink-and-perturb",
+            small,
+            {**BEFORE, "shrink_perturb": {"enabled": False}},
         ),
         Method(
             "default-no-sp-deep",
-            "Lifelong default without shrink-and-perturb, with the plateau policy, widening and "
-            "deepening in turn",
+            "the growth defaults before, without shrink-and-perturb, with the plateau policy, "
+            "widening and deepening in turn",
             small,
             {
+                **BEFORE,
                 "shrink_perturb": {"enabled": False},
                 "policies": ["data_scaling", "plateau"],
                 "strategy": "alternate",
@@ -157,14 +165,42 @@ def methods(
         ),
         Method(
             "default-replay",
-            "Lifelong default with the job's default replay (half of every batch from the newest "
-            f"{ReplaySpec().newest_window:,} tokens)",
+            "the growth defaults before, with the job's default replay (half of every batch from "
+            f"the newest {ReplaySpec().newest_window:,} tokens)",
             small,
-            {},
+            BEFORE,
             replay=ReplaySpec(),
+        ),
+        *(
+            Method(
+                f"sweep-cpt{c:g}",
+                "Sweep: no shrink-and-perturb, widen and deepen in turn, cooldown 100 steps, "
+                f"data_scaling.coefficient_per_token = {c:g}",
+                small,
+                {
+                    "shrink_perturb": {"enabled": False},
+                    "strategy": "alternate",
+                    "guards": {"cooldown_steps": 100},
+                    "data_scaling": {"coefficient_per_token": c},
+                },
+            )
+            for c in SWEEP_COEFFICIENTS
         ),
     ]
     return {m.name: m for m in out}
+
+
+# The growth defaults of every job before language models had their own (growth_policy's
+# TASK_DEFAULTS), set out in full: the rows measured with them stay what they were.
+BEFORE: dict[str, Any] = {
+    "shrink_perturb": {"enabled": True},
+    "strategy": "auto",
+    "guards": {"cooldown_steps": 300},
+    "data_scaling": {"coefficient_per_token": 1.0},
+}
+
+# data_scaling.coefficient_per_token values tried on this stream (one seed each).
+SWEEP_COEFFICIENTS = (1.0, 2.0, 3.0, 4.0)
 
 
 MAIN_METHODS = ("default", "fixed-small", "fixed-large", "retrain-large")
@@ -688,8 +724,9 @@ def _tried(groups: dict[str, list[StreamRun]]) -> list[str]:
     l_final = mean_std(r.final for r in large)[0]
     l_flops = mean_std(r.train_flops for r in large)[0]
     out = []
-    for name in ("default-no-sp", "default-no-sp-deep"):
-        rs = groups.get(name, [])
+    tried = [n for n in groups if n.startswith(("default-no-sp", "sweep-"))]
+    for name in tried:
+        rs = groups[name]
         if rs:
             final, std = mean_std(r.final for r in rs)
             share = mean_std(r.train_flops for r in rs)[0] / l_flops
@@ -713,7 +750,7 @@ def _growth_table(rs: Sequence[StreamRun]) -> str:
     return table(heads, rows) if rows else "(no growth)"
 
 
-METHOD_ORDER = ("default", "default-no-sp", "default-no-sp-deep", "default-replay", "fixed-small",
+METHOD_ORDER = ("default", "default-sp", "default-no-sp", "default-no-sp-deep", "default-replay", "fixed-small",
                 "fixed-large", "retrain-large")  # fmt: skip
 
 
@@ -818,7 +855,9 @@ def plot(runs: Sequence[StreamRun], registry: dict[str, Method], name: str) -> P
     plt: Any = pyplot()
     fig, ax = plt.subplots(figsize=(9, 5.5))
     colors = plt.get_cmap("tab10")
-    for i, (method, rs) in enumerate(_by_method(runs).items()):
+    # The table's main rows (the sweep's single runs stay in the table: ten colours at most).
+    shown = {m: rs for m, rs in _by_method(runs).items() if m in METHOD_ORDER}
+    for i, (method, rs) in enumerate(shown.items()):
         for j, r in enumerate(rs):
             xs = [max(f, 1.0) / 1e9 for _, f, _ in r.curve]
             ys = [loss for _, _, loss in r.curve]

@@ -22,12 +22,18 @@ CLASSIFIER_SPEC: dict[str, Any] = {
 
 
 def test_language_modelling_starts_without_shrink_and_perturb() -> None:
-    assert TASK_DEFAULTS["language_modeling"] == {"shrink_perturb": {"enabled": False}}
+    assert TASK_DEFAULTS["language_modeling"] == {
+        "shrink_perturb": {"enabled": False},
+        "strategy": "alternate",
+        "guards": {"cooldown_steps": 100},
+    }
     lm = validate_job_spec(LM_SPEC, max_workers=4).growth
     assert lm.shrink_perturb.enabled is False
-    # Nothing else moves: the language model's policy is the default but for that one field.
+    # Nothing else moves: the language model's policy is the default but for those fields.
     plain = GrowthPolicyConfig().model_dump()
     plain["shrink_perturb"]["enabled"] = False
+    plain["strategy"] = "alternate"
+    plain["guards"]["cooldown_steps"] = 100
     assert lm.model_dump() == plain
     assert validate_job_spec(CLASSIFIER_SPEC, max_workers=4).growth == GrowthPolicyConfig()
 
@@ -55,9 +61,10 @@ def test_a_stored_spec_reads_back_the_same() -> None:
 
 def test_the_helpers() -> None:
     assert with_task_defaults("classification", None) == {}
-    assert with_task_defaults("language_modeling", {"guards": {"cooldown_steps": 7}}) == {
+    assert with_task_defaults("language_modeling", {"guards": {"max_params": 7}}) == {
         "shrink_perturb": {"enabled": False},
-        "guards": {"cooldown_steps": 7},
+        "strategy": "alternate",
+        "guards": {"cooldown_steps": 100, "max_params": 7},
     }
     assert growth_config_for_task("regression") == GrowthPolicyConfig()
     assert growth_config_for_task("language_modeling").shrink_perturb.enabled is False

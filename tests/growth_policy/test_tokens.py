@@ -49,8 +49,8 @@ def test_data_scaling_counts_parameters_per_token() -> None:
     )
     at = data_scaling(PolicyContext(lm_obs(dataset_size=1_000_000, param_count=400_000), [], cfg))
     assert not at.grow and at.numbers["target_ratio"] == pytest.approx(1.25)
-    # the default: one parameter per token
-    assert data_target(CFG, 250_000, "tokens") == 250_000
+    # the default: two parameters per token
+    assert data_target(CFG, 250_000, "tokens") == 500_000
 
 
 def test_controller_caps_and_explains_in_tokens() -> None:
@@ -60,7 +60,7 @@ def test_controller_caps_and_explains_in_tokens() -> None:
     controller = Controller(cfg)
     decision = controller.observe(lm_obs(dataset_size=100_000, param_count=20_000))
     assert decision.op is not None and decision.policy == "data_scaling"
-    assert "100,000 tokens call for 100k parameters" in decision.reason
+    assert "100,000 tokens call for 200k parameters" in decision.reason
 
 
 def test_perplexity_is_lower_is_better_and_the_plateau_reads_losses() -> None:
