@@ -186,6 +186,13 @@ def methods(
             )
             for c in SWEEP_COEFFICIENTS
         ),
+        Method(
+            "sweep-exp",
+            "Sweep: as the default, with data_scaling.coefficient_per_token = 63 and exponent = "
+            "0.72 (early growth, less at the end)",
+            small,
+            {"data_scaling": {"coefficient_per_token": 63.0, "exponent": 0.72}},
+        ),
     ]
     return {m.name: m for m in out}
 
@@ -731,8 +738,9 @@ def _tried(groups: dict[str, list[StreamRun]]) -> list[str]:
             final, std = mean_std(r.final for r in rs)
             share = mean_std(r.train_flops for r in rs)[0] / l_flops
             ok = final <= l_final and share <= 0.6
+            spread = f"± {std:.3f}" if len(rs) > 1 else "(1 seed)"
             out.append(
-                f"Tried for the first target, `{name}` (its row): final {final:.3f} ± {std:.3f} "
+                f"Tried for the first target, `{name}` (its row): final {final:.3f} {spread} "
                 f"against {l_final:.3f}, {100 * share:.0f}% of the FLOPs: {verdict(ok)}."
             )
     return out
