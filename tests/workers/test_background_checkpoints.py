@@ -86,10 +86,11 @@ def test_training_goes_on_while_the_growth_checkpoints_are_written(
     monkeypatch.setattr(workers.loop, "_write_opening", held_write)
     step = TrainLoop.train_step
 
-    def train_step(loop: TrainLoop, *batch: Any) -> None:
-        step(loop, *batch)
+    def train_step(loop: TrainLoop, *batch: Any) -> bool:
+        stepped = step(loop, *batch)
         if loop.progress.step == 40:  # the grown model trained 20 steps with its write held
             release.set()
+        return stepped
 
     monkeypatch.setattr(TrainLoop, "train_step", train_step)
     source = Log({20: Directive(op=WIDEN, reason="w"), 60: Directive(stop=True)})
