@@ -138,6 +138,15 @@ def methods(
         Method("fixed-small", f"fixed small ({words(small)})", small),
         Method("fixed-large", f"fixed large ({words(large)})", large),
         Method("retrain-large", "large retrained from scratch at each stage", large, retrain=True),
+        *_variants(small),
+    ]
+    return {m.name: m for m in out}
+
+
+def _variants(small: tuple[int, int, int]) -> list[Method]:
+    """The variants measured for the first target: the growth defaults before language models
+    had their own, and the sweep that chose them."""
+    return [
         Method(
             "default-sp",
             "the growth defaults before language models had their own (shrink-and-perturb on, "
@@ -194,7 +203,6 @@ def methods(
             {"data_scaling": {"coefficient_per_token": 63.0, "exponent": 0.72}},
         ),
     ]
-    return {m.name: m for m in out}
 
 
 # The growth defaults of every job before language models had their own (growth_policy's
