@@ -248,11 +248,12 @@ class ScheduleSpec(BaseModel):
 
     kind: ScheduleKind = Field(
         default="constant",
-        description="The schedule after the warm-up. 'constant' is the default: measured on the "
-        "Shakespeare stream (bench/lm_stream.py, docs/benchmarks.md, its schedules table), "
-        "constant had the lowest validation loss averaged over the stages, wsd (decaying over the "
-        "last fifth of every stage) the same within 0.001 nats and rewarm 0.035 nats more; wsd "
-        "needs a step budget and decay_steps, cosine the stream's end.",
+        description="The schedule after the warm-up. 'constant' is the default: on the "
+        "Shakespeare stream (bench/lm_stream.py, docs/benchmarks.md, its schedules table, one "
+        "seed) wsd (decaying over the last fifth of every stage) averaged 0.012 nats lower over "
+        "the stages and rewarm 0.034 nats higher; wsd decays only before a known end, so it needs "
+        "a step budget and decay_steps that a never-ending stream does not have, and cosine needs "
+        "the stream's end.",
     )
     warmup_steps: int | None = Field(
         default=None,
@@ -522,6 +523,8 @@ def replay_problems(task: TaskSpec, replay: ReplaySpec, data: DataSpec) -> list[
     problems = []
     if replay.history == "class_balanced" and task.kind != "classification":
         problems.append(f"replay 'class_balanced' is for classification, not {task.kind}")
+    if task.kind == "language_modeling":
+        return problems + _token_budget_problems(task, replay, data)
     label_bytes = 8 if task.kind != "regression" else 4 * (task.num_outputs or 1)
     sample = 4 * task.sample_elements + label_bytes
     reserved = replay.newest_window * sample if replay.newest_share > 0 else 0
@@ -534,3 +537,26 @@ def replay_problems(task: TaskSpec, replay: ReplaySpec, data: DataSpec) -> list[
             "raise data.resident_bytes or lower replay.newest_window or replay.reservoir_size"
         )
     return problems
+
+
+def token_itemsize(vocab: int) -> int:
+    """Bytes a resident token takes: the smallest integer type that holds every id below
+    ``vocab`` (one byte for the byte tokenizer, two below 32,768 ids, four otherwise)."""
+    return 1 if vocab <= 256 else 2 if vocab <= 1 << 15 else 4
+
+
+def _token_budget_problems(task: TaskSpec, replay: ReplaySpec, data: DataSpec) -> list[str]:
+    """A language model's budget, as the token reader spends it: the newest tail (at least a
+    window) when replay has a newest share, then two streamed buffers of a window and a token."""
+    itemsize = token_itemsize(task.vocab)
+    window = task.context_length + 1
+    reserved = max(replay.newest_window, window) * itemsize if replay.newest_share > 0 else 0
+    buffers = 2 * (window + 1) * itemsize
+    if data.resident_bytes - reserved >= buffers:
+        return []
+    return [
+        f"data.resident_bytes ({data.resident_bytes:,}) leaves no room to stream windows of "
+        f"{window:,} tokens after the newest tail ({reserved:,} bytes at {itemsize} bytes a "
+        f"token; two buffers need {buffers:,}); raise data.resident_bytes or lower "
+        "replay.newest_window"
+    ]

@@ -52,7 +52,7 @@ import torch
 from workers.cache import seed_of, window_bytes_for
 from workers.reader import GrowingTensor, PassPlan
 from workers.shards import Manifest, ShardInfo, ShardStore
-from workers.spec import ReplaySpec, TaskSpec
+from workers.spec import ReplaySpec, TaskSpec, token_itemsize
 
 EXAMPLE_WINDOWS = 16  # windows used to trace and verify a growth, at most
 
@@ -60,11 +60,7 @@ EXAMPLE_WINDOWS = 16  # windows used to trace and verify a growth, at most
 def token_dtype(vocab: int) -> torch.dtype:
     """The smallest dtype that holds every id below ``vocab``: one byte a token for the byte
     tokenizer, two below 32,768 ids, four otherwise."""
-    if vocab <= 256:
-        return torch.uint8
-    if vocab <= 1 << 15:
-        return torch.int16
-    return torch.int32
+    return {1: torch.uint8, 2: torch.int16, 4: torch.int32}[token_itemsize(vocab)]
 
 
 _NUMPY = {torch.uint8: np.uint8, torch.int16: np.int16, torch.int32: np.int32}

@@ -19,7 +19,15 @@ from workers.loop import TrainLoop, WorkerConfig
 from workers.runtime import LocalRuntime
 from workers.shards import FileManifest, Manifest, ShardInfo, ShardStore
 from workers.sources import Directive
-from workers.spec import ComputeSpec, DataSpec, OptimizerSpec, ReplaySpec, TaskSpec
+from workers.spec import (
+    ComputeSpec,
+    DataSpec,
+    OptimizerSpec,
+    ReplaySpec,
+    TaskSpec,
+    replay_problems,
+    token_itemsize,
+)
 from workers.windows import TokenReader
 
 # int32 tokens (4 bytes each), so that every token's id is its position in the history
@@ -188,3 +196,33 @@ def test_a_language_model_job_past_its_budget_trains(tmp_path: Path) -> None:
     assert [o.step for o in obs] == [10, 20, 30, 40]
     assert obs[0].val_loss is not None and obs[-1].val_loss is not None
     assert obs[-1].val_loss < obs[0].val_loss - 0.5, [o.val_loss for o in obs]
+
+
+@pytest.mark.parametrize(
+    ("tokenizer", "newest_share", "context_length"),
+    [("bytes", 0.5, 64), ("ids", 0.5, 64), ("ids", 0.0, 8192)],
+)
+def test_the_spec_accepts_exactly_the_budgets_the_token_reader_streams_within(
+    tmp_path: Path, tokenizer: str, newest_share: float, context_length: int
+) -> None:
+    """The job spec's budget check and the token reader agree at the edge, in tokens of the
+    reader's own size (one byte for the byte tokenizer, four here for 200,000 ids)."""
+    task = TaskSpec(
+        kind="language_modeling",
+        tokenizer=tokenizer,
+        vocab_size=None if tokenizer == "bytes" else 200_000,
+        context_length=context_length,
+    )
+    replay = ReplaySpec(newest_share=newest_share, newest_window=70_000)
+    store = ShardStore(str(tmp_path))
+    itemsize = token_itemsize(task.vocab)
+    edge = (70_000 * itemsize if newest_share else 0) + 2 * (context_length + 2) * itemsize
+    assert edge > 1 << 16  # the smallest budget a spec takes
+    for budget in (edge - 1, edge, edge + 1, 4 * edge):
+        spec_fits = not replay_problems(task, replay, DataSpec(resident_bytes=budget))
+        try:
+            TokenReader(store, task, replay=replay, resident_bytes=budget)
+            reader_fits = True
+        except ValueError:
+            reader_fits = False
+        assert spec_fits == reader_fits == (budget >= edge), budget
