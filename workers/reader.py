@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from workers.cache import StreamedHistory, block, window_bytes_for
-from workers.replay import ClassBalancedReservoir, NewestBuffer
+from workers.replay import ClassBalancedReservoir, NewestBuffer, reader_replay
 from workers.shards import Manifest, ShardInfo, ShardStore
 from workers.spec import ReplaySpec, TaskSpec
 
@@ -117,20 +117,14 @@ class DataReader:
         replay: ReplaySpec | None = None,
         resident_bytes: int | None = None,
     ) -> None:
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} is not in [0, {world_size})")
-        if recency_half_life is not None and recency_half_life <= 0:
-            raise ValueError("recency_half_life must be positive (or None for uniform replay)")
-        if replay is None:  # the plain reader: uniform or recency replay, no newest share
-            replay = ReplaySpec(
-                history="uniform" if recency_half_life is None else "recency",
-                half_life=recency_half_life,
-                newest_share=0.0,
-            )
-        else:
-            max_steps_per_pass = replay.max_steps_per_pass
-        if replay.history == "class_balanced" and task.kind != "classification":
-            raise ValueError("replay 'class_balanced' is for classification tasks")
+        replay, max_steps_per_pass = reader_replay(
+            task,
+            rank=rank,
+            world_size=world_size,
+            recency_half_life=recency_half_life,
+            max_steps_per_pass=max_steps_per_pass,
+            replay=replay,
+        )
         self.store = store
         self.task = task
         self.rank = rank

@@ -10,6 +10,8 @@ import random
 
 import torch
 
+from workers.spec import ReplaySpec, TaskSpec
+
 
 class NewestBuffer:
     """The last ``capacity`` training samples to arrive at a rank, and how many are untrained.
@@ -130,3 +132,34 @@ class ClassBalancedReservoir:
     def draw(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         idx = torch.randint(0, self.size, (k,), generator=self._gen)
         return self.features.index_select(0, idx), self.labels.index_select(0, idx)
+
+
+def reader_replay(
+    task: TaskSpec,
+    *,
+    rank: int,
+    world_size: int,
+    recency_half_life: float | None,
+    max_steps_per_pass: int | None,
+    replay: ReplaySpec | None,
+) -> tuple[ReplaySpec, int | None]:
+    """The replay a reader follows and its pass bound, checked against the rank and the task.
+
+    Without a ``replay``, the plain reader: uniform or recency (``recency_half_life``) replay, no
+    newest share, ``max_steps_per_pass`` as given; with one, its own pass bound.
+    """
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is not in [0, {world_size})")
+    if recency_half_life is not None and recency_half_life <= 0:
+        raise ValueError("recency_half_life must be positive (or None for uniform replay)")
+    if replay is None:
+        replay = ReplaySpec(
+            history="uniform" if recency_half_life is None else "recency",
+            half_life=recency_half_life,
+            newest_share=0.0,
+        )
+    else:
+        max_steps_per_pass = replay.max_steps_per_pass
+    if replay.history == "class_balanced" and task.kind != "classification":
+        raise ValueError("replay 'class_balanced' is for classification tasks")
+    return replay, max_steps_per_pass

@@ -51,6 +51,7 @@ import torch
 
 from workers.cache import seed_of, window_bytes_for
 from workers.reader import GrowingTensor, PassPlan
+from workers.replay import reader_replay
 from workers.shards import Manifest, ShardInfo, ShardStore
 from workers.spec import ReplaySpec, TaskSpec, token_itemsize
 
@@ -306,20 +307,14 @@ class TokenReader:
     ) -> None:
         if task.kind != "language_modeling":
             raise ValueError(f"TokenReader reads language_modeling jobs, not {task.kind}")
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} is not in [0, {world_size})")
-        if recency_half_life is not None and recency_half_life <= 0:
-            raise ValueError("recency_half_life must be positive (or None for uniform replay)")
-        if replay is None:
-            replay = ReplaySpec(
-                history="uniform" if recency_half_life is None else "recency",
-                half_life=recency_half_life,
-                newest_share=0.0,
-            )
-        else:
-            max_steps_per_pass = replay.max_steps_per_pass
-        if replay.history == "class_balanced":
-            raise ValueError("replay 'class_balanced' is for classification tasks")
+        replay, max_steps_per_pass = reader_replay(
+            task,
+            rank=rank,
+            world_size=world_size,
+            recency_half_life=recency_half_life,
+            max_steps_per_pass=max_steps_per_pass,
+            replay=replay,
+        )
         self.store = store
         self.task = task
         self.context_length = task.context_length
