@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -101,6 +102,35 @@ def run_demo(cfg: DemoConfig, console: Console) -> dict[str, Any]:
     return result
 
 
+def run_live(
+    stack: Stack,
+    client: LifelongClient,
+    view: JobView,
+    console: Console,
+    push: Callable[[Screen], None],
+) -> Screen:
+    """The live view of ``view``'s job while ``push`` feeds it, then the job stopped and seen
+    to stop (at most a minute); the screen, which timed the first step."""
+    stop_following = threading.Event()
+    threading.Thread(
+        target=follow_events,
+        args=(client.base_url, stack.admin_key, view.job_id, view, stop_following),
+        daemon=True,
+    ).start()
+    with Live(view.render(), console=console, refresh_per_second=4) as live:
+        screen = Screen(view, live)
+        push(screen)
+        view.note = "stopping"
+        command = client.stop(view.job_id)
+        stop_following.set()
+        client.wait_command(view.job_id, command.id, timeout=180)
+        deadline = time.monotonic() + 60
+        while view.status != "stopped" and time.monotonic() < deadline:
+            screen.wait(0.5)
+        live.update(view.render())
+    return screen
+
+
 def _drive(
     cfg: DemoConfig,
     stack: Stack,
@@ -111,24 +141,13 @@ def _drive(
 ) -> dict[str, Any]:
     job = client.create_job(job_spec(cfg))
     view = JobView(job.id, title=f"job {job.id} ({job.name})")
-    stop_following = threading.Event()
-    threading.Thread(
-        target=follow_events,
-        args=(client.base_url, stack.admin_key, job.id, view, stop_following),
-        daemon=True,
-    ).start()
-    with Live(view.render(), console=console, refresh_per_second=4) as live:
-        screen = Screen(view, live)
-        _push_in_stages(cfg, client, job.id, data, screen)
-        view.note = "stopping"
-        command = client.stop(job.id)
-        stop_following.set()
-        client.wait_command(job.id, command.id, timeout=180)
-        deadline = time.monotonic() + 60
-        while view.status != "stopped" and time.monotonic() < deadline:
-            screen.wait(0.5)
-        live.update(view.render())
-
+    screen = run_live(
+        stack,
+        client,
+        view,
+        console,
+        lambda screen: _push_in_stages(cfg, client, job.id, data, screen),
+    )
     listed = client.generations(job.id)
     table = generations_table(listed.model_dump(mode="json")["generations"], view)
     console.print(table)

@@ -11,18 +11,16 @@ job; the MLflow run of each generation also holds the job's own sample (``sample
 
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.live import Live
 
 from service.client import LifelongClient, LifelongError
 from service.client.live import JobView
-from service.local.demo import Screen, follow_events, generations_table, log_plot, plot_history
+from service.local.demo import Screen, generations_table, log_plot, plot_history, run_live
 from service.local.stack import Stack
 
 CORPUS = Path(__file__).resolve().parent / "data" / "tinyshakespeare.txt"
@@ -112,23 +110,13 @@ def _drive(
 ) -> dict[str, Any]:
     job = client.create_job(job_spec(cfg))
     view = JobView(job.id, title=f"job {job.id} ({job.name})", metric_name="perplexity")
-    stop_following = threading.Event()
-    threading.Thread(
-        target=follow_events,
-        args=(client.base_url, stack.admin_key, job.id, view, stop_following),
-        daemon=True,
-    ).start()
-    with Live(view.render(), console=console, refresh_per_second=4) as live:
-        screen = Screen(view, live)
-        _push_in_stages(cfg, client, job.id, documents, screen)
-        view.note = "stopping"
-        command = client.stop(job.id)
-        stop_following.set()
-        client.wait_command(job.id, command.id, timeout=180)
-        deadline = time.monotonic() + 60
-        while view.status != "stopped" and time.monotonic() < deadline:
-            screen.wait(0.5)
-        live.update(view.render())
+    run_live(
+        stack,
+        client,
+        view,
+        console,
+        lambda screen: _push_in_stages(cfg, client, job.id, documents, screen),
+    )
     return _summary(cfg, stack, client, view, console)
 
 
