@@ -87,7 +87,7 @@ from workers.sources import (
     LoopStatus,
     read_jsonl,
 )
-from workers.spec import ComputeSpec, ModelSpec, OptimizerSpec, TaskSpec
+from workers.spec import ComputeSpec, ModelSpec, OptimizerSpec, ReplaySpec, TaskSpec
 
 STAGES = (1_000, 2_000, 4_000, 8_000, 16_000, 32_000)
 TASK = TaskSpec(kind="classification", input_shape=(40,), num_classes=10)
@@ -374,6 +374,9 @@ def _worker_config(
         # Stages come by step count (equal steps for every method): the loop never waits when
         # converged here; bench/idle.py measures waiting, with the data on a clock.
         compute=ComputeSpec(idle_when_converged=False),
+        # Uniform replay in whole passes over the history, as this stream (and bench/idle.py) were
+        # measured: the job's default newest share is measured by bench/freshness.py.
+        replay=ReplaySpec(newest_share=0.0, max_steps_per_pass=1_000_000),
     )
 
 
