@@ -238,19 +238,7 @@ class ShardStore:
         fresh multi-megabyte ``bytes`` object costs more in page faults than the decoding itself
         (see ``bench/shard_format.py``).
         """
-        if self._local is not None:
-            path = self._local / info.path
-            if verify:
-                with path.open("rb") as f:
-                    size = os.fstat(f.fileno()).st_size
-                    digest = hashlib.file_digest(f, "sha256").hexdigest()
-                self._check(info, size, digest)
-            tensors = st_load_file(path)
-        else:
-            payload = self._read_bytes(info.path)
-            if verify:
-                self._check(info, len(payload), hashlib.sha256(payload).hexdigest())
-            tensors = st_load(payload)
+        tensors = self._load_tensors(info, verify=verify)
         return tensors["features"], tensors["labels"]
 
     def write_tokens(
@@ -299,6 +287,7 @@ class ShardStore:
         return tensors["tokens"], tensors["doc_offsets"]
 
     def _load_tensors(self, info: ShardInfo, *, verify: bool) -> dict[str, np.ndarray]:
+        """A whole shard's tensors; with ``verify``, its size and checksum checked first."""
         if self._local is not None:
             path = self._local / info.path
             if verify:
